@@ -1,0 +1,102 @@
+// Turns pushed updates into new model versions: synchronous rounds or asynchronous application
+// with staleness weighting (ALGORITHMS.md sections 1-3). Knows nothing of gRPC.
+#ifndef PS_SERVER_AGGREGATOR_H_
+#define PS_SERVER_AGGREGATOR_H_
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "ps/v1/ps.pb.h"
+#include "server/membership.h"
+#include "server/parameter_store.h"
+
+namespace ps {
+
+struct AggregatorOptions {
+  v1::AggregationMode mode = v1::AGGREGATION_MODE_SYNC;
+  v1::UpdateKind update_kind = v1::UPDATE_KIND_MODEL_DELTA;
+  int num_workers = 1;              // K: async weights are 1/K, staleness is measured in K-version rounds
+  double staleness_exponent = 0.5;  // a in s(tau) = tau^-a for tau > 1
+  double max_staleness = 4.0;       // rounds; older async updates are refused
+  float server_learning_rate = 0.1f;  // applied to gradients (update_kind GRADIENT)
+};
+
+// One decoded-on-demand update. `payload` must outlive the Submit call.
+struct Update {
+  uint64_t worker_id = 0;
+  uint64_t sequence = 0;
+  v1::UpdateKind kind = v1::UPDATE_KIND_UNSPECIFIED;
+  uint64_t base_version = 0;
+  uint64_t sample_count = 0;
+  v1::EncodingParams encoding;
+  absl::string_view payload;
+  double train_loss = 0.0;
+};
+
+struct SubmitResult {
+  bool duplicate = false;
+  uint64_t version = 0;  // the store's version after the submit
+};
+
+struct AggregatorStats {
+  uint64_t applied = 0;  // updates accepted (into a round, or applied in async mode)
+  uint64_t refused_stale = 0;
+  uint64_t refused_invalid = 0;
+  uint64_t duplicate = 0;
+  uint64_t rounds_completed = 0;  // versions the aggregator published
+  double last_train_loss = 0.0;
+};
+
+// s(tau) = 1 for tau <= 1, else tau^-exponent.
+double StalenessWeight(double tau, double exponent);
+
+// Thread-safe. Lock order: Aggregator, then Membership and ParameterStore.
+class Aggregator {
+ public:
+  Aggregator(const AggregatorOptions& options, ParameterStore* store, Membership* membership);
+
+  // Validates `update` completely before it changes anything: an error leaves the model and the
+  // open round as they were.
+  //   NOT_FOUND: the worker is not a member.   INVALID_ARGUMENT: wrong kind, no samples, a base
+  //   version from the future, a malformed payload.   FAILED_PRECONDITION: too stale (names both
+  //   versions), or a second update for the same sync round.
+  // A sequence number at or below the worker's last accepted one is a retry: result.duplicate.
+  absl::StatusOr<SubmitResult> Submit(const Update& update);
+
+  // Sync mode: closes the open round if every live member has pushed to it. Call after members
+  // leave or expire.
+  void MaybeCloseRound();
+
+  AggregatorStats stats() const;
+  const AggregatorOptions& options() const { return options_; }
+
+ private:
+  absl::StatusOr<SubmitResult> SubmitSync(const Update& update, uint64_t version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<SubmitResult> SubmitAsync(const Update& update, uint64_t version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CloseRoundIfComplete() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const AggregatorOptions options_;
+  ParameterStore* const store_;
+  Membership* const membership_;
+
+  mutable absl::Mutex mu_;
+  std::map<uint64_t, uint64_t> last_sequence_ ABSL_GUARDED_BY(mu_);  // worker id -> sequence
+  // The open sync round: sum of sample_count * update, in double so that the average is exact
+  // enough to reproduce a single update bit for bit.
+  std::vector<double> round_sum_ ABSL_GUARDED_BY(mu_);
+  uint64_t round_samples_ ABSL_GUARDED_BY(mu_) = 0;
+  std::set<uint64_t> round_pushed_ ABSL_GUARDED_BY(mu_);
+  AggregatorStats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_AGGREGATOR_H_

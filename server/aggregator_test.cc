@@ -1,0 +1,211 @@
+#include "server/aggregator.h"
+
+#include <cmath>
+#include <deque>
+#include <map>
+#include <memory>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "common/codec.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ps {
+namespace {
+
+using ::testing::HasSubstr;
+
+v1::EncodingParams Fp32Params() {
+  v1::EncodingParams p;
+  p.set_encoding(v1::ENCODING_FP32);
+  return p;
+}
+
+// Raw bytes, not Encode: the tests also need payloads that the encoder would refuse.
+std::string Fp32Payload(const std::vector<float>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+class AggregatorTest : public ::testing::Test {
+ protected:
+  void Build(v1::AggregationMode mode, std::vector<float> initial, int k,
+             v1::UpdateKind kind = v1::UPDATE_KIND_MODEL_DELTA) {
+    store_ = std::make_unique<ParameterStore>(std::move(initial));
+    membership_ = std::make_unique<Membership>(k, absl::Seconds(30), &clock_);
+    AggregatorOptions options;
+    options.mode = mode;
+    options.update_kind = kind;
+    options.num_workers = k;
+    options.staleness_exponent = 0.5;
+    options.max_staleness = 4.0;
+    options.server_learning_rate = 0.5f;
+    aggregator_ = std::make_unique<Aggregator>(options, store_.get(), membership_.get());
+    for (int i = 0; i < k; ++i) ids_.push_back(membership_->Join("w", -1)->id);
+  }
+
+  absl::StatusOr<SubmitResult> Push(uint64_t worker, uint64_t base, uint64_t samples,
+                                    const std::vector<float>& values,
+                                    v1::UpdateKind kind = v1::UPDATE_KIND_MODEL_DELTA) {
+    payloads_.push_back(Fp32Payload(values));
+    Update u;
+    u.worker_id = worker;
+    u.sequence = ++sequence_[worker];
+    u.kind = kind;
+    u.base_version = base;
+    u.sample_count = samples;
+    u.encoding = Fp32Params();
+    u.payload = payloads_.back();
+    return aggregator_->Submit(u);
+  }
+
+  std::vector<float> Model() const { return *store_->Snapshot().values; }
+
+  FakeClock clock_;
+  std::unique_ptr<ParameterStore> store_;
+  std::unique_ptr<Membership> membership_;
+  std::unique_ptr<Aggregator> aggregator_;
+  std::vector<uint64_t> ids_;
+  std::map<uint64_t, uint64_t> sequence_;
+  std::deque<std::string> payloads_;
+};
+
+TEST(StalenessWeight, IsOneUpToOneRoundThenDecaysAsAPower) {
+  EXPECT_DOUBLE_EQ(StalenessWeight(0.0, 0.5), 1.0);
+  EXPECT_DOUBLE_EQ(StalenessWeight(1.0, 0.5), 1.0);
+  EXPECT_DOUBLE_EQ(StalenessWeight(4.0, 0.5), 0.5);
+  EXPECT_DOUBLE_EQ(StalenessWeight(9.0, 0.5), 1.0 / 3.0);
+  EXPECT_DOUBLE_EQ(StalenessWeight(9.0, 0.0), 1.0);
+}
+
+TEST_F(AggregatorTest, SyncRoundAppliesTheSampleWeightedAverageWhenTheLastWorkerPushes) {
+  Build(v1::AGGREGATION_MODE_SYNC, {1.0f, 2.0f}, 2);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {2.0f, 0.0f}).ok());
+  EXPECT_EQ(store_->version(), 1u) << "the round must wait for the second worker";
+  auto r = Push(ids_[1], 1, 3, {0.0f, 4.0f});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->version, 2u);
+  // x + (1*[2,0] + 3*[0,4]) / 4 = [1 + 0.5, 2 + 3]
+  EXPECT_EQ(Model(), (std::vector<float>{1.5f, 5.0f}));
+  EXPECT_EQ(aggregator_->stats().rounds_completed, 1u);
+}
+
+TEST_F(AggregatorTest, SyncGradientRoundStepsAgainstTheAverageGradient) {
+  Build(v1::AGGREGATION_MODE_SYNC, {1.0f}, 2, v1::UPDATE_KIND_GRADIENT);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {2.0f}, v1::UPDATE_KIND_GRADIENT).ok());
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {4.0f}, v1::UPDATE_KIND_GRADIENT).ok());
+  EXPECT_EQ(Model(), (std::vector<float>{1.0f - 0.5f * 3.0f}));
+}
+
+TEST_F(AggregatorTest, SyncRoundWithOneWorkerReproducesItsUpdateBitForBit) {
+  const float x = 0.1f, d = 1e-7f + 0.3f;
+  Build(v1::AGGREGATION_MODE_SYNC, {x}, 1);
+  ASSERT_TRUE(Push(ids_[0], 1, 7, {d}).ok());
+  EXPECT_EQ(Model()[0], x + d);
+}
+
+TEST_F(AggregatorTest, SyncRoundClosesWhenTheMissingWorkerLeaves) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 3);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {3.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {6.0f}).ok());
+  EXPECT_EQ(store_->version(), 1u);
+  ASSERT_TRUE(membership_->Leave(ids_[2]).ok());
+  aggregator_->MaybeCloseRound();
+  EXPECT_EQ(store_->version(), 2u);
+  EXPECT_EQ(Model(), (std::vector<float>{4.5f}));
+}
+
+TEST_F(AggregatorTest, SyncRefusesAStaleUpdateNamingBothVersions) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 1);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  auto r = Push(ids_[0], 1, 1, {1.0f});
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("built on version 1"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("current version is 2"));
+  EXPECT_EQ(Model(), (std::vector<float>{1.0f}));
+  EXPECT_EQ(aggregator_->stats().refused_stale, 1u);
+}
+
+TEST_F(AggregatorTest, SyncRefusesASecondUpdateForTheSameRound) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 2);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  EXPECT_EQ(Push(ids_[0], 1, 1, {1.0f}).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(AggregatorTest, ARetriedSequenceNumberIsADuplicateAndNotAppliedTwice) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f}, 1);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  --sequence_[ids_[0]];  // the same sequence number again
+  auto r = Push(ids_[0], 2, 1, {1.0f});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->duplicate);
+  EXPECT_EQ(Model(), (std::vector<float>{1.0f}));
+  EXPECT_EQ(store_->version(), 2u);
+}
+
+TEST_F(AggregatorTest, AMalformedUpdateLeavesTheRoundUntouched) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f, 0.0f}, 2);
+  auto bad = Push(ids_[0], 1, 1, {1.0f, std::numeric_limits<float>::quiet_NaN()});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {2.0f, 2.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {4.0f, 4.0f}).ok());
+  EXPECT_EQ(Model(), (std::vector<float>{3.0f, 3.0f}));
+}
+
+TEST_F(AggregatorTest, AnUnknownWorkerIsNotFound) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f}, 1);
+  EXPECT_EQ(Push(999, 1, 1, {1.0f}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->version(), 1u);
+}
+
+TEST_F(AggregatorTest, ABaseVersionFromTheFutureIsInvalid) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f}, 1);
+  EXPECT_EQ(Push(ids_[0], 5, 1, {1.0f}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(AggregatorTest, AsyncWeightsEachUpdateByStalenessOverK) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f}, 2);
+  // Fresh update: tau = 0, s = 1, weight 1/K = 1/2.
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {4.0f}).ok());
+  EXPECT_EQ(Model(), (std::vector<float>{2.0f}));
+  EXPECT_EQ(store_->version(), 2u);
+  // Five more fresh ones from worker 0 take the version to 7.
+  for (uint64_t v = 2; v < 7; ++v) ASSERT_TRUE(Push(ids_[0], v, 1, {0.0f}).ok());
+  ASSERT_EQ(store_->version(), 7u);
+  // Worker 1 built on version 1: tau = (7 - 1) / 2 = 3 rounds, s = 3^-0.5, weight s/2.
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {2.0f}).ok());
+  EXPECT_NEAR(Model()[0], 2.0 + 2.0 * std::pow(3.0, -0.5) / 2.0, 1e-6);
+}
+
+TEST_F(AggregatorTest, AsyncRefusesAnUpdateOlderThanMaxStaleness) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f}, 2);
+  for (uint64_t v = 1; v < 11; ++v) ASSERT_TRUE(Push(ids_[0], v, 1, {1.0f}).ok());
+  ASSERT_EQ(store_->version(), 11u);
+  const std::vector<float> before = Model();
+  // tau = (11 - 1) / 2 = 5 > 4.
+  auto r = Push(ids_[1], 1, 1, {1.0f});
+  ASSERT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("built on version 1"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("current version is 11"));
+  EXPECT_EQ(Model(), before);
+  EXPECT_EQ(store_->version(), 11u);
+  // tau = (11 - 3) / 2 = 4 is still accepted, weighted 4^-0.5 / 2 = 1/4.
+  ASSERT_TRUE(Push(ids_[1], 3, 1, {1.0f}).ok());
+  EXPECT_FLOAT_EQ(Model()[0], before[0] + 0.25f);
+}
+
+TEST_F(AggregatorTest, AsyncGradientStepsWithTheServerLearningRate) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {1.0f}, 1, v1::UPDATE_KIND_GRADIENT);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {2.0f}, v1::UPDATE_KIND_GRADIENT).ok());
+  EXPECT_EQ(Model(), (std::vector<float>{0.0f}));
+}
+
+TEST_F(AggregatorTest, AnUpdateOfTheWrongKindIsInvalid) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {1.0f}, 1);
+  EXPECT_EQ(Push(ids_[0], 1, 1, {2.0f}, v1::UPDATE_KIND_GRADIENT).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ps

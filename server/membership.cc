@@ -1,0 +1,120 @@
+#include "server/membership.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace ps {
+
+Membership::Membership(int max_workers, absl::Duration lease, Clock* clock)
+    : max_workers_(max_workers), lease_(lease), clock_(clock) {}
+
+absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_rank) {
+  absl::MutexLock lock(&mu_);
+  std::set<int> taken;
+  for (const auto& [id, m] : members_) taken.insert(m.rank);
+  int rank = requested_rank;
+  if (rank >= max_workers_ || rank < -1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "requested rank %d is out of range: this server trains with %d workers (ranks 0..%d)",
+        rank, max_workers_, max_workers_ - 1));
+  }
+  if (rank >= 0 && taken.count(rank)) {
+    return absl::AlreadyExistsError(
+        absl::StrFormat("rank %d is already held by a live worker", rank));
+  }
+  if (rank < 0) {
+    for (rank = 0; rank < max_workers_ && taken.count(rank); ++rank) {
+    }
+    if (rank == max_workers_) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "all %d worker ranks are taken; start the server with a larger --num_workers",
+          max_workers_));
+    }
+  }
+  Member m;
+  m.id = next_id_++;
+  m.name = name;
+  m.rank = rank;
+  m.last_seen = clock_->Now();
+  members_[m.id] = m;
+  if (static_cast<int>(members_.size()) == max_workers_) assembled_ = true;
+  return m;
+}
+
+absl::Status Membership::Touch(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = members_.find(id);
+  if (it == members_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "worker id ", id, " is not a member (it never joined, left, or its lease expired); Join again"));
+  }
+  it->second.last_seen = clock_->Now();
+  return absl::OkStatus();
+}
+
+absl::Status Membership::Leave(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  if (members_.erase(id) == 0) {
+    return absl::NotFoundError(absl::StrCat("worker id ", id, " is not a member"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<Member> Membership::ExpireLeases() {
+  absl::MutexLock lock(&mu_);
+  std::vector<Member> dropped;
+  const absl::Time now = clock_->Now();
+  for (auto it = members_.begin(); it != members_.end();) {
+    if (now - it->second.last_seen > lease_) {
+      dropped.push_back(it->second);
+      it = members_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return dropped;
+}
+
+void Membership::CountAcceptedUpdate(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = members_.find(id);
+  if (it != members_.end()) ++it->second.updates_accepted;
+}
+
+bool Membership::IsMember(uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  return members_.count(id) > 0;
+}
+
+std::vector<uint64_t> Membership::LiveIds() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<uint64_t> ids;
+  for (const auto& [id, m] : members_) ids.push_back(id);
+  return ids;
+}
+
+std::vector<Member> Membership::Members() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<Member> out;
+  for (const auto& [id, m] : members_) out.push_back(m);
+  return out;
+}
+
+size_t Membership::size() const {
+  absl::MutexLock lock(&mu_);
+  return members_.size();
+}
+
+bool Membership::assembled() const {
+  absl::MutexLock lock(&mu_);
+  return assembled_;
+}
+
+bool Membership::all_left() const {
+  absl::MutexLock lock(&mu_);
+  return assembled_ && members_.empty();
+}
+
+}  // namespace ps

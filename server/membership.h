@@ -1,0 +1,64 @@
+// Who the workers are: ids, data ranks and leases. Knows nothing of gRPC.
+#ifndef PS_SERVER_MEMBERSHIP_H_
+#define PS_SERVER_MEMBERSHIP_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+
+namespace ps {
+
+struct Member {
+  uint64_t id = 0;
+  std::string name;
+  int rank = 0;
+  absl::Time last_seen;
+  uint64_t updates_accepted = 0;
+};
+
+// Thread-safe. Each member holds one of the ranks 0..max_workers-1 (its data shard). A member that
+// is not heard from within the lease is dropped by ExpireLeases.
+class Membership {
+ public:
+  Membership(int max_workers, absl::Duration lease, Clock* clock);
+
+  // RESOURCE_EXHAUSTED when every rank is taken; INVALID_ARGUMENT for a rank out of range;
+  // ALREADY_EXISTS when the requested rank is held by a live member.
+  absl::StatusOr<Member> Join(const std::string& name, int requested_rank);
+  // NOT_FOUND for an id that is not a member.
+  absl::Status Touch(uint64_t id);
+  absl::Status Leave(uint64_t id);
+  // Drops members whose lease ran out; returns them.
+  std::vector<Member> ExpireLeases();
+  void CountAcceptedUpdate(uint64_t id);
+
+  bool IsMember(uint64_t id) const;
+  std::vector<uint64_t> LiveIds() const;
+  std::vector<Member> Members() const;
+  size_t size() const;
+  // True once max_workers members were present at the same time: training has started.
+  bool assembled() const;
+  // True once the membership was assembled and every member has left since.
+  bool all_left() const;
+  absl::Duration lease() const { return lease_; }
+
+ private:
+  const int max_workers_;
+  const absl::Duration lease_;
+  Clock* const clock_;
+  mutable absl::Mutex mu_;
+  std::map<uint64_t, Member> members_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool assembled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_MEMBERSHIP_H_

@@ -1,0 +1,102 @@
+// ParameterServer: the whole server of one shard, wired together and listening. main() and the
+// in-process integration tests both build it from ServerOptions.
+#ifndef PS_SERVER_SERVER_H_
+#define PS_SERVER_SERVER_H_
+
+#include <functional>
+#include <grpcpp/server.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/thread_pool.h"
+#include "ps/v1/ps.pb.h"
+#include "server/aggregator.h"
+#include "server/membership.h"
+#include "server/parameter_store.h"
+#include "server/service.h"
+#include "server/version_wait_list.h"
+#include "worker/models/model.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace ps {
+
+struct ServerOptions {
+  std::string listen_address = "127.0.0.1:0";
+  // Handed to every worker at Join; also fixes the model's shape.
+  v1::TrainingConfig training;
+  uint64_t model_seed = 1;
+  std::string initial_model_file;  // raw little-endian float32 of the whole model; "" = from seed
+  uint32_t shard_index = 0;
+  uint32_t shard_count = 1;
+  double staleness_exponent = 0.5;
+  double max_staleness = 4.0;
+  float server_learning_rate = 0.1f;
+  absl::Duration lease = absl::Seconds(30);
+  absl::Duration max_pull_wait = absl::Seconds(30);
+  uint64_t chunk_bytes = 1 << 20;
+  int threads = 2;
+  // Called once (from an internal thread) when K workers had joined and all have left again.
+  std::function<void()> on_training_done;
+
+  // INVALID_ARGUMENT naming the first bad field.
+  absl::Status Validate() const;
+};
+
+// The ModelSpec that a TrainingConfig describes.
+ModelSpec ModelSpecFromConfig(const v1::TrainingConfig& config);
+
+// Thread-safe.
+class ParameterServer {
+ public:
+  // Builds the model, starts listening. INVALID_ARGUMENT for bad options, NOT_FOUND or
+  // INVALID_ARGUMENT for an unreadable initial model, UNAVAILABLE if the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<ParameterServer>> Create(const ServerOptions& options);
+  ~ParameterServer();
+
+  // The port actually bound (useful with port 0).
+  int port() const { return port_; }
+  std::string address() const;
+  // Stops accepting calls, answers waiting pulls, finishes in-flight calls within `grace`, then
+  // cancels the rest. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+  v1::StatusResponse GetStatus() const { return service_->BuildStatus(); }
+  ModelSnapshot Model() const { return store_->Snapshot(); }
+  const ServerOptions& options() const { return options_; }
+
+ private:
+  explicit ParameterServer(const ServerOptions& options) : options_(options) {}
+  void Housekeeping();
+
+  const ServerOptions options_;
+  std::unique_ptr<VersionWaitList> wait_list_;
+  std::unique_ptr<ParameterStore> store_;
+  std::unique_ptr<Membership> membership_;
+  std::unique_ptr<Aggregator> aggregator_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<ParameterServerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+
+  absl::Notification stop_housekeeping_;
+  bool training_done_ = false;  // housekeeping thread only
+  std::thread housekeeping_;
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+// Reads a raw little-endian float32 file of exactly `size` values. The error names the file and
+// the size it has.
+absl::StatusOr<std::vector<float>> ReadModelFile(const std::string& path, uint64_t size);
+
+}  // namespace ps
+
+#endif  // PS_SERVER_SERVER_H_

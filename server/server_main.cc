@@ -1,0 +1,260 @@
+// ps-server: serves one shard of the global model to ps-worker processes.
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "common/codec.h"
+#include "common/json_writer.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "host:port to listen on; port 0 lets the kernel pick one (see --port_file). Use "
+          "0.0.0.0:PORT to accept workers from other machines.");
+ABSL_FLAG(std::string, port_file, "", "If set, the bound port is written to this file once listening.");
+ABSL_FLAG(std::string, mode, "sync",
+          "sync: a round closes when every live worker pushed, then the server applies the "
+          "sample-weighted average. async: each update is applied on arrival, weighted by staleness.");
+ABSL_FLAG(std::string, update, "delta",
+          "delta: workers push their model change every --local_steps steps (Local SGD). gradient: "
+          "workers push a gradient every step and the server applies --server_learning_rate.");
+ABSL_FLAG(int, num_workers, 4, "K: workers that train (data is split K ways; sync rounds start once K joined).");
+ABSL_FLAG(int, local_steps, 8, "H: local SGD steps between pushes (delta mode).");
+ABSL_FLAG(std::string, model, "softmax", "softmax (multinomial logistic), logistic (binary) or mlp.");
+ABSL_FLAG(int, input_dim, 784, "Features per example (784 for Fashion-MNIST).");
+ABSL_FLAG(int, num_classes, 10, "Classes (2 for logistic).");
+ABSL_FLAG(int, hidden_units, 128, "Hidden ReLU units (mlp).");
+ABSL_FLAG(double, l2, 0.0, "L2 regularisation: (l2/2)*||weights||^2 is added to the loss.");
+ABSL_FLAG(double, learning_rate, 0.05, "Workers' initial SGD step size.");
+ABSL_FLAG(std::string, lr_schedule, "constant",
+          "constant, inverse_time (lr/(1+decay*t)) or cosine (over the whole run); t counts global steps.");
+ABSL_FLAG(double, lr_decay, 0.0, "decay of the inverse_time schedule.");
+ABSL_FLAG(int, batch_size, 32, "Mini-batch size of each worker.");
+ABSL_FLAG(int64_t, rounds, 0, "Rounds (pushes) per worker; 0 = derived from --epochs.");
+ABSL_FLAG(double, epochs, 5.0, "Passes over the training set by all workers together (if --rounds is 0).");
+ABSL_FLAG(int, eval_every, 50, "Rounds between test-set evaluations on the workers; 0 = only at the end.");
+ABSL_FLAG(uint64_t, data_seed, 1, "Seed of data partitioning and shuffling (same on every worker).");
+ABSL_FLAG(std::string, partition, "iid", "iid, or label_sorted (each worker sees few classes).");
+ABSL_FLAG(std::string, encodings, "fp32", "Comma-separated update encodings the server accepts.");
+ABSL_FLAG(uint64_t, seed, 1, "Seed of the initial model.");
+ABSL_FLAG(std::string, init_model, "",
+          "Start from this raw little-endian float32 file (the whole model) instead of --seed.");
+ABSL_FLAG(int, shard_index, 0, "This server's shard of the model's key range.");
+ABSL_FLAG(int, shard_count, 1, "Number of server shards the model is split over.");
+ABSL_FLAG(double, staleness_exponent, 0.5, "async: weight s(tau) = tau^-a for tau > 1 round.");
+ABSL_FLAG(double, max_staleness, 4.0, "async: updates more than this many rounds old are refused.");
+ABSL_FLAG(double, server_learning_rate, 0.1, "gradient mode: the server's step size.");
+ABSL_FLAG(absl::Duration, lease, absl::Seconds(30), "A worker silent for this long is dropped.");
+ABSL_FLAG(absl::Duration, max_pull_wait, absl::Seconds(30), "Longest a Pull long-polls before answering 'unchanged'.");
+ABSL_FLAG(int, chunk_bytes, 1 << 20, "Payload bytes per streamed message (max 1 MiB).");
+ABSL_FLAG(int, threads, 2, "Threads that decode and apply updates.");
+ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
+ABSL_FLAG(bool, exit_when_done, false, "Exit once K workers joined and all of them left again.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5), "Time in-flight calls get at shutdown.");
+
+namespace ps {
+namespace {
+
+template <typename Enum>
+absl::StatusOr<Enum> Pick(absl::string_view flag, absl::string_view value,
+                          std::initializer_list<std::pair<const char*, Enum>> choices) {
+  std::string names;
+  for (const auto& [name, e] : choices) {
+    if (value == name) return e;
+    absl::StrAppend(&names, names.empty() ? "" : ", ", name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", flag, "=", value, " is not one of: ", names));
+}
+
+absl::StatusOr<ServerOptions> OptionsFromFlags() {
+  ServerOptions o;
+  o.listen_address = absl::GetFlag(FLAGS_listen);
+  v1::TrainingConfig& t = o.training;
+  auto mode = Pick<v1::AggregationMode>("mode", absl::GetFlag(FLAGS_mode),
+                                        {{"sync", v1::AGGREGATION_MODE_SYNC},
+                                         {"async", v1::AGGREGATION_MODE_ASYNC}});
+  if (!mode.ok()) return mode.status();
+  t.set_mode(*mode);
+  auto kind = Pick<v1::UpdateKind>("update", absl::GetFlag(FLAGS_update),
+                                   {{"delta", v1::UPDATE_KIND_MODEL_DELTA},
+                                    {"gradient", v1::UPDATE_KIND_GRADIENT}});
+  if (!kind.ok()) return kind.status();
+  t.set_update_kind(*kind);
+  auto schedule = Pick<v1::LearningRateSchedule>(
+      "lr_schedule", absl::GetFlag(FLAGS_lr_schedule),
+      {{"constant", v1::LEARNING_RATE_SCHEDULE_CONSTANT},
+       {"inverse_time", v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME},
+       {"cosine", v1::LEARNING_RATE_SCHEDULE_COSINE}});
+  if (!schedule.ok()) return schedule.status();
+  t.set_lr_schedule(*schedule);
+  auto partition = Pick<v1::Partition>("partition", absl::GetFlag(FLAGS_partition),
+                                       {{"iid", v1::PARTITION_IID},
+                                        {"label_sorted", v1::PARTITION_LABEL_SORTED}});
+  if (!partition.ok()) return partition.status();
+  t.set_partition(*partition);
+  for (absl::string_view name :
+       absl::StrSplit(absl::GetFlag(FLAGS_encodings), ',', absl::SkipEmpty())) {
+    auto e = ParseEncoding(name);
+    if (!e.ok()) return e.status();
+    t.add_allowed_encodings(*e);
+  }
+  auto non_negative = [](const char* flag, int64_t v) -> absl::Status {
+    if (v < 0) return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 0, got ", v));
+    return absl::OkStatus();
+  };
+  for (auto [flag, v] : std::initializer_list<std::pair<const char*, int64_t>>{
+           {"num_workers", absl::GetFlag(FLAGS_num_workers)},
+           {"local_steps", absl::GetFlag(FLAGS_local_steps)},
+           {"input_dim", absl::GetFlag(FLAGS_input_dim)},
+           {"num_classes", absl::GetFlag(FLAGS_num_classes)},
+           {"hidden_units", absl::GetFlag(FLAGS_hidden_units)},
+           {"batch_size", absl::GetFlag(FLAGS_batch_size)},
+           {"rounds", absl::GetFlag(FLAGS_rounds)},
+           {"eval_every", absl::GetFlag(FLAGS_eval_every)},
+           {"shard_index", absl::GetFlag(FLAGS_shard_index)},
+           {"shard_count", absl::GetFlag(FLAGS_shard_count)},
+           {"chunk_bytes", absl::GetFlag(FLAGS_chunk_bytes)},
+           {"threads", absl::GetFlag(FLAGS_threads)}}) {
+    if (absl::Status s = non_negative(flag, v); !s.ok()) return s;
+  }
+  t.set_num_workers(absl::GetFlag(FLAGS_num_workers));
+  t.set_local_steps(t.update_kind() == v1::UPDATE_KIND_GRADIENT ? 1 : absl::GetFlag(FLAGS_local_steps));
+  t.set_model(absl::GetFlag(FLAGS_model));
+  t.set_input_dim(absl::GetFlag(FLAGS_input_dim));
+  t.set_num_classes(absl::GetFlag(FLAGS_num_classes));
+  t.set_hidden_units(absl::GetFlag(FLAGS_hidden_units));
+  t.set_l2(static_cast<float>(absl::GetFlag(FLAGS_l2)));
+  t.set_learning_rate(static_cast<float>(absl::GetFlag(FLAGS_learning_rate)));
+  t.set_lr_decay(static_cast<float>(absl::GetFlag(FLAGS_lr_decay)));
+  t.set_batch_size(absl::GetFlag(FLAGS_batch_size));
+  t.set_rounds(absl::GetFlag(FLAGS_rounds));
+  t.set_epochs(static_cast<float>(absl::GetFlag(FLAGS_epochs)));
+  t.set_eval_every(absl::GetFlag(FLAGS_eval_every));
+  t.set_data_seed(absl::GetFlag(FLAGS_data_seed));
+  o.model_seed = absl::GetFlag(FLAGS_seed);
+  o.initial_model_file = absl::GetFlag(FLAGS_init_model);
+  o.shard_index = absl::GetFlag(FLAGS_shard_index);
+  o.shard_count = absl::GetFlag(FLAGS_shard_count);
+  o.staleness_exponent = absl::GetFlag(FLAGS_staleness_exponent);
+  o.max_staleness = absl::GetFlag(FLAGS_max_staleness);
+  o.server_learning_rate = static_cast<float>(absl::GetFlag(FLAGS_server_learning_rate));
+  o.lease = absl::GetFlag(FLAGS_lease);
+  o.max_pull_wait = absl::GetFlag(FLAGS_max_pull_wait);
+  o.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+  o.threads = absl::GetFlag(FLAGS_threads);
+  PS_RETURN_IF_ERROR(o.Validate());
+  return o;
+}
+
+// Set once, by a signal or by the end of training; main waits for it.
+class StopRequest {
+ public:
+  void Stop(const std::string& reason) {
+    absl::MutexLock lock(&mu_);
+    if (reason_.empty()) reason_ = reason;
+  }
+  std::string Wait() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](std::string* r) { return !r->empty(); }, &reason_));
+    return reason_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::string reason_ ABSL_GUARDED_BY(mu_);
+};
+
+int Main() {
+  // Signals are taken by one thread with sigwait, so no handler runs on a gRPC thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  static StopRequest stop;
+  std::thread([signals] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    stop.Stop(sig == SIGINT ? "SIGINT" : "SIGTERM");
+  }).detach();
+
+  absl::StatusOr<ServerOptions> options = OptionsFromFlags();
+  if (!options.ok()) {
+    std::fprintf(stderr, "ps-server: %s\n", std::string(options.status().message()).c_str());
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_exit_when_done)) {
+    options->on_training_done = [] { stop.Stop("training done"); };
+  }
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::unique_ptr<ParameterServer>> server = ParameterServer::Create(*options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "ps-server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  if (const std::string port_file = absl::GetFlag(FLAGS_port_file); !port_file.empty()) {
+    // Written whole under a temporary name, then renamed: a reader never sees a partial port.
+    const std::string tmp = port_file + ".tmp";
+    std::ofstream(tmp) << (*server)->port() << "\n";
+    std::rename(tmp.c_str(), port_file.c_str());
+  }
+  const std::string reason = stop.Wait();
+  LogInfo(absl::StrCat("event=stopping reason=\"", reason, "\""));
+  (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
+
+  const v1::StatusResponse status = (*server)->GetStatus();
+  const v1::TrainingConfig& t = options->training;
+  JsonObject summary;
+  summary.Add("binary", "ps-server")
+      .Add("mode", t.mode() == v1::AGGREGATION_MODE_SYNC ? "sync" : "async")
+      .Add("update", t.update_kind() == v1::UPDATE_KIND_GRADIENT ? "gradient" : "delta")
+      .Add("K", t.num_workers())
+      .Add("H", t.local_steps())
+      .Add("model", t.model())
+      .Add("model_size", status.model_size())
+      .Add("version", status.version())
+      .Add("rounds", status.rounds_completed())
+      .Add("updates_applied", status.updates_applied())
+      .Add("updates_refused_stale", status.updates_refused_stale())
+      .Add("updates_refused_invalid", status.updates_refused_invalid())
+      .Add("final_train_loss", status.last_train_loss())
+      .Add("test_accuracy", status.last_eval().test_accuracy())
+      .Add("test_accuracy_version", status.last_eval().version())
+      .Add("bytes_received", status.wire().bytes_received())
+      .Add("bytes_sent", status.wire().bytes_sent())
+      .Add("raw_bytes_received", status.wire().raw_bytes_received())
+      .Add("raw_bytes_sent", status.wire().raw_bytes_sent())
+      .Add("wall_time_s", absl::ToDoubleSeconds(absl::Now() - start))
+      .Add("stop_reason", reason);
+  if (const std::string path = absl::GetFlag(FLAGS_summary_json); !path.empty()) {
+    if (absl::Status s = summary.WriteToFile(path); !s.ok()) {
+      LogError(s.ToString());
+      return 1;
+    }
+  }
+  LogInfo(absl::StrCat("summary ", summary.ToString()));
+  return 0;
+}
+
+}  // namespace
+}  // namespace ps
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Parameter server for communication-efficient distributed training.\n"
+      "Usage: ps-server --listen=0.0.0.0:50051 --mode=sync --num_workers=4 [flags]");
+  absl::ParseCommandLine(argc, argv);
+  return ps::Main();
+}

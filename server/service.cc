@@ -1,0 +1,384 @@
+#include "server/service.h"
+
+#include <algorithm>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/chunking.h"
+#include "common/codec.h"
+#include "common/grpc_status.h"
+#include "common/logging.h"
+
+namespace ps {
+
+void WireCounters::ToProto(v1::WireCounters* out) const {
+  out->set_bytes_received(bytes_received);
+  out->set_bytes_sent(bytes_sent);
+  out->set_payload_bytes_received(payload_bytes_received);
+  out->set_payload_bytes_sent(payload_bytes_sent);
+  out->set_raw_bytes_received(raw_bytes_received);
+  out->set_raw_bytes_sent(raw_bytes_sent);
+}
+
+ParameterServerService::ParameterServerService(const ServiceOptions& options,
+                                               ParameterStore* store, Membership* membership,
+                                               Aggregator* aggregator, VersionWaitList* wait_list,
+                                               ThreadPool* pool)
+    : options_(options),
+      store_(store),
+      membership_(membership),
+      aggregator_(aggregator),
+      wait_list_(wait_list),
+      pool_(pool) {}
+
+grpc::ServerUnaryReactor* ParameterServerService::Join(grpc::CallbackServerContext* context,
+                                                       const v1::JoinRequest* request,
+                                                       v1::JoinResponse* response) {
+  wire_.bytes_received += request->ByteSizeLong();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Member> member = membership_->Join(request->worker_name(), request->requested_rank());
+  if (!member.ok()) {
+    LogWarning(absl::StrCat("join refused: name=", request->worker_name(), " peer=", context->peer(),
+                            " error=", member.status().ToString()));
+    reactor->Finish(ToGrpcStatus(member.status()));
+    return reactor;
+  }
+  response->set_worker_id(member->id);
+  response->set_rank(member->rank);
+  response->set_lease_ms(absl::ToInt64Milliseconds(membership_->lease()));
+  response->set_model_size(options_.model_size);
+  response->set_shard_begin(options_.shard_begin);
+  response->set_shard_end(options_.shard_end);
+  response->set_shard_index(options_.shard_index);
+  response->set_shard_count(options_.shard_count);
+  response->set_version(store_->version());
+  *response->mutable_config() = options_.training;
+  response->set_max_chunk_bytes(static_cast<uint32_t>(options_.chunk_bytes));
+  wire_.bytes_sent += response->ByteSizeLong();
+  LogInfo(absl::StrFormat("event=join worker_id=%d rank=%d name=%s peer=%s members=%d", member->id,
+                          member->rank, member->name, context->peer(), membership_->size()));
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ParameterServerService::Heartbeat(grpc::CallbackServerContext* context,
+                                                            const v1::HeartbeatRequest* request,
+                                                            v1::HeartbeatResponse* response) {
+  wire_.bytes_received += request->ByteSizeLong();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status touched = membership_->Touch(request->worker_id());
+  if (touched.ok() && request->has_eval()) {
+    absl::MutexLock lock(&mu_);
+    if (request->eval().version() >= last_eval_.version()) last_eval_ = request->eval();
+  }
+  response->set_version(store_->version());
+  wire_.bytes_sent += response->ByteSizeLong();
+  reactor->Finish(ToGrpcStatus(touched));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ParameterServerService::Leave(grpc::CallbackServerContext* context,
+                                                        const v1::LeaveRequest* request,
+                                                        v1::LeaveResponse* response) {
+  wire_.bytes_received += request->ByteSizeLong();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status left = membership_->Leave(request->worker_id());
+  if (!left.ok()) {
+    reactor->Finish(ToGrpcStatus(left));
+    return reactor;
+  }
+  LogInfo(absl::StrFormat("event=leave worker_id=%d members=%d", request->worker_id(),
+                          membership_->size()));
+  // The round may now be complete; closing it averages the whole model, so not on this thread.
+  pool_->Schedule([this, reactor] {
+    aggregator_->MaybeCloseRound();
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ParameterServerService::Status(grpc::CallbackServerContext* context,
+                                                         const v1::StatusRequest* request,
+                                                         v1::StatusResponse* response) {
+  *response = BuildStatus();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+v1::StatusResponse ParameterServerService::BuildStatus() const {
+  v1::StatusResponse status;
+  status.set_version(store_->version());
+  status.set_mode(options_.training.mode());
+  status.set_model_size(options_.model_size);
+  status.set_shard_index(options_.shard_index);
+  status.set_shard_count(options_.shard_count);
+  *status.mutable_config() = options_.training;
+  const absl::Time now = absl::Now();
+  for (const Member& m : membership_->Members()) {
+    v1::MemberStatus* out = status.add_members();
+    out->set_worker_id(m.id);
+    out->set_name(m.name);
+    out->set_rank(m.rank);
+    out->set_last_seen_ms_ago(std::max<int64_t>(0, absl::ToInt64Milliseconds(now - m.last_seen)));
+    out->set_updates_accepted(m.updates_accepted);
+  }
+  const AggregatorStats stats = aggregator_->stats();
+  status.set_updates_applied(stats.applied);
+  status.set_updates_refused_stale(stats.refused_stale);
+  status.set_updates_refused_invalid(stats.refused_invalid + refused_at_stream_);
+  status.set_updates_duplicate(stats.duplicate);
+  status.set_rounds_completed(stats.rounds_completed);
+  status.set_last_train_loss(stats.last_train_loss);
+  wire_.ToProto(status.mutable_wire());
+  absl::MutexLock lock(&mu_);
+  *status.mutable_last_eval() = last_eval_;
+  return status;
+}
+
+absl::Status ParameterServerService::CheckUpdateHeader(const v1::UpdateHeader& header,
+                                                       uint64_t* payload_bytes) const {
+  if (!membership_->IsMember(header.worker_id())) {
+    return absl::NotFoundError(absl::StrCat("worker id ", header.worker_id(),
+                                            " is not a member (never joined, left, or its lease "
+                                            "expired); Join again"));
+  }
+  if (header.num_elements() != shard_size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "update has %d elements, but this shard holds %d (model size %d, shard [%d, %d))",
+        header.num_elements(), shard_size(), options_.model_size, options_.shard_begin,
+        options_.shard_end));
+  }
+  const auto& allowed = options_.training.allowed_encodings();
+  if (std::find(allowed.begin(), allowed.end(), header.encoding().encoding()) == allowed.end()) {
+    return absl::InvalidArgumentError(absl::StrCat("encoding ", EncodingName(header.encoding()),
+                                                   " is not allowed by this server"));
+  }
+  absl::StatusOr<uint64_t> expected = EncodedSize(header.encoding(), header.num_elements());
+  if (!expected.ok()) return expected.status();
+  if (header.payload_bytes() != *expected) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "payload_bytes is %d, but %s of %d elements takes exactly %d bytes",
+        header.payload_bytes(), EncodingName(header.encoding()), header.num_elements(), *expected));
+  }
+  *payload_bytes = *expected;
+  return absl::OkStatus();
+}
+
+// Reads the chunks of one update into a PayloadAssembler; when the client half-closes, hands the
+// complete update to the Aggregator on the pool. Any error finishes the call at once and nothing
+// of the update is applied.
+class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::UpdateChunk> {
+ public:
+  PushReactor(ParameterServerService* service, grpc::CallbackServerContext* context,
+              v1::PushAck* ack)
+      : service_(service), context_(context), ack_(ack) {
+    StartRead(&chunk_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      OnStreamEnd();
+      return;
+    }
+    service_->wire_.bytes_received += chunk_.ByteSizeLong();
+    service_->wire_.payload_bytes_received += chunk_.data().size();
+    if (!assembler_.has_value()) {
+      if (!chunk_.has_header()) {
+        return Refuse(absl::InvalidArgumentError("the first chunk of a push must carry the header"));
+      }
+      header_ = chunk_.header();
+      uint64_t payload_bytes = 0;
+      if (absl::Status s = service_->CheckUpdateHeader(header_, &payload_bytes); !s.ok()) {
+        return Refuse(s);
+      }
+      assembler_.emplace(payload_bytes, service_->options_.chunk_bytes);
+    } else if (chunk_.has_header()) {
+      return Refuse(absl::InvalidArgumentError(
+          absl::StrCat("chunk at offset ", chunk_.offset(), " carries a second header")));
+    }
+    if (absl::Status s = assembler_->Add(chunk_.offset(), chunk_.data()); !s.ok()) {
+      return Refuse(s);
+    }
+    StartRead(&chunk_);
+  }
+
+  void OnCancel() override { cancelled_ = true; }
+  void OnDone() override { delete this; }
+
+ private:
+  void OnStreamEnd() {
+    if (cancelled_) {
+      // A stream cancelled halfway is never applied, even if every byte had arrived.
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "push cancelled by the client"));
+      return;
+    }
+    if (!assembler_.has_value()) {
+      return Refuse(absl::InvalidArgumentError("push stream ended without any chunk"));
+    }
+    if (absl::Status s = assembler_->CheckComplete(); !s.ok()) return Refuse(s);
+    service_->pool_->Schedule([this] { Submit(); });
+  }
+
+  void Submit() {
+    Update update;
+    update.worker_id = header_.worker_id();
+    update.sequence = header_.sequence();
+    update.kind = header_.kind();
+    update.base_version = header_.base_version();
+    update.sample_count = header_.sample_count();
+    update.encoding = header_.encoding();
+    update.payload = assembler_->payload();
+    update.train_loss = header_.train_loss();
+    absl::StatusOr<SubmitResult> result = service_->aggregator_->Submit(update);
+    if (!result.ok()) {
+      LogWarning(absl::StrFormat("event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"",
+                                 update.worker_id, update.base_version,
+                                 absl::StatusCodeToString(result.status().code()),
+                                 result.status().message()));
+      Finish(ToGrpcStatus(result.status()));
+      return;
+    }
+    service_->wire_.raw_bytes_received += header_.num_elements() * sizeof(float);
+    ack_->set_result(result->duplicate ? v1::PushAck::RESULT_DUPLICATE
+                                       : v1::PushAck::RESULT_APPLIED);
+    ack_->set_version(result->version);
+    service_->wire_.bytes_sent += ack_->ByteSizeLong();
+    Finish(grpc::Status::OK);
+  }
+
+  void Refuse(const absl::Status& status) {
+    ++service_->refused_at_stream_;
+    LogWarning(absl::StrFormat("event=push_refused peer=%s code=%s msg=\"%s\"", context_->peer(),
+                               absl::StatusCodeToString(status.code()), status.message()));
+    Finish(ToGrpcStatus(status));
+  }
+
+  ParameterServerService* const service_;
+  grpc::CallbackServerContext* const context_;
+  v1::PushAck* const ack_;
+  v1::UpdateChunk chunk_;
+  v1::UpdateHeader header_;
+  std::optional<PayloadAssembler> assembler_;
+  std::atomic<bool> cancelled_{false};
+};
+
+grpc::ServerReadReactor<v1::UpdateChunk>* ParameterServerService::Push(
+    grpc::CallbackServerContext* context, v1::PushAck* ack) {
+  return new PushReactor(this, context, ack);
+}
+
+// Waits in the VersionWaitList until the model is newer than the client's, then streams it in
+// chunks, one write in flight; or answers "unchanged" when the wait runs out.
+class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::ModelChunk>,
+                                            public VersionWaitList::Waiter {
+ public:
+  PullReactor(ParameterServerService* service, const v1::PullRequest* request)
+      : service_(service), have_version_(request->have_version()) {
+    if (absl::Status s = Check(*request); !s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    absl::Duration wait = std::min(absl::Milliseconds(request->max_wait_ms()),
+                                   service_->options_.max_pull_wait);
+    // A client that claims a version from the future (say, after the server restarted without
+    // its state) gets the current model rather than a wait that might never end.
+    if (have_version_ > service_->store_->version()) have_version_ = 0;
+    if (!service_->wait_list_->WaitForNewer(have_version_, absl::Now() + wait, this)) {
+      Send();
+    }
+  }
+
+  // Timed out or not, Send answers with whatever is current: a newer model or "unchanged".
+  void OnReady(bool /*timed_out*/) override { Send(); }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "pull stream broken"));
+      return;
+    }
+    NextChunk();
+  }
+
+  void OnCancel() override {
+    if (service_->wait_list_->Cancel(this)) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "pull cancelled while waiting"));
+    }
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Check(const v1::PullRequest& request) {
+    if (request.worker_id() != 0) {
+      if (absl::Status s = service_->membership_->Touch(request.worker_id()); !s.ok()) return s;
+    }
+    const auto& accept = request.accept_encodings();
+    if (!accept.empty() &&
+        std::find(accept.begin(), accept.end(), v1::ENCODING_FP32) == accept.end()) {
+      return absl::InvalidArgumentError(
+          "accept_encodings must include ENCODING_FP32 (the only model encoding this server sends)");
+    }
+    return absl::OkStatus();
+  }
+
+  void Send() {
+    snapshot_ = service_->store_->Snapshot();
+    v1::ModelChunk& chunk = chunk_;
+    v1::ModelHeader* header = chunk.mutable_header();
+    header->set_version(snapshot_.version);
+    if (snapshot_.version <= have_version_) {
+      // Only possible when timed out (or shutting down): nothing newer to send.
+      header->set_kind(v1::ModelHeader::KIND_UNCHANGED);
+      header->set_num_elements(service_->shard_size());
+      ranges_.clear();
+    } else {
+      header->set_kind(v1::ModelHeader::KIND_FULL);
+      header->mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+      header->set_num_elements(snapshot_.values->size());
+      header->set_payload_bytes(snapshot_.values->size() * sizeof(float));
+      ranges_ = ChunkRanges(header->payload_bytes(), service_->options_.chunk_bytes);
+      service_->wire_.raw_bytes_sent += header->payload_bytes();
+    }
+    next_range_ = 0;
+    FillAndWrite();
+  }
+
+  // Writes the current chunk_ (whose header, if any, is set) with the next range's bytes.
+  void FillAndWrite() {
+    if (next_range_ < ranges_.size()) {
+      const ByteRange r = ranges_[next_range_++];
+      chunk_.set_offset(r.offset);
+      chunk_.set_data(reinterpret_cast<const char*>(snapshot_.values->data()) + r.offset, r.size);
+    }
+    service_->wire_.bytes_sent += chunk_.ByteSizeLong();
+    service_->wire_.payload_bytes_sent += chunk_.data().size();
+    StartWrite(&chunk_);
+  }
+
+  void NextChunk() {
+    if (next_range_ >= ranges_.size()) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    chunk_.Clear();
+    FillAndWrite();
+  }
+
+  ParameterServerService* const service_;
+  uint64_t have_version_;
+  ModelSnapshot snapshot_;
+  std::vector<ByteRange> ranges_;
+  size_t next_range_ = 0;
+  v1::ModelChunk chunk_;
+};
+
+grpc::ServerWriteReactor<v1::ModelChunk>* ParameterServerService::Pull(
+    grpc::CallbackServerContext* context, const v1::PullRequest* request) {
+  wire_.bytes_received += request->ByteSizeLong();
+  return new PullReactor(this, request);
+}
+
+}  // namespace ps

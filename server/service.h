@@ -1,0 +1,92 @@
+// The gRPC adapter: ps.v1.ParameterServer on the callback API. It checks what clients send, moves
+// bytes, and hands the logic to Membership, Aggregator and ParameterStore. Reactions never block:
+// decoding and applying run on the server's ThreadPool.
+#ifndef PS_SERVER_SERVICE_H_
+#define PS_SERVER_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/thread_pool.h"
+#include "ps/v1/ps.grpc.pb.h"
+#include "server/aggregator.h"
+#include "server/membership.h"
+#include "server/parameter_store.h"
+#include "server/version_wait_list.h"
+
+namespace ps {
+
+struct ServiceOptions {
+  v1::TrainingConfig training;
+  uint64_t model_size = 0;
+  uint64_t shard_begin = 0;
+  uint64_t shard_end = 0;
+  uint32_t shard_index = 0;
+  uint32_t shard_count = 1;
+  absl::Duration max_pull_wait = absl::Seconds(30);
+  uint64_t chunk_bytes = 0;
+};
+
+// Counters of serialized gRPC message bytes (HTTP/2 and TLS framing not included). Thread-safe.
+struct WireCounters {
+  std::atomic<uint64_t> bytes_received{0}, bytes_sent{0};
+  std::atomic<uint64_t> payload_bytes_received{0}, payload_bytes_sent{0};
+  std::atomic<uint64_t> raw_bytes_received{0}, raw_bytes_sent{0};
+  void ToProto(v1::WireCounters* out) const;
+};
+
+// Thread-safe. Borrows every component; they must outlive the grpc::Server that serves this.
+class ParameterServerService final : public v1::ParameterServer::CallbackService {
+ public:
+  ParameterServerService(const ServiceOptions& options, ParameterStore* store,
+                         Membership* membership, Aggregator* aggregator,
+                         VersionWaitList* wait_list, ThreadPool* pool);
+
+  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
+                                 const v1::JoinRequest* request,
+                                 v1::JoinResponse* response) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
+                                      const v1::HeartbeatRequest* request,
+                                      v1::HeartbeatResponse* response) override;
+  grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context,
+                                  const v1::LeaveRequest* request,
+                                  v1::LeaveResponse* response) override;
+  grpc::ServerReadReactor<v1::UpdateChunk>* Push(grpc::CallbackServerContext* context,
+                                                 v1::PushAck* ack) override;
+  grpc::ServerWriteReactor<v1::ModelChunk>* Pull(grpc::CallbackServerContext* context,
+                                                 const v1::PullRequest* request) override;
+  grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
+                                   const v1::StatusRequest* request,
+                                   v1::StatusResponse* response) override;
+
+  v1::StatusResponse BuildStatus() const;
+  const ServiceOptions& options() const { return options_; }
+
+ private:
+  class PushReactor;
+  class PullReactor;
+
+  // Cheap checks of a push header before any payload is buffered. Sets *payload_bytes.
+  absl::Status CheckUpdateHeader(const v1::UpdateHeader& header, uint64_t* payload_bytes) const;
+  uint64_t shard_size() const { return options_.shard_end - options_.shard_begin; }
+
+  const ServiceOptions options_;
+  ParameterStore* const store_;
+  Membership* const membership_;
+  Aggregator* const aggregator_;
+  VersionWaitList* const wait_list_;
+  ThreadPool* const pool_;
+
+  WireCounters wire_;
+  std::atomic<uint64_t> refused_at_stream_{0};  // pushes refused before reaching the aggregator
+  mutable absl::Mutex mu_;
+  v1::EvalReport last_eval_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_SERVICE_H_

@@ -1,0 +1,253 @@
+// Hostile and broken input against a real server over gRPC: every case gets a clear status code
+// and message, the model stays exactly as it was, and the server keeps serving.
+#include <grpcpp/grpcpp.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "common/chunking.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/test_support.h"
+
+namespace ps {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr uint64_t kChunk = 4096;
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_ASYNC, 2, 1);
+    options.chunk_bytes = kChunk;
+    server_ = testing::StartServer(options);
+    ASSERT_NE(server_, nullptr);
+    grpc::ChannelArguments args;
+    args.SetMaxSendMessageSize(8 << 20);  // so that the server, not the client, refuses big ones
+    stub_ = v1::ParameterServer::NewStub(grpc::CreateCustomChannel(
+        server_->address(), grpc::InsecureChannelCredentials(), args));
+    grpc::ClientContext context;
+    v1::JoinRequest join;
+    join.set_requested_rank(-1);
+    v1::JoinResponse joined;
+    ASSERT_TRUE(stub_->Join(&context, join, &joined).ok());
+    worker_id_ = joined.worker_id();
+    size_ = joined.model_size();
+    before_ = *server_->Model().values;
+  }
+
+  v1::UpdateHeader Header() const {
+    v1::UpdateHeader h;
+    h.set_worker_id(worker_id_);
+    h.set_sequence(++sequence_);
+    h.set_kind(v1::UPDATE_KIND_MODEL_DELTA);
+    h.set_base_version(server_->Model().version);
+    h.set_sample_count(32);
+    h.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+    h.set_num_elements(size_);
+    h.set_payload_bytes(size_ * 4);
+    return h;
+  }
+
+  static std::string Payload(const std::vector<float>& v) {
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+  }
+  std::string GoodPayload() const { return Payload(std::vector<float>(size_, 0.001f)); }
+
+  // Splits `payload` into chunks of kChunk bytes at their true offsets.
+  static std::vector<v1::UpdateChunk> Chunks(const v1::UpdateHeader& header,
+                                             const std::string& payload) {
+    std::vector<v1::UpdateChunk> chunks;
+    for (const ByteRange& r : ChunkRanges(payload.size(), kChunk)) {
+      v1::UpdateChunk c;
+      if (chunks.empty()) *c.mutable_header() = header;
+      c.set_offset(r.offset);
+      c.set_data(payload.substr(r.offset, r.size));
+      chunks.push_back(c);
+    }
+    return chunks;
+  }
+
+  grpc::Status Send(const std::vector<v1::UpdateChunk>& chunks, v1::PushAck* ack = nullptr) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::PushAck unused;
+    auto writer = stub_->Push(&context, ack ? ack : &unused);
+    for (const auto& c : chunks) {
+      if (!writer->Write(c)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
+  // The model is exactly as before and a good push still goes through.
+  void ExpectUnchangedAndStillServing() {
+    EXPECT_EQ(*server_->Model().values, before_) << "a refused update changed the model";
+    v1::PushAck ack;
+    grpc::Status ok = Send(Chunks(Header(), GoodPayload()), &ack);
+    EXPECT_TRUE(ok.ok()) << ok.error_message();
+    EXPECT_EQ(ack.result(), v1::PushAck::RESULT_APPLIED);
+  }
+
+  void ExpectRefused(const std::vector<v1::UpdateChunk>& chunks, grpc::StatusCode code,
+                     const std::string& message_part) {
+    grpc::Status s = Send(chunks);
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(message_part));
+    ExpectUnchangedAndStillServing();
+  }
+
+  std::unique_ptr<ParameterServer> server_;
+  std::unique_ptr<v1::ParameterServer::Stub> stub_;
+  uint64_t worker_id_ = 0;
+  uint64_t size_ = 0;
+  mutable uint64_t sequence_ = 0;
+  std::vector<float> before_;
+};
+
+TEST_F(BadInputTest, AnUpdateOfTheWrongLengthIsRefused) {
+  v1::UpdateHeader h = Header();
+  h.set_num_elements(size_ - 1);
+  h.set_payload_bytes((size_ - 1) * 4);
+  ExpectRefused(Chunks(h, GoodPayload().substr(4)), grpc::StatusCode::INVALID_ARGUMENT,
+                "this shard holds 7850");
+}
+
+TEST_F(BadInputTest, APayloadSizeThatDoesNotFitTheEncodingIsRefused) {
+  v1::UpdateHeader h = Header();
+  h.set_payload_bytes(size_ * 4 + 4);
+  ExpectRefused(Chunks(h, GoodPayload()), grpc::StatusCode::INVALID_ARGUMENT, "payload_bytes");
+}
+
+TEST_F(BadInputTest, AChunkPastTheEndIsRefused) {
+  auto chunks = Chunks(Header(), GoodPayload() + "abcd");
+  ExpectRefused(chunks, grpc::StatusCode::INVALID_ARGUMENT, "past the end");
+}
+
+TEST_F(BadInputTest, OverlappingChunksAreRefused) {
+  auto chunks = Chunks(Header(), GoodPayload());
+  chunks[1].set_offset(chunks[1].offset() - 8);
+  ExpectRefused(chunks, grpc::StatusCode::INVALID_ARGUMENT, "overlaps");
+}
+
+TEST_F(BadInputTest, AMissingChunkInTheMiddleIsRefused) {
+  auto chunks = Chunks(Header(), GoodPayload());
+  chunks.erase(chunks.begin() + 1);
+  ExpectRefused(chunks, grpc::StatusCode::INVALID_ARGUMENT, "gap");
+}
+
+TEST_F(BadInputTest, AStreamThatStopsShortIsRefused) {
+  auto chunks = Chunks(Header(), GoodPayload());
+  chunks.pop_back();
+  ExpectRefused(chunks, grpc::StatusCode::INVALID_ARGUMENT, "missing");
+}
+
+TEST_F(BadInputTest, AnUnknownEncodingIsRefused) {
+  v1::UpdateHeader h = Header();
+  h.mutable_encoding()->set_encoding(static_cast<v1::Encoding>(42));
+  ExpectRefused(Chunks(h, GoodPayload()), grpc::StatusCode::INVALID_ARGUMENT, "encoding #42");
+}
+
+TEST_F(BadInputTest, NaNIsRefused) {
+  std::vector<float> v(size_, 0.001f);
+  v[size_ - 3] = std::numeric_limits<float>::quiet_NaN();
+  ExpectRefused(Chunks(Header(), Payload(v)), grpc::StatusCode::INVALID_ARGUMENT,
+                "NaN and Inf are refused");
+}
+
+TEST_F(BadInputTest, InfIsRefused) {
+  std::vector<float> v(size_, 0.001f);
+  v[0] = -std::numeric_limits<float>::infinity();
+  ExpectRefused(Chunks(Header(), Payload(v)), grpc::StatusCode::INVALID_ARGUMENT, "value 0");
+}
+
+TEST_F(BadInputTest, AnUnknownWorkerIdIsRefused) {
+  v1::UpdateHeader h = Header();
+  h.set_worker_id(worker_id_ + 1000);
+  ExpectRefused(Chunks(h, GoodPayload()), grpc::StatusCode::NOT_FOUND, "not a member");
+}
+
+TEST_F(BadInputTest, AFirstChunkWithoutHeaderIsRefused) {
+  auto chunks = Chunks(Header(), GoodPayload());
+  chunks[0].clear_header();
+  ExpectRefused(chunks, grpc::StatusCode::INVALID_ARGUMENT, "must carry the header");
+}
+
+TEST_F(BadInputTest, ASecondHeaderIsRefused) {
+  auto chunks = Chunks(Header(), GoodPayload());
+  *chunks[2].mutable_header() = Header();
+  ExpectRefused(chunks, grpc::StatusCode::INVALID_ARGUMENT, "second header");
+}
+
+TEST_F(BadInputTest, AnEmptyStreamIsRefused) {
+  ExpectRefused({}, grpc::StatusCode::INVALID_ARGUMENT, "without any chunk");
+}
+
+TEST_F(BadInputTest, ZeroSamplesIsRefused) {
+  v1::UpdateHeader h = Header();
+  h.set_sample_count(0);
+  ExpectRefused(Chunks(h, GoodPayload()), grpc::StatusCode::INVALID_ARGUMENT, "sample_count");
+}
+
+TEST_F(BadInputTest, AChunkOverTheServersChunkLimitIsRefused) {
+  v1::UpdateHeader h = Header();
+  v1::UpdateChunk c;
+  *c.mutable_header() = h;
+  c.set_data(GoodPayload().substr(0, kChunk + 4));
+  ExpectRefused({c}, grpc::StatusCode::INVALID_ARGUMENT, "more than the limit");
+}
+
+TEST_F(BadInputTest, AMessageOverTheGrpcLimitIsRefusedByGrpc) {
+  v1::UpdateChunk c;
+  *c.mutable_header() = Header();
+  c.set_data(std::string(5 << 20, '\0'));
+  ExpectRefused({c}, grpc::StatusCode::RESOURCE_EXHAUSTED, "");
+}
+
+TEST_F(BadInputTest, ARetriedPushIsAcknowledgedAsADuplicateAndNotAppliedTwice) {
+  const v1::UpdateHeader h = Header();
+  v1::PushAck first, second;
+  ASSERT_TRUE(Send(Chunks(h, GoodPayload()), &first).ok());
+  const std::vector<float> after_first = *server_->Model().values;
+  ASSERT_TRUE(Send(Chunks(h, GoodPayload()), &second).ok());
+  EXPECT_EQ(second.result(), v1::PushAck::RESULT_DUPLICATE);
+  EXPECT_EQ(*server_->Model().values, after_first);
+  EXPECT_EQ(second.version(), first.version());
+}
+
+TEST_F(BadInputTest, APullByAnUnknownWorkerIsRefused) {
+  grpc::ClientContext context;
+  v1::PullRequest request;
+  request.set_worker_id(worker_id_ + 1000);
+  auto reader = stub_->Pull(&context, request);
+  v1::ModelChunk chunk;
+  EXPECT_FALSE(reader->Read(&chunk));
+  grpc::Status s = reader->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  ExpectUnchangedAndStillServing();
+}
+
+TEST_F(BadInputTest, JoiningBeyondTheConfiguredWorkersIsRefused) {
+  for (int i = 0; i < 2; ++i) {
+    grpc::ClientContext context;
+    v1::JoinRequest join;
+    join.set_requested_rank(-1);
+    v1::JoinResponse joined;
+    grpc::Status s = stub_->Join(&context, join, &joined);
+    if (i == 0) {
+      EXPECT_TRUE(s.ok());  // the second of two ranks
+    } else {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+      EXPECT_THAT(s.error_message(), HasSubstr("--num_workers"));
+    }
+  }
+  ExpectUnchangedAndStillServing();
+}
+
+}  // namespace
+}  // namespace ps

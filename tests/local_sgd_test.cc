@@ -1,0 +1,104 @@
+// Local SGD through a real server: the K = 1, H = 1 special case and the sync averaging step.
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/test_support.h"
+
+namespace ps {
+namespace {
+
+using testing::Connect;
+using testing::SmallServerOptions;
+using testing::StartServer;
+
+TEST(LocalSgd, OneWorkerOneLocalStepIsExactlyPlainMiniBatchSgd) {
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 1, 1);
+  options.training.set_rounds(40);
+  options.training.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME);
+  options.training.set_lr_decay(0.01f);
+  options.model_seed = 3;
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto client = Connect(*server);
+  TrainerOptions trainer_options;
+  trainer_options.data.fashion_mnist_dir = testing::kFashionMnistDir;
+  trainer_options.data.train_limit = 1000;
+  trainer_options.data.test_limit = 100;
+  trainer_options.quiet = true;
+  Trainer trainer(trainer_options, client.get());
+  absl::StatusOr<TrainingResult> result = trainer.Run();
+  ASSERT_TRUE(result.ok()) << result.status();
+
+  // The reference: plain mini-batch SGD, same data, same batches, same schedule, same start.
+  const v1::TrainingConfig& config = options.training;
+  const ModelSpec spec = ModelSpecFromConfig(config);
+  auto model = CreateModel(spec);
+  ASSERT_TRUE(model.ok());
+  auto all = LoadTrainingData(trainer_options.data, spec);
+  ASSERT_TRUE(all.ok()) << all.status();
+  const Dataset train =
+      all->Subset(PartitionIndices(*all, 1, 0, PartitionScheme::kIid, config.data_seed()));
+  BatchSampler sampler(&train, config.batch_size(), SamplerSeed(config.data_seed(), 0));
+  std::vector<float> x((*model)->num_parameters()), grad(x.size());
+  (*model)->Initialize(options.model_seed, absl::MakeSpan(x));
+  RowMatrix bx;
+  std::vector<int32_t> by;
+  for (uint64_t t = 0; t < config.rounds(); ++t) {
+    sampler.Next(&bx, &by);
+    (*model)->LossAndGradient(x, bx, by, absl::MakeSpan(grad));
+    const float lr = LearningRate(config, t, config.rounds());
+    for (size_t i = 0; i < x.size(); ++i) x[i] -= lr * grad[i];
+  }
+  ASSERT_EQ(result->final_model.size(), x.size());
+  size_t differing = 0;
+  for (size_t i = 0; i < x.size(); ++i) differing += result->final_model[i] != x[i];
+  EXPECT_EQ(differing, 0u) << "parameters differ from plain SGD";
+  EXPECT_EQ(server->Model().values->at(7), x[7]);
+  EXPECT_EQ(result->final_version, config.rounds() + 1);
+}
+
+TEST(LocalSgd, AfterASyncRoundEveryWorkerHoldsTheAverageOfTheLocalModels) {
+  ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 3, 4);
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  const size_t d = server->Model().values->size();
+  std::vector<std::unique_ptr<PsClient>> clients;
+  for (int k = 0; k < 3; ++k) {
+    clients.push_back(Connect(*server, "w" + std::to_string(k)));
+    ASSERT_TRUE(clients.back()->Join().ok());
+  }
+  std::vector<float> x0(d);
+  ASSERT_TRUE(clients[0]->Pull(0, absl::ZeroDuration(), absl::MakeSpan(x0)).ok());
+
+  // Worker k's local model after its H steps is x0 + D_k, trained on n_k = 32 * H samples each.
+  std::vector<std::vector<float>> local(3, x0);
+  for (int k = 0; k < 3; ++k) {
+    for (size_t i = 0; i < d; ++i) local[k][i] += 0.001f * static_cast<float>((i * (k + 1)) % 17) - 0.005f * k;
+  }
+  std::vector<std::vector<float>> pulled(3, std::vector<float>(d));
+  std::vector<std::thread> threads;
+  for (int k = 0; k < 3; ++k) {
+    threads.emplace_back([&, k] {
+      std::vector<float> delta(d);
+      for (size_t i = 0; i < d; ++i) delta[i] = local[k][i] - x0[i];
+      auto ack = clients[k]->Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 128, delta, 0.0);
+      ASSERT_TRUE(ack.ok()) << ack.status();
+      auto r = clients[k]->Pull(1, absl::Seconds(30), absl::MakeSpan(pulled[k]));
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_TRUE(r->changed);
+      EXPECT_EQ(r->version, 2u);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < d; ++i) {
+    const double average = (double{local[0][i]} + local[1][i] + local[2][i]) / 3.0;
+    ASSERT_NEAR(pulled[0][i], average, 1e-6) << "coordinate " << i;
+    ASSERT_EQ(pulled[1][i], pulled[0][i]);
+    ASSERT_EQ(pulled[2][i], pulled[0][i]);
+  }
+}
+
+}  // namespace
+}  // namespace ps

@@ -1,0 +1,101 @@
+// End-to-end training through a real server on loopback: three workers, softmax regression on a
+// Fashion-MNIST subset, once with synchronous and once with asynchronous Local SGD.
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/test_support.h"
+
+namespace ps {
+namespace {
+
+using testing::Connect;
+using testing::SmallServerOptions;
+using testing::StartServer;
+
+struct RunOutcome {
+  std::vector<TrainingResult> results;
+  v1::StatusResponse status;
+  EvalResult final_model;  // the server's model once every worker finished
+};
+
+RunOutcome TrainThreeWorkers(v1::AggregationMode mode) {
+  ServerOptions options = SmallServerOptions(mode, 3, 8);
+  options.training.set_epochs(5.0f);
+  options.training.set_learning_rate(0.2f);
+  options.training.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_COSINE);
+  options.training.set_eval_every(10);
+  auto server = StartServer(options);
+  RunOutcome outcome;
+  if (server == nullptr) return outcome;
+  std::vector<std::unique_ptr<PsClient>> clients;
+  std::vector<absl::StatusOr<TrainingResult>> results(3, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int k = 0; k < 3; ++k) clients.push_back(Connect(*server, "w" + std::to_string(k)));
+  for (int k = 0; k < 3; ++k) {
+    threads.emplace_back([&, k] {
+      TrainerOptions o;
+      o.data.fashion_mnist_dir = testing::kFashionMnistDir;
+      o.data.train_limit = 20000;
+      o.data.test_limit = 2000;
+      o.quiet = true;
+      Trainer trainer(o, clients[k].get());
+      results[k] = trainer.Run();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& r : results) {
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) outcome.results.push_back(*std::move(r));
+  }
+  outcome.status = server->GetStatus();
+  const ModelSpec spec = ModelSpecFromConfig(options.training);
+  DataOptions data;
+  data.fashion_mnist_dir = testing::kFashionMnistDir;
+  data.test_limit = 2000;
+  auto test = LoadTestData(data, spec);
+  EXPECT_TRUE(test.ok()) << test.status();
+  if (test.ok()) outcome.final_model = Evaluate(**CreateModel(spec), *server->Model().values, *test);
+  std::printf("final model: version %llu, test accuracy %.4f, stale refusals %llu\n",
+              static_cast<unsigned long long>(outcome.status.version()), outcome.final_model.accuracy,
+              static_cast<unsigned long long>(outcome.status.updates_refused_stale()));
+  return outcome;
+}
+
+TEST(Training, SyncLocalSgdWithThreeWorkersReachesEightyPercent) {
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  RunOutcome run = TrainThreeWorkers(v1::AGGREGATION_MODE_SYNC);
+  ASSERT_EQ(run.results.size(), 3u);
+  // 5 epochs of 20000 examples over 3 workers * 8 steps * 32 = 130.2 -> 131 rounds, one version
+  // each.
+  EXPECT_EQ(run.status.version(), 1u + 131u);
+  EXPECT_EQ(run.status.rounds_completed(), 131u);
+  EXPECT_EQ(run.status.updates_applied(), 3u * 131u);
+  for (const TrainingResult& r : run.results) {
+    EXPECT_GE(r.final_test.accuracy, 0.80) << "worker " << r.rank;
+    EXPECT_EQ(r.final_version, 132u);
+    EXPECT_EQ(r.final_model, run.results[0].final_model) << "sync workers end on one model";
+    EXPECT_GT(r.wire.bytes_sent, 131u * 7850u * 4u);
+  }
+  EXPECT_GE(run.status.last_eval().test_accuracy(), 0.80);
+  EXPECT_GE(run.final_model.accuracy, 0.80);
+}
+
+TEST(Training, AsyncLocalSgdWithThreeWorkersReachesEightyPercent) {
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  RunOutcome run = TrainThreeWorkers(v1::AGGREGATION_MODE_ASYNC);
+  ASSERT_EQ(run.results.size(), 3u);
+  // Every accepted update is one version; refused (too stale) ones are not.
+  EXPECT_EQ(run.status.version(), 1u + run.status.updates_applied());
+  EXPECT_EQ(run.status.updates_applied() + run.status.updates_refused_stale(), 3u * 131u);
+  // The trained model is the server's once all workers are done; a worker that finished early
+  // evaluated a model without the others' last updates.
+  EXPECT_GE(run.final_model.accuracy, 0.80);
+  for (const TrainingResult& r : run.results) {
+    EXPECT_GE(r.final_test.accuracy, 0.75) << "worker " << r.rank;
+  }
+}
+
+}  // namespace
+}  // namespace ps

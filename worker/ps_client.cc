@@ -1,0 +1,266 @@
+#include "worker/ps_client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/chunking.h"
+#include "common/codec.h"
+#include "common/grpc_status.h"
+#include "common/logging.h"
+
+namespace ps {
+namespace {
+
+void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+}
+
+absl::Status WithContext(const grpc::Status& status, absl::string_view what,
+                         absl::string_view server) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      absl::StrCat(what, " to ", server, ": ", status.error_message()));
+}
+
+}  // namespace
+
+PsClient::PsClient(const PsClientOptions& options) : options_(options) {}
+
+absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions& options) {
+  if (options.servers.empty()) {
+    return absl::InvalidArgumentError("no server address given (--servers)");
+  }
+  if (options.servers.size() > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "got ", options.servers.size(),
+        " server addresses; this version serves the model from a single server shard"));
+  }
+  std::unique_ptr<PsClient> client(new PsClient(options));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  auto channel =
+      grpc::CreateCustomChannel(options.servers[0], grpc::InsecureChannelCredentials(), args);
+  client->stub_ = v1::ParameterServer::NewStub(channel);
+  return client;
+}
+
+PsClient::~PsClient() { StopHeartbeats(); }
+
+template <typename Attempt>
+grpc::Status PsClient::WithRetries(absl::string_view what, Attempt attempt) {
+  Backoff backoff(options_.backoff);
+  const absl::Time give_up = absl::Now() + options_.retry_budget;
+  while (true) {
+    grpc::Status status = attempt();
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return status;
+    const absl::Duration delay = backoff.NextDelay();
+    if (absl::Now() + delay > give_up) return status;
+    LogWarning(absl::StrFormat("event=retry call=%s server=%s delay_ms=%d error=\"%s\"", what,
+                               options_.servers[0], absl::ToInt64Milliseconds(delay),
+                               status.error_message()));
+    absl::SleepFor(delay);
+  }
+}
+
+absl::StatusOr<v1::JoinResponse> PsClient::Join() {
+  v1::JoinRequest request;
+  request.set_worker_name(options_.worker_name);
+  request.set_requested_rank(options_.requested_rank);
+  request.add_supported_encodings(v1::ENCODING_FP32);
+  v1::JoinResponse response;
+  grpc::Status status = WithRetries("Join", [&] {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    // Waits for the server to come up instead of failing at once.
+    context.set_wait_for_ready(true);
+    bytes_sent_ += request.ByteSizeLong();
+    return stub_->Join(&context, request, &response);
+  });
+  if (!status.ok()) return WithContext(status, "Join", options_.servers[0]);
+  bytes_received_ += response.ByteSizeLong();
+  if (response.shard_begin() != 0 || response.shard_end() != response.model_size()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "server %s holds only shard %d of %d; give every shard's address", options_.servers[0],
+        response.shard_index(), response.shard_count()));
+  }
+  worker_id_ = response.worker_id();
+  lease_ms_ = static_cast<int64_t>(response.lease_ms());
+  if (response.max_chunk_bytes() >= 1024) chunk_bytes_ = response.max_chunk_bytes();
+  return response;
+}
+
+absl::Status PsClient::Heartbeat(const v1::EvalReport* eval) {
+  v1::HeartbeatRequest request;
+  request.set_worker_id(worker_id_);
+  if (eval != nullptr) *request.mutable_eval() = *eval;
+  v1::HeartbeatResponse response;
+  grpc::Status status = WithRetries("Heartbeat", [&] {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    bytes_sent_ += request.ByteSizeLong();
+    return stub_->Heartbeat(&context, request, &response);
+  });
+  if (status.ok()) bytes_received_ += response.ByteSizeLong();
+  return WithContext(status, "Heartbeat", options_.servers[0]);
+}
+
+void PsClient::StartHeartbeats() {
+  if (heartbeat_thread_.joinable()) return;
+  stop_heartbeats_ = std::make_unique<absl::Notification>();
+  heartbeat_thread_ = std::thread([this] {
+    while (!stop_heartbeats_->WaitForNotificationWithTimeout(absl::Milliseconds(lease_ms_.load()) / 3)) {
+      if (absl::Status s = Heartbeat(nullptr); !s.ok()) {
+        LogWarning(absl::StrCat("event=heartbeat_failed error=\"", s.ToString(), "\""));
+      }
+    }
+  });
+}
+
+void PsClient::StopHeartbeats() {
+  if (!heartbeat_thread_.joinable()) return;
+  stop_heartbeats_->Notify();
+  heartbeat_thread_.join();
+}
+
+absl::Status PsClient::Leave() {
+  StopHeartbeats();
+  v1::LeaveRequest request;
+  request.set_worker_id(worker_id_);
+  v1::LeaveResponse response;
+  grpc::Status status = WithRetries("Leave", [&] {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    bytes_sent_ += request.ByteSizeLong();
+    return stub_->Leave(&context, request, &response);
+  });
+  return WithContext(status, "Leave", options_.servers[0]);
+}
+
+absl::StatusOr<v1::PushAck> PsClient::Push(v1::UpdateKind kind, uint64_t base_version,
+                                           uint64_t sample_count, absl::Span<const float> values,
+                                           double train_loss) {
+  v1::UpdateHeader header;
+  header.set_worker_id(worker_id_);
+  header.set_sequence(next_sequence_++);
+  header.set_kind(kind);
+  header.set_base_version(base_version);
+  header.set_sample_count(sample_count);
+  header.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+  header.set_num_elements(values.size());
+  header.set_train_loss(train_loss);
+  absl::StatusOr<std::string> payload = Encode(header.encoding(), values);
+  if (!payload.ok()) return payload.status();
+  header.set_payload_bytes(payload->size());
+  const std::vector<ByteRange> ranges = ChunkRanges(payload->size(), chunk_bytes_);
+
+  v1::PushAck ack;
+  grpc::Status status = WithRetries("Push", [&] {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    std::unique_ptr<grpc::ClientWriter<v1::UpdateChunk>> writer = stub_->Push(&context, &ack);
+    v1::UpdateChunk chunk;
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      chunk.Clear();
+      if (i == 0) *chunk.mutable_header() = header;
+      chunk.set_offset(ranges[i].offset);
+      chunk.set_data(payload->data() + ranges[i].offset, ranges[i].size);
+      bytes_sent_ += chunk.ByteSizeLong();
+      payload_sent_ += ranges[i].size;
+      // A failed write means the server already finished the call; Finish says why.
+      if (!writer->Write(chunk)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  });
+  if (!status.ok()) return WithContext(status, "Push", options_.servers[0]);
+  bytes_received_ += ack.ByteSizeLong();
+  raw_sent_ += values.size() * sizeof(float);
+  return ack;
+}
+
+absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration wait,
+                                          absl::Span<float> model) {
+  v1::PullRequest request;
+  request.set_worker_id(worker_id_);
+  request.set_have_version(have_version);
+  request.add_accept_encodings(v1::ENCODING_FP32);
+  request.set_max_wait_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(wait)));
+  PullResult result;
+  absl::Status decode_error;
+  grpc::Status status = WithRetries("Pull", [&] {
+    grpc::ClientContext context;
+    SetDeadline(&context, wait + options_.rpc_timeout);
+    bytes_sent_ += request.ByteSizeLong();
+    std::unique_ptr<grpc::ClientReader<v1::ModelChunk>> reader = stub_->Pull(&context, request);
+    v1::ModelChunk chunk;
+    std::optional<PayloadAssembler> assembler;
+    v1::ModelHeader header;
+    while (reader->Read(&chunk)) {
+      bytes_received_ += chunk.ByteSizeLong();
+      payload_received_ += chunk.data().size();
+      if (!assembler.has_value()) {
+        header = chunk.header();
+        if (header.kind() == v1::ModelHeader::KIND_UNCHANGED) continue;
+        if (header.kind() != v1::ModelHeader::KIND_FULL || header.num_elements() != model.size()) {
+          decode_error = absl::InternalError(absl::StrFormat(
+              "server sent a model of kind %d with %d elements; expected a full model of %d",
+              header.kind(), header.num_elements(), model.size()));
+          context.TryCancel();
+          break;
+        }
+        assembler.emplace(header.payload_bytes(), kDefaultChunkBytes);
+      }
+      if (absl::Status s = assembler->Add(chunk.offset(), chunk.data()); !s.ok()) {
+        decode_error = absl::InternalError(absl::StrCat("malformed model stream: ", s.message()));
+        context.TryCancel();
+        break;
+      }
+    }
+    grpc::Status finished = reader->Finish();
+    if (!finished.ok() || !decode_error.ok()) return finished;
+    result.version = header.version();
+    result.changed = false;
+    if (assembler.has_value()) {
+      if (absl::Status s = assembler->CheckComplete(); !s.ok()) {
+        decode_error = absl::InternalError(absl::StrCat("malformed model stream: ", s.message()));
+      } else if (absl::Status d = Decode(header.encoding(), assembler->payload(), model); !d.ok()) {
+        decode_error = absl::InternalError(absl::StrCat("malformed model payload: ", d.message()));
+      } else {
+        result.changed = true;
+        raw_received_ += model.size() * sizeof(float);
+      }
+    }
+    return finished;
+  });
+  if (!decode_error.ok()) return decode_error;
+  if (!status.ok()) return WithContext(status, "Pull", options_.servers[0]);
+  return result;
+}
+
+absl::StatusOr<v1::StatusResponse> PsClient::Status() {
+  v1::StatusResponse response;
+  grpc::Status status = WithRetries("Status", [&] {
+    grpc::ClientContext context;
+    SetDeadline(&context, options_.rpc_timeout);
+    return stub_->Status(&context, v1::StatusRequest(), &response);
+  });
+  if (!status.ok()) return WithContext(status, "Status", options_.servers[0]);
+  return response;
+}
+
+ClientWireStats PsClient::wire() const {
+  ClientWireStats s;
+  s.bytes_sent = bytes_sent_;
+  s.bytes_received = bytes_received_;
+  s.payload_bytes_sent = payload_sent_;
+  s.payload_bytes_received = payload_received_;
+  s.raw_bytes_sent = raw_sent_;
+  s.raw_bytes_received = raw_received_;
+  return s;
+}
+
+}  // namespace ps

@@ -1,0 +1,99 @@
+// PsClient: a worker's connection to the parameter server. Every call has a deadline; UNAVAILABLE
+// is retried with exponential backoff and jitter (pushes keep their sequence number, so a retried
+// push is never applied twice).
+#ifndef PS_WORKER_PS_CLIENT_H_
+#define PS_WORKER_PS_CLIENT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/backoff.h"
+#include "ps/v1/ps.grpc.pb.h"
+
+namespace ps {
+
+struct PsClientOptions {
+  // Server shard addresses (host:port). One address for now; the wire contract already carries
+  // shard ranges so that a list of shards needs no protocol change.
+  std::vector<std::string> servers;
+  std::string worker_name;
+  int requested_rank = -1;  // -1: the server picks a free rank
+  absl::Duration rpc_timeout = absl::Seconds(30);
+  absl::Duration retry_budget = absl::Seconds(60);  // stop retrying UNAVAILABLE after this long
+  BackoffOptions backoff;
+};
+
+// Bytes of serialized gRPC messages (not HTTP/2 framing) and of tensor payloads. `raw` is what the
+// payloads would take as fp32.
+struct ClientWireStats {
+  uint64_t bytes_sent = 0, bytes_received = 0;
+  uint64_t payload_bytes_sent = 0, payload_bytes_received = 0;
+  uint64_t raw_bytes_sent = 0, raw_bytes_received = 0;
+};
+
+struct PullResult {
+  bool changed = false;  // false: nothing newer within the wait, `model` untouched
+  uint64_t version = 0;
+};
+
+// Thread-safe: the trainer and the heartbeat thread share it.
+class PsClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<PsClient>> Create(const PsClientOptions& options);
+  ~PsClient();
+
+  // Becomes a member; later calls act as the returned worker id.
+  absl::StatusOr<v1::JoinResponse> Join();
+  // `eval` may be null.
+  absl::Status Heartbeat(const v1::EvalReport* eval);
+  // Renews the lease every lease/3 from a background thread until Leave or destruction.
+  void StartHeartbeats();
+  absl::Status Leave();
+
+  // Pushes one update covering the whole model. FAILED_PRECONDITION means stale: pull and go on.
+  absl::StatusOr<v1::PushAck> Push(v1::UpdateKind kind, uint64_t base_version,
+                                   uint64_t sample_count, absl::Span<const float> values,
+                                   double train_loss);
+  // Waits up to `wait` for a model newer than `have_version` and writes it into `model`
+  // (model.size() must be the model size). Works before Join as an observer (worker id 0).
+  absl::StatusOr<PullResult> Pull(uint64_t have_version, absl::Duration wait,
+                                  absl::Span<float> model);
+  // The server's Status.
+  absl::StatusOr<v1::StatusResponse> Status();
+
+  ClientWireStats wire() const;
+  uint64_t worker_id() const { return worker_id_; }
+
+ private:
+  explicit PsClient(const PsClientOptions& options);
+  // Runs `attempt` until it returns something other than UNAVAILABLE or the retry budget is spent.
+  template <typename Attempt>
+  grpc::Status WithRetries(absl::string_view what, Attempt attempt);
+  void StopHeartbeats();
+
+  const PsClientOptions options_;
+  std::unique_ptr<v1::ParameterServer::Stub> stub_;
+  std::atomic<uint64_t> worker_id_{0};
+  std::atomic<uint64_t> next_sequence_{1};
+  std::atomic<int64_t> lease_ms_{30000};
+  uint64_t chunk_bytes_ = 1 << 20;
+
+  std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0};
+  std::atomic<uint64_t> payload_sent_{0}, payload_received_{0};
+  std::atomic<uint64_t> raw_sent_{0}, raw_received_{0};
+
+  std::unique_ptr<absl::Notification> stop_heartbeats_;
+  std::thread heartbeat_thread_;
+};
+
+}  // namespace ps
+
+#endif  // PS_WORKER_PS_CLIENT_H_

@@ -1,0 +1,284 @@
+#include "worker/trainer.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace ps {
+namespace {
+
+absl::Status CheckShape(const Dataset& data, const ModelSpec& spec, absl::string_view what) {
+  if (data.dim() != spec.input_dim) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s has %d features per example, but the server's model expects input_dim=%d", what,
+        data.dim(), spec.input_dim));
+  }
+  for (int64_t i = 0; i < data.size(); ++i) {
+    if (data.labels[i] < 0 || data.labels[i] >= spec.num_classes) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: example %d has label %d, outside [0, num_classes=%d)", what, i, data.labels[i],
+          spec.num_classes));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Dataset> Load(const DataOptions& data, const ModelSpec& spec, bool train) {
+  absl::StatusOr<Dataset> loaded;
+  const int64_t limit = train ? data.train_limit : data.test_limit;
+  if (data.format == "fashion_mnist") {
+    loaded = LoadFashionMnist(data.fashion_mnist_dir, train, limit);
+  } else if (data.format == "libsvm") {
+    const std::string& file = train ? data.train_file : data.test_file;
+    if (file.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("libsvm data needs --", train ? "train" : "test",
+                                                     "_file"));
+    }
+    loaded = LoadLibsvm(file, spec.input_dim, spec.num_classes, limit);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown data format '", data.format, "'; choose fashion_mnist or libsvm"));
+  }
+  if (!loaded.ok()) return loaded.status();
+  PS_RETURN_IF_ERROR(CheckShape(*loaded, spec, train ? "training data" : "test data"));
+  loaded->num_classes = spec.num_classes;
+  return loaded;
+}
+
+ModelSpec SpecOf(const v1::TrainingConfig& config) {
+  ModelSpec spec;
+  spec.type = config.model();
+  spec.input_dim = static_cast<int>(config.input_dim());
+  spec.num_classes = static_cast<int>(config.num_classes());
+  spec.hidden_units = static_cast<int>(config.hidden_units());
+  spec.l2 = config.l2();
+  return spec;
+}
+
+std::string Megabytes(uint64_t bytes) { return absl::StrFormat("%.1fMB", bytes / 1e6); }
+
+}  // namespace
+
+absl::StatusOr<Dataset> LoadTrainingData(const DataOptions& data, const ModelSpec& spec) {
+  return Load(data, spec, /*train=*/true);
+}
+
+absl::StatusOr<Dataset> LoadTestData(const DataOptions& data, const ModelSpec& spec) {
+  return Load(data, spec, /*train=*/false);
+}
+
+EvalResult Evaluate(const Model& model, absl::Span<const float> params, const Dataset& data) {
+  constexpr int64_t kBlock = 2048;  // bounds the memory of activations
+  double loss = 0.0;
+  int64_t correct = 0;
+  for (int64_t start = 0; start < data.size(); start += kBlock) {
+    const int64_t n = std::min(kBlock, data.size() - start);
+    const RowMatrix block = data.features.middleRows(start, n);
+    loss += model.EvaluateBatch(params, block, absl::MakeConstSpan(data.labels).subspan(start, n),
+                                &correct);
+  }
+  EvalResult result;
+  if (data.size() > 0) {
+    result.loss = loss / data.size();
+    result.accuracy = static_cast<double>(correct) / data.size();
+  }
+  return result;
+}
+
+float LearningRate(const v1::TrainingConfig& config, uint64_t t, uint64_t total_steps) {
+  const float lr = config.learning_rate();
+  switch (config.lr_schedule()) {
+    case v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME:
+      return lr / (1.0f + config.lr_decay() * static_cast<float>(t));
+    case v1::LEARNING_RATE_SCHEDULE_COSINE:
+      if (total_steps == 0) return lr;
+      return lr * 0.5f *
+             (1.0f + std::cos(static_cast<float>(M_PI) * std::min<float>(1.0f, float(t) / total_steps)));
+    default:
+      return lr;
+  }
+}
+
+uint64_t RoundsFor(const v1::TrainingConfig& config, int64_t total_train_examples) {
+  if (config.rounds() > 0) return config.rounds();
+  // Every worker runs the same number of rounds, computed from the whole set so that all agree.
+  const double per_round = static_cast<double>(config.num_workers()) * config.local_steps() *
+                           config.batch_size();
+  return static_cast<uint64_t>(
+      std::max(1.0, std::ceil(config.epochs() * total_train_examples / per_round)));
+}
+
+Trainer::Trainer(const TrainerOptions& options, PsClient* client)
+    : options_(options), client_(client) {}
+
+void Trainer::Progress(const std::string& line) {
+  if (!options_.quiet) std::printf("%s%s\n", prefix_.c_str(), line.c_str());
+  std::fflush(stdout);
+}
+
+absl::Status Trainer::PullUntilNewer(uint64_t have_version, std::vector<float>* model,
+                                     uint64_t* version) {
+  absl::Time waiting_since = absl::Now();
+  while (true) {
+    PS_ASSIGN_OR_RETURN(PullResult pulled,
+                        client_->Pull(have_version, options_.pull_wait, absl::MakeSpan(*model)));
+    if (pulled.changed) {
+      *version = pulled.version;
+      return absl::OkStatus();
+    }
+    Progress(absl::StrFormat("waiting for the round on version %d to close (%.0fs so far)",
+                             have_version, absl::ToDoubleSeconds(absl::Now() - waiting_since)));
+  }
+}
+
+absl::StatusOr<TrainingResult> Trainer::Run() {
+  const absl::Time start = absl::Now();
+  PS_ASSIGN_OR_RETURN(v1::JoinResponse joined, client_->Join());
+  const v1::TrainingConfig& config = joined.config();
+  prefix_ = absl::StrFormat("[worker %d] ", joined.rank());
+  const ModelSpec spec = SpecOf(config);
+  PS_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, CreateModel(spec));
+  if (static_cast<uint64_t>(model->num_parameters()) != joined.model_size()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "server model has %d parameters, but %s with these settings has %d", joined.model_size(),
+        spec.type, model->num_parameters()));
+  }
+  client_->StartHeartbeats();
+
+  PS_ASSIGN_OR_RETURN(Dataset all_train, LoadTrainingData(options_.data, spec));
+  PS_ASSIGN_OR_RETURN(Dataset test, LoadTestData(options_.data, spec));
+  const PartitionScheme scheme = config.partition() == v1::PARTITION_LABEL_SORTED
+                                     ? PartitionScheme::kLabelSorted
+                                     : PartitionScheme::kIid;
+  const Dataset train = all_train.Subset(PartitionIndices(
+      all_train, static_cast<int>(config.num_workers()), static_cast<int>(joined.rank()), scheme,
+      config.data_seed()));
+  const int64_t total_examples = all_train.size();
+  all_train = Dataset();
+  if (train.size() == 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "worker %d of %d got no training examples", joined.rank(), config.num_workers()));
+  }
+
+  const uint64_t rounds = RoundsFor(config, total_examples);
+  const uint32_t h = config.update_kind() == v1::UPDATE_KIND_GRADIENT ? 1 : config.local_steps();
+  const uint64_t total_steps = rounds * h;
+  BatchSampler sampler(&train, static_cast<int>(config.batch_size()),
+                       SamplerSeed(config.data_seed(), joined.rank()));
+  Progress(absl::StrFormat(
+      "joined as worker id %d, rank %d of %d: %s %s, %s, H=%d, %d rounds, %d training examples "
+      "(of %d), %d test examples, %d parameters",
+      joined.worker_id(), joined.rank(), config.num_workers(),
+      config.mode() == v1::AGGREGATION_MODE_SYNC ? "sync" : "async",
+      config.update_kind() == v1::UPDATE_KIND_GRADIENT ? "gradient" : "Local SGD", spec.type, h,
+      rounds, train.size(), total_examples, test.size(), joined.model_size()));
+
+  const size_t d = joined.model_size();
+  std::vector<float> global(d), local(d), delta(d), grad(d);
+  uint64_t version = 0;
+  PS_RETURN_IF_ERROR(PullUntilNewer(0, &global, &version));
+
+  TrainingResult result;
+  result.config = config;
+  result.worker_id = joined.worker_id();
+  result.rank = joined.rank();
+  RowMatrix batch_x;
+  std::vector<int32_t> batch_y;
+  absl::Time last_progress = absl::Now();
+  double loss_sum = 0.0;
+  uint64_t loss_count = 0;
+
+  for (uint64_t round = 0; round < rounds; ++round) {
+    // H local steps from the global model. The delta is accumulated directly (x = global + delta)
+    // so that with K = 1 and H = 1 the server's update reproduces plain SGD bit for bit.
+    double round_loss = 0.0;
+    const v1::UpdateKind kind = config.update_kind();
+    if (kind == v1::UPDATE_KIND_GRADIENT) {
+      sampler.Next(&batch_x, &batch_y);
+      round_loss = model->LossAndGradient(global, batch_x, batch_y, absl::MakeSpan(grad));
+    } else {
+      std::fill(delta.begin(), delta.end(), 0.0f);
+      local = global;
+      for (uint32_t step = 0; step < h; ++step) {
+        sampler.Next(&batch_x, &batch_y);
+        round_loss += model->LossAndGradient(local, batch_x, batch_y, absl::MakeSpan(grad));
+        const float lr = LearningRate(config, round * h + step, total_steps);
+        for (size_t i = 0; i < d; ++i) {
+          delta[i] -= lr * grad[i];
+          local[i] = global[i] + delta[i];
+        }
+      }
+      round_loss /= h;
+    }
+    loss_sum += round_loss;
+    ++loss_count;
+    result.steps += h;
+
+    const std::vector<float>& update = kind == v1::UPDATE_KIND_GRADIENT ? grad : delta;
+    absl::StatusOr<v1::PushAck> ack =
+        client_->Push(kind, version, uint64_t{h} * config.batch_size(), update, round_loss);
+    if (!ack.ok()) {
+      if (ack.status().code() != absl::StatusCode::kFailedPrecondition) return ack.status();
+      // Too stale: this round's work is dropped; continue from the current model.
+      ++result.stale_refusals;
+      LogWarning(absl::StrCat(prefix_, "update refused: ", ack.status().message()));
+    }
+    PS_RETURN_IF_ERROR(PullUntilNewer(version, &global, &version));
+    result.rounds = round + 1;
+
+    const bool eval_now = config.eval_every() > 0 && (round + 1) % config.eval_every() == 0 &&
+                          round + 1 < rounds;
+    EvalResult eval;
+    if (eval_now) {
+      eval = Evaluate(*model, global, test);
+      v1::EvalReport report;
+      report.set_version(version);
+      report.set_test_loss(eval.loss);
+      report.set_test_accuracy(eval.accuracy);
+      if (absl::Status s = client_->Heartbeat(&report); !s.ok()) return s;
+    }
+    if (eval_now || absl::Now() - last_progress >= options_.progress_every) {
+      const ClientWireStats wire = client_->wire();
+      Progress(absl::StrFormat(
+          "round %d/%d version %d train_loss %.4f%s lr %.4g sent %s recv %s elapsed %.1fs",
+          round + 1, rounds, version, loss_sum / loss_count,
+          eval_now ? absl::StrFormat(" test_loss %.4f test_acc %.4f", eval.loss, eval.accuracy)
+                   : "",
+          LearningRate(config, (round + 1) * h, total_steps), Megabytes(wire.bytes_sent),
+          Megabytes(wire.bytes_received), absl::ToDoubleSeconds(absl::Now() - start)));
+      last_progress = absl::Now();
+      result.final_train_loss = loss_sum / loss_count;
+      loss_sum = 0.0;
+      loss_count = 0;
+    }
+  }
+  if (loss_count > 0) result.final_train_loss = loss_sum / loss_count;
+
+  // The freshest model there is now (in async mode other workers may still be pushing).
+  PS_ASSIGN_OR_RETURN(PullResult last, client_->Pull(version, absl::ZeroDuration(),
+                                                     absl::MakeSpan(global)));
+  if (last.changed) version = last.version;
+  result.final_test = Evaluate(*model, global, test);
+  result.final_version = version;
+  v1::EvalReport report;
+  report.set_version(version);
+  report.set_test_loss(result.final_test.loss);
+  report.set_test_accuracy(result.final_test.accuracy);
+  PS_RETURN_IF_ERROR(client_->Heartbeat(&report));
+  PS_RETURN_IF_ERROR(client_->Leave());
+  result.wire = client_->wire();
+  result.wall_time_s = absl::ToDoubleSeconds(absl::Now() - start);
+  result.final_model = std::move(global);
+  Progress(absl::StrFormat("done: %d rounds, version %d, test_loss %.4f test_acc %.4f, sent %s "
+                           "recv %s in %.1fs",
+                           result.rounds, version, result.final_test.loss,
+                           result.final_test.accuracy, Megabytes(result.wire.bytes_sent),
+                           Megabytes(result.wire.bytes_received), result.wall_time_s));
+  return result;
+}
+
+}  // namespace ps

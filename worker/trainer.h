@@ -1,0 +1,85 @@
+// Trainer: one worker's training loop. Joins, loads its shard of the data, runs H local SGD steps
+// per round (or one gradient step in gradient mode), pushes, pulls, evaluates, reports, leaves.
+#ifndef PS_WORKER_TRAINER_H_
+#define PS_WORKER_TRAINER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "ps/v1/ps.pb.h"
+#include "worker/data/dataset.h"
+#include "worker/models/model.h"
+#include "worker/ps_client.h"
+
+namespace ps {
+
+struct DataOptions {
+  std::string format = "fashion_mnist";  // or "libsvm"
+  std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+  std::string train_file;  // libsvm
+  std::string test_file;   // libsvm
+  int64_t train_limit = 0;  // > 0: use only the first N training examples (before partitioning)
+  int64_t test_limit = 0;
+};
+
+// Loads the training and test sets as `data` says, checked against the model's shape.
+absl::StatusOr<Dataset> LoadTrainingData(const DataOptions& data, const ModelSpec& spec);
+absl::StatusOr<Dataset> LoadTestData(const DataOptions& data, const ModelSpec& spec);
+
+struct EvalResult {
+  double loss = 0.0;      // mean per-example loss, without the L2 term
+  double accuracy = 0.0;
+};
+EvalResult Evaluate(const Model& model, absl::Span<const float> params, const Dataset& data);
+
+// The step size at global step t of T.
+float LearningRate(const v1::TrainingConfig& config, uint64_t t, uint64_t total_steps);
+// Rounds each worker runs: config.rounds, or enough for config.epochs passes by all workers.
+uint64_t RoundsFor(const v1::TrainingConfig& config, int64_t total_train_examples);
+
+// Seed of worker `rank`'s mini-batch order: different per worker, reproducible per run.
+inline uint64_t SamplerSeed(uint64_t data_seed, uint32_t rank) { return data_seed * 1000003 + rank; }
+
+struct TrainerOptions {
+  DataOptions data;
+  absl::Duration pull_wait = absl::Seconds(10);
+  absl::Duration progress_every = absl::Seconds(2);
+  bool quiet = false;  // no progress lines
+};
+
+struct TrainingResult {
+  v1::TrainingConfig config;
+  uint64_t worker_id = 0;
+  uint32_t rank = 0;
+  uint64_t rounds = 0;
+  uint64_t steps = 0;
+  uint64_t final_version = 0;
+  double final_train_loss = 0.0;
+  EvalResult final_test;
+  uint64_t stale_refusals = 0;
+  ClientWireStats wire;
+  double wall_time_s = 0.0;
+  std::vector<float> final_model;
+};
+
+// Not thread-safe; one per worker.
+class Trainer {
+ public:
+  Trainer(const TrainerOptions& options, PsClient* client);
+  absl::StatusOr<TrainingResult> Run();
+
+ private:
+  absl::Status PullUntilNewer(uint64_t have_version, std::vector<float>* model, uint64_t* version);
+  void Progress(const std::string& line);
+
+  TrainerOptions options_;
+  PsClient* client_;
+  std::string prefix_;
+};
+
+}  // namespace ps
+
+#endif  // PS_WORKER_TRAINER_H_

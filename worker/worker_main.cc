@@ -1,0 +1,150 @@
+// ps-worker: trains on its shard of the data against a ps-server, or (--evaluate_only) evaluates
+// the server's current model on the test set.
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/json_writer.h"
+#include "common/status_macros.h"
+#include "worker/trainer.h"
+
+ABSL_FLAG(std::string, servers, "127.0.0.1:50051",
+          "Comma-separated host:port of the server shards (one shard in this version).");
+ABSL_FLAG(std::string, name, "", "Worker name shown in the server's logs and Status (default: host-pid).");
+ABSL_FLAG(int, rank, -1, "Data shard index to ask for (0..K-1); -1 lets the server pick a free one.");
+ABSL_FLAG(std::string, data_format, "fashion_mnist", "fashion_mnist (IDX files) or libsvm.");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "Folder with Fashion-MNIST's {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].");
+ABSL_FLAG(std::string, train_file, "", "LIBSVM training file (--data_format=libsvm).");
+ABSL_FLAG(std::string, test_file, "", "LIBSVM test file (--data_format=libsvm).");
+ABSL_FLAG(int64_t, train_limit, 0, "Use only the first N training examples (0 = all).");
+ABSL_FLAG(int64_t, test_limit, 0, "Use only the first N test examples (0 = all).");
+ABSL_FLAG(absl::Duration, rpc_timeout, absl::Seconds(30), "Deadline of each call (a pull adds its wait).");
+ABSL_FLAG(absl::Duration, pull_wait, absl::Seconds(10), "Longest a pull long-polls per call.");
+ABSL_FLAG(absl::Duration, retry_budget, absl::Seconds(60), "How long UNAVAILABLE is retried before giving up.");
+ABSL_FLAG(absl::Duration, progress_every, absl::Seconds(2), "Seconds between progress lines.");
+ABSL_FLAG(bool, quiet, false, "No progress lines (errors and the summary still print).");
+ABSL_FLAG(bool, evaluate_only, false, "Do not train: pull the current model and evaluate it on the test set.");
+ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
+
+namespace ps {
+namespace {
+
+DataOptions DataFromFlags() {
+  DataOptions data;
+  data.format = absl::GetFlag(FLAGS_data_format);
+  data.fashion_mnist_dir = absl::GetFlag(FLAGS_data_dir);
+  data.train_file = absl::GetFlag(FLAGS_train_file);
+  data.test_file = absl::GetFlag(FLAGS_test_file);
+  data.train_limit = absl::GetFlag(FLAGS_train_limit);
+  data.test_limit = absl::GetFlag(FLAGS_test_limit);
+  return data;
+}
+
+absl::Status WriteSummary(const JsonObject& summary) {
+  std::printf("summary %s\n", summary.ToString().c_str());
+  const std::string path = absl::GetFlag(FLAGS_summary_json);
+  return path.empty() ? absl::OkStatus() : summary.WriteToFile(path);
+}
+
+absl::Status EvaluateOnly(PsClient* client) {
+  PS_ASSIGN_OR_RETURN(v1::StatusResponse status, client->Status());
+  const v1::TrainingConfig& config = status.config();
+  ModelSpec spec{config.model(), static_cast<int>(config.input_dim()),
+                 static_cast<int>(config.num_classes()), static_cast<int>(config.hidden_units()),
+                 config.l2()};
+  PS_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, CreateModel(spec));
+  std::vector<float> params(status.model_size());
+  PS_ASSIGN_OR_RETURN(PullResult pulled,
+                      client->Pull(0, absl::ZeroDuration(), absl::MakeSpan(params)));
+  PS_ASSIGN_OR_RETURN(Dataset test, LoadTestData(DataFromFlags(), spec));
+  const EvalResult eval = Evaluate(*model, params, test);
+  JsonObject summary;
+  summary.Add("binary", "ps-worker")
+      .Add("evaluate_only", true)
+      .Add("version", pulled.version)
+      .Add("rounds", status.rounds_completed())
+      .Add("test_loss", eval.loss)
+      .Add("test_accuracy", eval.accuracy)
+      .Add("test_examples", test.size())
+      .Add("server_bytes_received", status.wire().bytes_received())
+      .Add("server_bytes_sent", status.wire().bytes_sent());
+  return WriteSummary(summary);
+}
+
+absl::Status Train(PsClient* client, const TrainerOptions& options) {
+  Trainer trainer(options, client);
+  PS_ASSIGN_OR_RETURN(TrainingResult r, trainer.Run());
+  JsonObject summary;
+  summary.Add("binary", "ps-worker")
+      .Add("worker_id", r.worker_id)
+      .Add("rank", r.rank)
+      .Add("mode", r.config.mode() == v1::AGGREGATION_MODE_SYNC ? "sync" : "async")
+      .Add("update", r.config.update_kind() == v1::UPDATE_KIND_GRADIENT ? "gradient" : "delta")
+      .Add("K", r.config.num_workers())
+      .Add("H", r.config.local_steps())
+      .Add("model", r.config.model())
+      .Add("rounds", r.rounds)
+      .Add("steps", r.steps)
+      .Add("final_version", r.final_version)
+      .Add("final_train_loss", r.final_train_loss)
+      .Add("test_loss", r.final_test.loss)
+      .Add("test_accuracy", r.final_test.accuracy)
+      .Add("stale_refusals", r.stale_refusals)
+      .Add("bytes_sent", r.wire.bytes_sent)
+      .Add("bytes_received", r.wire.bytes_received)
+      .Add("raw_bytes_sent", r.wire.raw_bytes_sent)
+      .Add("raw_bytes_received", r.wire.raw_bytes_received)
+      .Add("wall_time_s", r.wall_time_s);
+  return WriteSummary(summary);
+}
+
+int Main() {
+  PsClientOptions client_options;
+  client_options.servers = absl::StrSplit(absl::GetFlag(FLAGS_servers), ',', absl::SkipEmpty());
+  client_options.worker_name = absl::GetFlag(FLAGS_name);
+  if (client_options.worker_name.empty()) {
+    char host[256] = "worker";
+    gethostname(host, sizeof host - 1);
+    client_options.worker_name = absl::StrCat(host, "-", getpid());
+  }
+  client_options.requested_rank = absl::GetFlag(FLAGS_rank);
+  client_options.rpc_timeout = absl::GetFlag(FLAGS_rpc_timeout);
+  client_options.retry_budget = absl::GetFlag(FLAGS_retry_budget);
+  absl::StatusOr<std::unique_ptr<PsClient>> client = PsClient::Create(client_options);
+  if (!client.ok()) {
+    std::fprintf(stderr, "ps-worker: %s\n", std::string(client.status().message()).c_str());
+    return 2;
+  }
+  TrainerOptions options;
+  options.data = DataFromFlags();
+  options.pull_wait = absl::GetFlag(FLAGS_pull_wait);
+  options.progress_every = absl::GetFlag(FLAGS_progress_every);
+  options.quiet = absl::GetFlag(FLAGS_quiet);
+  const absl::Status status = absl::GetFlag(FLAGS_evaluate_only) ? EvaluateOnly(client->get())
+                                                                 : Train(client->get(), options);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ps-worker: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace ps
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Worker of the parameter server: trains a model on its shard of the data.\n"
+      "Usage: ps-worker --servers=HOST:PORT [flags]");
+  absl::ParseCommandLine(argc, argv);
+  return ps::Main();
+}
