@@ -16,8 +16,16 @@ std::vector<ByteRange> ChunkRanges(uint64_t total_bytes, uint64_t chunk_bytes) {
   return ranges;
 }
 
-PayloadAssembler::PayloadAssembler(uint64_t expected_bytes, uint64_t max_chunk_bytes)
-    : expected_bytes_(expected_bytes), max_chunk_bytes_(max_chunk_bytes) {
+PayloadAssembler::PayloadAssembler(uint64_t expected_bytes, uint64_t max_chunk_bytes,
+                                   std::string buffer)
+    : payload_(std::move(buffer)) {
+  Reset(expected_bytes, max_chunk_bytes);
+}
+
+void PayloadAssembler::Reset(uint64_t expected_bytes, uint64_t max_chunk_bytes) {
+  expected_bytes_ = expected_bytes;
+  max_chunk_bytes_ = max_chunk_bytes;
+  payload_.clear();
   payload_.reserve(expected_bytes);
 }
 

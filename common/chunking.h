@@ -29,7 +29,13 @@ std::vector<ByteRange> ChunkRanges(uint64_t total_bytes, uint64_t chunk_bytes);
 // byte past the announced end. Not thread-safe.
 class PayloadAssembler {
  public:
-  PayloadAssembler(uint64_t expected_bytes, uint64_t max_chunk_bytes);
+  PayloadAssembler() = default;
+  // `buffer` is reused as the payload's storage: passing a buffer from an earlier payload of the
+  // same size avoids a fresh large allocation (and its page faults) per message.
+  PayloadAssembler(uint64_t expected_bytes, uint64_t max_chunk_bytes, std::string buffer = {});
+
+  // Starts over for a new payload, keeping the buffer's capacity.
+  void Reset(uint64_t expected_bytes, uint64_t max_chunk_bytes);
 
   // INVALID_ARGUMENT for a chunk out of place (gap, overlap, past the end) or too large;
   // the assembler is unchanged then.
@@ -39,10 +45,12 @@ class PayloadAssembler {
 
   uint64_t received_bytes() const { return payload_.size(); }
   const std::string& payload() const { return payload_; }
+  // Hands the buffer back for reuse; the assembler is empty afterwards.
+  std::string TakeBuffer() { return std::move(payload_); }
 
  private:
-  uint64_t expected_bytes_;
-  uint64_t max_chunk_bytes_;
+  uint64_t expected_bytes_ = 0;
+  uint64_t max_chunk_bytes_ = 0;
   std::string payload_;
 };
 

@@ -99,6 +99,13 @@ absl::StatusOr<uint64_t> EncodedSize(const v1::EncodingParams& params, uint64_t 
 
 absl::StatusOr<std::string> Encode(const v1::EncodingParams& params,
                                    absl::Span<const float> values) {
+  std::string out;
+  if (absl::Status s = EncodeInto(params, values, &out); !s.ok()) return s;
+  return out;
+}
+
+absl::Status EncodeInto(const v1::EncodingParams& params, absl::Span<const float> values,
+                        std::string* out) {
   if (absl::Status s = ValidateEncodingParams(params); !s.ok()) return s;
   for (size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
@@ -106,9 +113,9 @@ absl::StatusOr<std::string> Encode(const v1::EncodingParams& params,
           absl::StrFormat("value %d is %f: NaN and Inf cannot be encoded", i, values[i]));
     }
   }
-  std::string out(values.size() * sizeof(float), '\0');
-  if (!values.empty()) std::memcpy(out.data(), values.data(), out.size());
-  return out;
+  out->resize(values.size() * sizeof(float));
+  if (!values.empty()) std::memcpy(out->data(), values.data(), out->size());
+  return absl::OkStatus();
 }
 
 absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_view payload,

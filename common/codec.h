@@ -40,6 +40,10 @@ absl::StatusOr<std::string> Encode(const v1::EncodingParams& params, absl::Span<
 absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view payload,
                              uint64_t num_elements);
 
+// Encode into `out`, reusing its capacity.
+absl::Status EncodeInto(const v1::EncodingParams& params, absl::Span<const float> values,
+                        std::string* out);
+
 // out[i] += weight * decode(payload)[i]. The payload size must equal EncodedSize(params, out.size())
 // and every decoded value must be finite, else INVALID_ARGUMENT and `out` is unchanged.
 absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_view payload,

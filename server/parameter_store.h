@@ -43,6 +43,9 @@ class ParameterStore {
   ModelSnapshot current_ ABSL_GUARDED_BY(mu_);
   // Serialises writers so that versions are published in order without holding mu_ while copying.
   absl::Mutex apply_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // A retired model vector that no reader holds any more, reused by the next Apply: a fresh
+  // model-sized allocation per version costs more in page faults than the copy.
+  std::shared_ptr<std::vector<float>> spare_ ABSL_GUARDED_BY(apply_mu_);
 };
 
 }  // namespace ps

@@ -114,6 +114,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   service_options.shard_count = options.shard_count;
   service_options.max_pull_wait = options.max_pull_wait;
   service_options.chunk_bytes = options.chunk_bytes;
+  service_options.max_pooled_buffers = options.threads + 1;
   std::vector<float> shard(full.begin() + service_options.shard_begin,
                            full.begin() + service_options.shard_end);
   full = {};

@@ -9,11 +9,14 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/codec.h"
 #include "common/json_writer.h"
+#include "common/malloc_tuning.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "server/server.h"
@@ -35,13 +38,13 @@ ABSL_FLAG(int, input_dim, 784, "Features per example (784 for Fashion-MNIST).");
 ABSL_FLAG(int, num_classes, 10, "Classes (2 for logistic).");
 ABSL_FLAG(int, hidden_units, 128, "Hidden ReLU units (mlp).");
 ABSL_FLAG(double, l2, 0.0, "L2 regularisation: (l2/2)*||weights||^2 is added to the loss.");
-ABSL_FLAG(double, learning_rate, 0.05, "Workers' initial SGD step size.");
-ABSL_FLAG(std::string, lr_schedule, "constant",
+ABSL_FLAG(double, learning_rate, 0.2, "Workers' initial SGD step size.");
+ABSL_FLAG(std::string, lr_schedule, "cosine",
           "constant, inverse_time (lr/(1+decay*t)) or cosine (over the whole run); t counts global steps.");
 ABSL_FLAG(double, lr_decay, 0.0, "decay of the inverse_time schedule.");
 ABSL_FLAG(int, batch_size, 32, "Mini-batch size of each worker.");
 ABSL_FLAG(int64_t, rounds, 0, "Rounds (pushes) per worker; 0 = derived from --epochs.");
-ABSL_FLAG(double, epochs, 5.0, "Passes over the training set by all workers together (if --rounds is 0).");
+ABSL_FLAG(double, epochs, 10.0, "Passes over the training set by all workers together (if --rounds is 0).");
 ABSL_FLAG(int, eval_every, 50, "Rounds between test-set evaluations on the workers; 0 = only at the end.");
 ABSL_FLAG(uint64_t, data_seed, 1, "Seed of data partitioning and shuffling (same on every worker).");
 ABSL_FLAG(std::string, partition, "iid", "iid, or label_sorted (each worker sees few classes).");
@@ -255,6 +258,12 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Parameter server for communication-efficient distributed training.\n"
       "Usage: ps-server --listen=0.0.0.0:50051 --mode=sync --num_workers=4 [flags]");
+  // --help lists this binary's own flags (absl matches flag files to the program name otherwise).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server_main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
+  ps::TuneMallocForLargeMessages();
   return ps::Main();
 }

@@ -139,6 +139,21 @@ v1::StatusResponse ParameterServerService::BuildStatus() const {
   return status;
 }
 
+std::string ParameterServerService::TakeBuffer() {
+  absl::MutexLock lock(&mu_);
+  if (free_buffers_.empty()) return {};
+  std::string buffer = std::move(free_buffers_.back());
+  free_buffers_.pop_back();
+  return buffer;
+}
+
+void ParameterServerService::ReturnBuffer(std::string buffer) {
+  // As many buffers as pushes that can be decoded at once, plus one being received.
+  const size_t keep = static_cast<size_t>(options_.max_pooled_buffers);
+  absl::MutexLock lock(&mu_);
+  if (buffer.capacity() > 0 && free_buffers_.size() < keep) free_buffers_.push_back(std::move(buffer));
+}
+
 absl::Status ParameterServerService::CheckUpdateHeader(const v1::UpdateHeader& header,
                                                        uint64_t* payload_bytes) const {
   if (!membership_->IsMember(header.worker_id())) {
@@ -195,7 +210,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
       if (absl::Status s = service_->CheckUpdateHeader(header_, &payload_bytes); !s.ok()) {
         return Refuse(s);
       }
-      assembler_.emplace(payload_bytes, service_->options_.chunk_bytes);
+      assembler_.emplace(payload_bytes, service_->options_.chunk_bytes, service_->TakeBuffer());
     } else if (chunk_.has_header()) {
       return Refuse(absl::InvalidArgumentError(
           absl::StrCat("chunk at offset ", chunk_.offset(), " carries a second header")));
@@ -207,7 +222,10 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
   }
 
   void OnCancel() override { cancelled_ = true; }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (assembler_.has_value()) service_->ReturnBuffer(assembler_->TakeBuffer());
+    delete this;
+  }
 
  private:
   void OnStreamEnd() {

@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -29,6 +31,7 @@ struct ServiceOptions {
   uint32_t shard_count = 1;
   absl::Duration max_pull_wait = absl::Seconds(30);
   uint64_t chunk_bytes = 0;
+  int max_pooled_buffers = 3;  // push payload buffers kept for reuse
 };
 
 // Counters of serialized gRPC message bytes (HTTP/2 and TLS framing not included). Thread-safe.
@@ -73,6 +76,10 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
   // Cheap checks of a push header before any payload is buffered. Sets *payload_bytes.
   absl::Status CheckUpdateHeader(const v1::UpdateHeader& header, uint64_t* payload_bytes) const;
   uint64_t shard_size() const { return options_.shard_end - options_.shard_begin; }
+  // Payload buffers reused across pushes: a fresh model-sized allocation per push costs more in
+  // page faults than the copy into it.
+  std::string TakeBuffer();
+  void ReturnBuffer(std::string buffer);
 
   const ServiceOptions options_;
   ParameterStore* const store_;
@@ -85,6 +92,7 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
   std::atomic<uint64_t> refused_at_stream_{0};  // pushes refused before reaching the aggregator
   mutable absl::Mutex mu_;
   v1::EvalReport last_eval_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> free_buffers_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ps

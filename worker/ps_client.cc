@@ -2,7 +2,6 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -152,8 +151,9 @@ absl::StatusOr<v1::PushAck> PsClient::Push(v1::UpdateKind kind, uint64_t base_ve
   header.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
   header.set_num_elements(values.size());
   header.set_train_loss(train_loss);
-  absl::StatusOr<std::string> payload = Encode(header.encoding(), values);
-  if (!payload.ok()) return payload.status();
+  absl::MutexLock lock(&push_mu_);
+  if (absl::Status s = EncodeInto(header.encoding(), values, &push_buffer_); !s.ok()) return s;
+  const std::string* payload = &push_buffer_;
   header.set_payload_bytes(payload->size());
   const std::vector<ByteRange> ranges = ChunkRanges(payload->size(), chunk_bytes_);
 
@@ -191,18 +191,19 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
   request.set_max_wait_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(wait)));
   PullResult result;
   absl::Status decode_error;
+  absl::MutexLock lock(&pull_mu_);
   grpc::Status status = WithRetries("Pull", [&] {
     grpc::ClientContext context;
     SetDeadline(&context, wait + options_.rpc_timeout);
     bytes_sent_ += request.ByteSizeLong();
     std::unique_ptr<grpc::ClientReader<v1::ModelChunk>> reader = stub_->Pull(&context, request);
     v1::ModelChunk chunk;
-    std::optional<PayloadAssembler> assembler;
+    PayloadAssembler* assembler = nullptr;
     v1::ModelHeader header;
     while (reader->Read(&chunk)) {
       bytes_received_ += chunk.ByteSizeLong();
       payload_received_ += chunk.data().size();
-      if (!assembler.has_value()) {
+      if (assembler == nullptr) {
         header = chunk.header();
         if (header.kind() == v1::ModelHeader::KIND_UNCHANGED) continue;
         if (header.kind() != v1::ModelHeader::KIND_FULL || header.num_elements() != model.size()) {
@@ -212,7 +213,17 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
           context.TryCancel();
           break;
         }
-        assembler.emplace(header.payload_bytes(), kDefaultChunkBytes);
+        // The size is checked against the model before a byte is buffered.
+        auto expected = EncodedSize(header.encoding(), model.size());
+        if (!expected.ok() || *expected != header.payload_bytes()) {
+          decode_error = absl::InternalError(absl::StrFormat(
+              "server announced %d payload bytes for %d elements", header.payload_bytes(),
+              model.size()));
+          context.TryCancel();
+          break;
+        }
+        assembler = &pull_assembler_;
+        assembler->Reset(header.payload_bytes(), kDefaultChunkBytes);
       }
       if (absl::Status s = assembler->Add(chunk.offset(), chunk.data()); !s.ok()) {
         decode_error = absl::InternalError(absl::StrCat("malformed model stream: ", s.message()));
@@ -224,7 +235,7 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
     if (!finished.ok() || !decode_error.ok()) return finished;
     result.version = header.version();
     result.changed = false;
-    if (assembler.has_value()) {
+    if (assembler != nullptr) {
       if (absl::Status s = assembler->CheckComplete(); !s.ok()) {
         decode_error = absl::InternalError(absl::StrCat("malformed model stream: ", s.message()));
       } else if (absl::Status d = Decode(header.encoding(), assembler->payload(), model); !d.ok()) {

@@ -15,7 +15,9 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "absl/synchronization/mutex.h"
 #include "common/backoff.h"
+#include "common/chunking.h"
 #include "ps/v1/ps.grpc.pb.h"
 
 namespace ps {
@@ -89,6 +91,13 @@ class PsClient {
   std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0};
   std::atomic<uint64_t> payload_sent_{0}, payload_received_{0};
   std::atomic<uint64_t> raw_sent_{0}, raw_received_{0};
+
+  // Buffers kept across calls: a fresh model-sized allocation per push or pull costs more in page
+  // faults than the copy itself. Push and Pull each hold their mutex for the whole call.
+  absl::Mutex push_mu_;
+  std::string push_buffer_ ABSL_GUARDED_BY(push_mu_);
+  absl::Mutex pull_mu_;
+  PayloadAssembler pull_assembler_ ABSL_GUARDED_BY(pull_mu_);
 
   std::unique_ptr<absl::Notification> stop_heartbeats_;
   std::thread heartbeat_thread_;

@@ -9,10 +9,13 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/json_writer.h"
+#include "common/malloc_tuning.h"
 #include "common/status_macros.h"
 #include "worker/trainer.h"
 
@@ -145,6 +148,12 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Worker of the parameter server: trains a model on its shard of the data.\n"
       "Usage: ps-worker --servers=HOST:PORT [flags]");
+  // --help lists this binary's own flags (absl matches flag files to the program name otherwise).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "worker_main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);
+  ps::TuneMallocForLargeMessages();
   return ps::Main();
 }
