@@ -8,7 +8,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
-  zlib1g-dev iperf3 python3
+  zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf
 )
 
 missing=()

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The wire contract from a client that is not ours: Python grpcio and messages generated from
+proto/ps/v1/ps.proto by protoc. Join, pull the full model, push a delta in two chunks, pull the new
+version, see a NaN push refused with INVALID_ARGUMENT, read Status, leave.
+
+Usage: python_client_test.py PS_SERVER_BINARY PROTO_ROOT
+"""
+import array
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+SERVER, PROTO_ROOT = sys.argv[1], sys.argv[2]
+WORK = tempfile.mkdtemp()
+subprocess.run(["protoc", f"--proto_path={PROTO_ROOT}", f"--python_out={WORK}",
+                os.path.join(PROTO_ROOT, "ps/v1/ps.proto")], check=True)
+sys.path.insert(0, WORK)
+
+import grpc  # noqa: E402
+from ps.v1 import ps_pb2 as pb  # noqa: E402
+
+SERVICE = "/ps.v1.ParameterServer/"
+
+
+class PythonClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        port_file = os.path.join(WORK, "port")
+        cls.server = subprocess.Popen(
+            [SERVER, "--listen=127.0.0.1:0", f"--port_file={port_file}", "--mode=async",
+             "--num_workers=1", "--input_dim=4", "--num_classes=2", "--model=softmax"],
+            stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if os.path.exists(port_file) and open(port_file).read().strip():
+                break
+            time.sleep(0.1)
+        cls.channel = grpc.insecure_channel(f"127.0.0.1:{open(port_file).read().strip()}")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.server.terminate()
+        cls.server.wait(timeout=30)
+
+    def call(self, kind, method, request_type, response_type):
+        make = getattr(self.channel, kind)
+        return make(SERVICE + method, request_serializer=request_type.SerializeToString,
+                    response_deserializer=response_type.FromString)
+
+    def pull(self, worker_id, have_version):
+        pull = self.call("unary_stream", "Pull", pb.PullRequest, pb.ModelChunk)
+        chunks = list(pull(pb.PullRequest(worker_id=worker_id, have_version=have_version,
+                                          accept_encodings=[pb.ENCODING_FP32], max_wait_ms=5000),
+                           timeout=30))
+        header = chunks[0].header
+        payload = b"".join(c.data for c in chunks)
+        self.assertEqual(len(payload), header.payload_bytes)
+        return header, array.array("f", payload)
+
+    def push(self, worker_id, sequence, base_version, values, split=2):
+        payload = array.array("f", values).tobytes()
+        header = pb.UpdateHeader(
+            worker_id=worker_id, sequence=sequence, kind=pb.UPDATE_KIND_MODEL_DELTA,
+            base_version=base_version, sample_count=32,
+            encoding=pb.EncodingParams(encoding=pb.ENCODING_FP32),
+            num_elements=len(values), payload_bytes=len(payload))
+        cut = len(payload) // split // 4 * 4
+        chunks = [pb.UpdateChunk(header=header, offset=0, data=payload[:cut]),
+                  pb.UpdateChunk(offset=cut, data=payload[cut:])]
+        push = self.call("stream_unary", "Push", pb.UpdateChunk, pb.PushAck)
+        return push(iter(chunks), timeout=30)
+
+    def test_join_pull_push_pull_status_leave(self):
+        join = self.call("unary_unary", "Join", pb.JoinRequest, pb.JoinResponse)
+        joined = join(pb.JoinRequest(worker_name="python", requested_rank=-1), timeout=30)
+        self.assertEqual(joined.model_size, 2 * 4 + 2)
+        self.assertEqual(joined.config.mode, pb.AGGREGATION_MODE_ASYNC)
+
+        header, x0 = self.pull(joined.worker_id, 0)
+        self.assertEqual(header.kind, pb.ModelHeader.KIND_FULL)
+        self.assertEqual(header.version, 1)
+        self.assertEqual(len(x0), joined.model_size)
+
+        delta = [0.25 * (i + 1) for i in range(joined.model_size)]
+        ack = self.push(joined.worker_id, 1, 1, delta)
+        self.assertEqual(ack.result, pb.PushAck.RESULT_APPLIED)
+        self.assertEqual(ack.version, 2)
+
+        header, x1 = self.pull(joined.worker_id, 1)
+        self.assertEqual(header.version, 2)
+        # One worker, a fresh update: x1 = x0 + delta, in float32.
+        expected = array.array("f", [a + b for a, b in zip(x0, delta)])
+        self.assertEqual(list(x1), list(expected))
+
+        with self.assertRaises(grpc.RpcError) as refused:
+            self.push(joined.worker_id, 2, 2, [float("nan")] * joined.model_size)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("NaN", refused.exception.details())
+
+        status = self.call("unary_unary", "Status", pb.StatusRequest, pb.StatusResponse)(
+            pb.StatusRequest(), timeout=30)
+        self.assertEqual(status.version, 2)
+        self.assertEqual(status.updates_applied, 1)
+        self.assertGreaterEqual(status.updates_refused_invalid, 1)
+        self.assertEqual(len(status.members), 1)
+
+        self.call("unary_unary", "Leave", pb.LeaveRequest, pb.LeaveResponse)(
+            pb.LeaveRequest(worker_id=joined.worker_id), timeout=30)
+        with self.assertRaises(grpc.RpcError) as gone:
+            self.pull(joined.worker_id, 0)
+        self.assertEqual(gone.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], "-v"])
