@@ -11,8 +11,10 @@
 namespace ps {
 namespace {
 
+// Unique per test: ctest runs the tests of this file as parallel processes.
 std::string TempPath(const std::string& name) {
-  return ::testing::TempDir() + "/" + name;
+  const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  return ::testing::TempDir() + "/" + test->test_suite_name() + "." + test->name() + "." + name;
 }
 
 void WriteFile(const std::string& path, const std::string& bytes) {
