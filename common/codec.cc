@@ -16,6 +16,69 @@ float LoadFloat(const char* p) {
   return v;
 }
 
+constexpr uint32_t kMaxBucketSize = 1u << 20;
+
+uint64_t Buckets(uint64_t n, uint32_t bucket) { return (n + bucket - 1) / bucket; }
+
+// QSGD levels for b bits: one sign bit, b - 1 level bits.
+uint32_t Levels(uint32_t bits) { return (1u << (bits - 1)) - 1; }
+
+// splitmix64: fast, seedable, good enough for stochastic rounding; one draw gives two uniforms.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+
+ private:
+  uint64_t state_;
+};
+
+// Appends codes of `bits` bits, least significant bit first, to a byte buffer.
+class BitWriter {
+ public:
+  explicit BitWriter(char* out) : out_(out) {}
+  void Put(uint32_t code, uint32_t bits) {
+    acc_ |= static_cast<uint64_t>(code) << used_;
+    used_ += bits;
+    if (used_ >= 32) {
+      const uint32_t word = static_cast<uint32_t>(acc_);
+      std::memcpy(out_, &word, 4);
+      out_ += 4;
+      acc_ >>= 32;
+      used_ -= 32;
+    }
+  }
+  void Flush() {
+    for (; used_ > 0; used_ = used_ > 8 ? used_ - 8 : 0) {
+      *out_++ = static_cast<char>(acc_ & 0xff);
+      acc_ >>= 8;
+    }
+  }
+
+ private:
+  char* out_;
+  uint64_t acc_ = 0;
+  uint32_t used_ = 0;
+};
+
+// The code of coordinate i in a stream of `bits`-bit codes. Reads the second byte only when the
+// code spans it, so it never reads past the last byte of an exactly sized stream.
+inline uint32_t CodeAt(const unsigned char* codes, uint64_t i, uint32_t bits, uint32_t mask) {
+  const uint64_t bit = i * bits;
+  const uint64_t byte = bit >> 3;
+  const uint32_t shift = static_cast<uint32_t>(bit & 7);
+  uint32_t word = codes[byte];
+  if (shift + bits > 8) word |= static_cast<uint32_t>(codes[byte + 1]) << 8;
+  return (word >> shift) & mask;
+}
+
+float LoadScale(const char* payload, uint64_t j) { return LoadFloat(payload + j * sizeof(float)); }
+
 // Index of the first non-finite value of an fp32 payload, or -1.
 int64_t FirstNonFiniteFp32(absl::string_view payload) {
   const int64_t n = static_cast<int64_t>(payload.size() / sizeof(float));
@@ -36,24 +99,133 @@ absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view
         absl::StrFormat("%s payload of %d elements must have %d bytes, got %d",
                         EncodingName(params), num_elements, *expected, payload.size()));
   }
-  const int64_t bad = FirstNonFiniteFp32(payload);
-  if (bad >= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("payload value %d is %f: NaN and Inf are refused", bad,
-                        LoadFloat(payload.data() + bad * sizeof(float))));
+  if (params.encoding() == v1::ENCODING_FP32) {
+    const int64_t bad = FirstNonFiniteFp32(payload);
+    if (bad >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("payload value %d is %f: NaN and Inf are refused", bad,
+                          LoadFloat(payload.data() + bad * sizeof(float))));
+    }
+    return absl::OkStatus();
+  }
+  // QSGD and SIGN: every decoded value is code * scale with |code| <= 1 in scale units, so finite,
+  // non-negative scales are all there is to check.
+  const uint64_t buckets = Buckets(num_elements, params.bucket_size());
+  for (uint64_t j = 0; j < buckets; ++j) {
+    const float m = LoadScale(payload.data(), j);
+    if (!std::isfinite(m) || m < 0) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s payload: bucket %d has scale %f; scales must be finite and >= 0",
+          EncodingName(params), j, m));
+    }
   }
   return absl::OkStatus();
 }
 
 namespace {
 
+void EncodeQsgd(const v1::EncodingParams& params, absl::Span<const float> values, char* out) {
+  const uint32_t bits = params.bits();
+  const uint32_t bucket = params.bucket_size();
+  const uint32_t levels = Levels(bits);
+  const uint32_t sign_bit = 1u << (bits - 1);
+  const uint64_t n = values.size();
+  const uint64_t buckets = Buckets(n, bucket);
+  BitWriter codes(out + buckets * sizeof(float));
+  Rng rng(params.seed());
+  for (uint64_t j = 0; j < buckets; ++j) {
+    const uint64_t begin = j * bucket;
+    const uint64_t end = std::min<uint64_t>(begin + bucket, n);
+    float m = 0.0f;
+    if (params.scaling() == v1::QUANT_SCALING_L2) {
+      double sum = 0.0;
+      for (uint64_t i = begin; i < end; ++i) sum += double{values[i]} * values[i];
+      m = static_cast<float>(std::sqrt(sum));
+    } else {
+      for (uint64_t i = begin; i < end; ++i) m = std::max(m, std::abs(values[i]));
+    }
+    std::memcpy(out + j * sizeof(float), &m, sizeof m);
+    if (m == 0.0f) {
+      for (uint64_t i = begin; i < end; ++i) codes.Put(0, bits);
+      continue;
+    }
+    // In double: levels / m overflows float for tiny (denormal) scales.
+    const double to_levels = static_cast<double>(levels) / m;
+    for (uint64_t i = begin; i < end; i += 2) {
+      const uint64_t random = rng.Next();
+      const float uniforms[2] = {static_cast<float>(random >> 40) * 0x1p-24f,
+                                 static_cast<float>((random >> 8) & 0xffffff) * 0x1p-24f};
+      for (uint64_t k = 0; k < 2 && i + k < end; ++k) {
+        const float v = values[i + k];
+        const float r = static_cast<float>(std::abs(v) * to_levels);
+        uint32_t q = static_cast<uint32_t>(r);
+        q += uniforms[k] < r - static_cast<float>(q);
+        q = std::min(q, levels);  // the rounded L2 norm may sit a hair below |v|
+        codes.Put(q | (v < 0 && q > 0 ? sign_bit : 0), bits);
+      }
+    }
+  }
+  codes.Flush();
+}
+
+void EncodeSign(const v1::EncodingParams& params, absl::Span<const float> values, char* out) {
+  const uint32_t bucket = params.bucket_size();
+  const uint64_t n = values.size();
+  const uint64_t buckets = Buckets(n, bucket);
+  BitWriter codes(out + buckets * sizeof(float));
+  for (uint64_t j = 0; j < buckets; ++j) {
+    const uint64_t begin = j * bucket;
+    const uint64_t end = std::min<uint64_t>(begin + bucket, n);
+    double l1 = 0.0;
+    for (uint64_t i = begin; i < end; ++i) l1 += std::abs(values[i]);
+    const float m = static_cast<float>(l1 / static_cast<double>(end - begin));
+    std::memcpy(out + j * sizeof(float), &m, sizeof m);
+    for (uint64_t i = begin; i < end; ++i) codes.Put(values[i] < 0 ? 1 : 0, 1);
+  }
+  codes.Flush();
+}
+
+// out[i] += weight * decode(payload)[i], for a payload that passed ValidatePayload. QSGD and SIGN
+// share it: SIGN is one bit per coordinate, code 1 = -scale, 0 = +scale.
+template <typename T>
+void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_view payload,
+                              T weight, absl::Span<T> out) {
+  const bool sign_only = params.encoding() == v1::ENCODING_SIGN;
+  const uint32_t bits = sign_only ? 1 : params.bits();
+  const uint32_t bucket = params.bucket_size();
+  const uint32_t mask = (1u << bits) - 1;
+  const uint32_t levels = sign_only ? 1 : Levels(bits);
+  const uint32_t sign_bit = sign_only ? 1 : 1u << (bits - 1);
+  const uint64_t n = out.size();
+  const uint64_t buckets = Buckets(n, bucket);
+  const auto* codes = reinterpret_cast<const unsigned char*>(payload.data() + buckets * sizeof(float));
+  T table[256];
+  for (uint64_t j = 0; j < buckets; ++j) {
+    const uint64_t begin = j * bucket;
+    const uint64_t end = std::min<uint64_t>(begin + bucket, n);
+    const double scale = LoadScale(payload.data(), j);
+    // One table per bucket turns each coordinate into a lookup and an add. Built in double:
+    // q * m / s is then exact at q = s (the bucket maximum) even for huge or denormal m.
+    for (uint32_t code = 0; code <= mask; ++code) {
+      const double magnitude = sign_only ? 1.0 : static_cast<double>(code & (sign_bit - 1));
+      const double value = magnitude * scale / levels * static_cast<double>(weight);
+      table[code] = static_cast<T>(code & sign_bit ? -value : value);
+    }
+    for (uint64_t i = begin; i < end; ++i) out[i] += table[CodeAt(codes, i, bits, mask)];
+  }
+}
+
 template <typename T>
 absl::Status DecodeAccumulateImpl(const v1::EncodingParams& params, absl::string_view payload,
                                   T weight, absl::Span<T> out) {
   if (absl::Status s = ValidatePayload(params, payload, out.size()); !s.ok()) return s;
-  const char* p = payload.data();
-  for (size_t i = 0; i < out.size(); ++i) {
-    out[i] += weight * static_cast<T>(LoadFloat(p + i * sizeof(float)));
+  if (params.encoding() == v1::ENCODING_FP32) {
+    const char* p = payload.data();
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i] += weight * static_cast<T>(LoadFloat(p + i * sizeof(float)));
+    }
+  } else {
+    DecodeAccumulateBucketed(params, payload, weight, out);
   }
   return absl::OkStatus();
 }
@@ -67,7 +239,7 @@ std::string EncodingName(const v1::EncodingParams& params) {
     case v1::ENCODING_FP16:
       return "FP16";
     case v1::ENCODING_SIGN:
-      return "SIGN";
+      return absl::StrFormat("SIGN(bucket=%d)", params.bucket_size());
     case v1::ENCODING_QSGD:
       return absl::StrFormat("QSGD(bits=%d, bucket=%d)", params.bits(), params.bucket_size());
     default:
@@ -78,23 +250,52 @@ std::string EncodingName(const v1::EncodingParams& params) {
 absl::StatusOr<v1::Encoding> ParseEncoding(absl::string_view name) {
   const std::string lower = absl::AsciiStrToLower(name);
   if (lower == "fp32") return v1::ENCODING_FP32;
+  if (lower == "qsgd") return v1::ENCODING_QSGD;
+  if (lower == "sign") return v1::ENCODING_SIGN;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown encoding '", name, "'; this build supports: fp32"));
+      absl::StrCat("unknown encoding '", name, "'; choose fp32, qsgd or sign"));
 }
 
 absl::Status ValidateEncodingParams(const v1::EncodingParams& params) {
+  auto check_bucket = [&params]() -> absl::Status {
+    if (params.bucket_size() < 1 || params.bucket_size() > kMaxBucketSize) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: bucket_size must be in [1, %d]", EncodingName(params), kMaxBucketSize));
+    }
+    return absl::OkStatus();
+  };
   switch (params.encoding()) {
     case v1::ENCODING_FP32:
       return absl::OkStatus();
+    case v1::ENCODING_QSGD:
+      if (params.bits() < 2 || params.bits() > 8) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s: bits must be in [2, 8]", EncodingName(params)));
+      }
+      if (!v1::QuantScaling_IsValid(params.scaling())) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s: unknown scaling %d", EncodingName(params), static_cast<int>(params.scaling())));
+      }
+      return check_bucket();
+    case v1::ENCODING_SIGN:
+      return check_bucket();
     default:
       return absl::InvalidArgumentError(absl::StrCat(
-          "encoding ", EncodingName(params), " is not supported by this build (supported: FP32)"));
+          "encoding ", EncodingName(params), " is not supported (supported: FP32, QSGD, SIGN)"));
   }
 }
 
 absl::StatusOr<uint64_t> EncodedSize(const v1::EncodingParams& params, uint64_t num_elements) {
   if (absl::Status s = ValidateEncodingParams(params); !s.ok()) return s;
-  return num_elements * sizeof(float);
+  switch (params.encoding()) {
+    case v1::ENCODING_QSGD:
+      return Buckets(num_elements, params.bucket_size()) * sizeof(float) +
+             (num_elements * params.bits() + 7) / 8;
+    case v1::ENCODING_SIGN:
+      return Buckets(num_elements, params.bucket_size()) * sizeof(float) + (num_elements + 7) / 8;
+    default:
+      return num_elements * sizeof(float);
+  }
 }
 
 absl::StatusOr<std::string> Encode(const v1::EncodingParams& params,
@@ -106,15 +307,25 @@ absl::StatusOr<std::string> Encode(const v1::EncodingParams& params,
 
 absl::Status EncodeInto(const v1::EncodingParams& params, absl::Span<const float> values,
                         std::string* out) {
-  if (absl::Status s = ValidateEncodingParams(params); !s.ok()) return s;
+  absl::StatusOr<uint64_t> size = EncodedSize(params, values.size());
+  if (!size.ok()) return size.status();
   for (size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
       return absl::InvalidArgumentError(
           absl::StrFormat("value %d is %f: NaN and Inf cannot be encoded", i, values[i]));
     }
   }
-  out->resize(values.size() * sizeof(float));
-  if (!values.empty()) std::memcpy(out->data(), values.data(), out->size());
+  out->resize(*size);
+  switch (params.encoding()) {
+    case v1::ENCODING_QSGD:
+      EncodeQsgd(params, values, out->data());
+      break;
+    case v1::ENCODING_SIGN:
+      EncodeSign(params, values, out->data());
+      break;
+    default:
+      if (!values.empty()) std::memcpy(out->data(), values.data(), out->size());
+  }
   return absl::OkStatus();
 }
 
@@ -131,7 +342,12 @@ absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_vie
 absl::Status Decode(const v1::EncodingParams& params, absl::string_view payload,
                     absl::Span<float> out) {
   if (absl::Status s = ValidatePayload(params, payload, out.size()); !s.ok()) return s;
-  if (!out.empty()) std::memcpy(out.data(), payload.data(), payload.size());
+  if (params.encoding() == v1::ENCODING_FP32) {
+    if (!out.empty()) std::memcpy(out.data(), payload.data(), payload.size());  // keeps -0.0
+  } else {
+    std::fill(out.begin(), out.end(), 0.0f);
+    DecodeAccumulateBucketed(params, payload, 1.0f, out);
+  }
   return absl::OkStatus();
 }
 
