@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -22,21 +23,6 @@ uint64_t Buckets(uint64_t n, uint32_t bucket) { return (n + bucket - 1) / bucket
 
 // QSGD levels for b bits: one sign bit, b - 1 level bits.
 uint32_t Levels(uint32_t bits) { return (1u << (bits - 1)) - 1; }
-
-// splitmix64: fast, seedable, good enough for stochastic rounding; one draw gives two uniforms.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-
- private:
-  uint64_t state_;
-};
 
 // Appends codes of `bits` bits, least significant bit first, to a byte buffer.
 class BitWriter {
@@ -124,6 +110,55 @@ absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view
 
 namespace {
 
+// A counter-based hash (lowbias32): the random bits of coordinate i depend only on the message
+// seed and i, so the loop below has no serial dependency and vectorises.
+inline uint32_t Hash32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+// Stochastic rounding of one bucket to codes (level | sign bit), one byte per coordinate.
+// `to_levels` = s / m. Built for AVX2 too where the CPU has it (chosen at load time).
+__attribute__((target_clones("avx2", "default"))) void QuantizeBucket(
+    const float* v, uint32_t n, float to_levels, uint32_t levels, uint32_t sign_bit,
+    uint32_t seed, uint32_t first_index, uint8_t* codes) {
+  for (uint32_t i = 0; i < n; ++i) {
+    const float u = static_cast<float>(Hash32(seed + (first_index + i) * 0x9E3779B9U) >> 8) * 0x1p-24f;
+    const float r = std::abs(v[i]) * to_levels;
+    uint32_t q = static_cast<uint32_t>(r);
+    q += u < r - static_cast<float>(q) ? 1 : 0;
+    q = q < levels ? q : levels;  // the rounded L2 norm may sit a hair below |v|
+    codes[i] = static_cast<uint8_t>(q | (v[i] < 0.0f && q > 0 ? sign_bit : 0));
+  }
+}
+
+// Packs one-byte codes of `bits` bits into the stream at bit offset first * bits.
+void PackCodes(const uint8_t* codes, uint64_t first, uint64_t count, uint32_t bits, char* stream) {
+  auto* out = reinterpret_cast<unsigned char*>(stream);
+  if (bits == 8) {
+    std::memcpy(out + first, codes, count);
+    return;
+  }
+  uint64_t i = 0;
+  if (bits == 4 && first % 2 == 0) {  // whole bytes: two codes each
+    for (; i + 1 < count; i += 2) out[(first + i) / 2] = codes[i] | (codes[i + 1] << 4);
+  } else if (bits == 2 && first % 4 == 0) {
+    for (; i + 3 < count; i += 4) {
+      out[(first + i) / 4] = codes[i] | (codes[i + 1] << 2) | (codes[i + 2] << 4) | (codes[i + 3] << 6);
+    }
+  }
+  for (; i < count; ++i) {  // the general case, and the tail of the fast ones
+    const uint64_t bit = (first + i) * bits;
+    const uint32_t word = static_cast<uint32_t>(codes[i]) << (bit & 7);
+    out[bit >> 3] |= static_cast<unsigned char>(word & 0xff);
+    if ((bit & 7) + bits > 8) out[(bit >> 3) + 1] |= static_cast<unsigned char>(word >> 8);
+  }
+}
+
 void EncodeQsgd(const v1::EncodingParams& params, absl::Span<const float> values, char* out) {
   const uint32_t bits = params.bits();
   const uint32_t bucket = params.bucket_size();
@@ -131,41 +166,44 @@ void EncodeQsgd(const v1::EncodingParams& params, absl::Span<const float> values
   const uint32_t sign_bit = 1u << (bits - 1);
   const uint64_t n = values.size();
   const uint64_t buckets = Buckets(n, bucket);
-  BitWriter codes(out + buckets * sizeof(float));
-  Rng rng(params.seed());
+  char* stream = out + buckets * sizeof(float);
+  std::memset(stream, 0, (n * bits + 7) / 8);  // PackCodes ORs bits in
+  const uint32_t seed = Hash32(static_cast<uint32_t>(params.seed()) ^
+                               Hash32(static_cast<uint32_t>(params.seed() >> 32)));
+  std::vector<uint8_t> codes(std::min<uint64_t>(bucket, n));
   for (uint64_t j = 0; j < buckets; ++j) {
     const uint64_t begin = j * bucket;
-    const uint64_t end = std::min<uint64_t>(begin + bucket, n);
+    const uint32_t count = static_cast<uint32_t>(std::min<uint64_t>(bucket, n - begin));
+    const float* v = values.data() + begin;
     float m = 0.0f;
     if (params.scaling() == v1::QUANT_SCALING_L2) {
       double sum = 0.0;
-      for (uint64_t i = begin; i < end; ++i) sum += double{values[i]} * values[i];
+      for (uint32_t i = 0; i < count; ++i) sum += double{v[i]} * v[i];
       m = static_cast<float>(std::sqrt(sum));
     } else {
-      for (uint64_t i = begin; i < end; ++i) m = std::max(m, std::abs(values[i]));
+      for (uint32_t i = 0; i < count; ++i) m = std::max(m, std::abs(v[i]));
     }
     std::memcpy(out + j * sizeof(float), &m, sizeof m);
-    if (m == 0.0f) {
-      for (uint64_t i = begin; i < end; ++i) codes.Put(0, bits);
-      continue;
-    }
-    // In double: levels / m overflows float for tiny (denormal) scales.
+    if (m == 0.0f) continue;  // codes stay zero
     const double to_levels = static_cast<double>(levels) / m;
-    for (uint64_t i = begin; i < end; i += 2) {
-      const uint64_t random = rng.Next();
-      const float uniforms[2] = {static_cast<float>(random >> 40) * 0x1p-24f,
-                                 static_cast<float>((random >> 8) & 0xffffff) * 0x1p-24f};
-      for (uint64_t k = 0; k < 2 && i + k < end; ++k) {
-        const float v = values[i + k];
-        const float r = static_cast<float>(std::abs(v) * to_levels);
+    if (to_levels <= 1e30) {
+      QuantizeBucket(v, count, static_cast<float>(to_levels), levels, sign_bit, seed,
+                     static_cast<uint32_t>(begin), codes.data());
+    } else {
+      // A tiny (denormal) scale: levels / m overflows float, so this rare bucket goes in double.
+      for (uint32_t i = 0; i < count; ++i) {
+        const float u =
+            static_cast<float>(Hash32(seed + static_cast<uint32_t>(begin + i) * 0x9E3779B9U) >> 8) *
+            0x1p-24f;
+        const double r = std::abs(v[i]) * to_levels;
         uint32_t q = static_cast<uint32_t>(r);
-        q += uniforms[k] < r - static_cast<float>(q);
-        q = std::min(q, levels);  // the rounded L2 norm may sit a hair below |v|
-        codes.Put(q | (v < 0 && q > 0 ? sign_bit : 0), bits);
+        q += u < r - q ? 1 : 0;
+        q = std::min(q, levels);
+        codes[i] = static_cast<uint8_t>(q | (v[i] < 0.0f && q > 0 ? sign_bit : 0));
       }
     }
+    PackCodes(codes.data(), begin, count, bits, stream);
   }
-  codes.Flush();
 }
 
 void EncodeSign(const v1::EncodingParams& params, absl::Span<const float> values, char* out) {
