@@ -3,13 +3,17 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/codec.h"
+#include "common/logging.h"
+
 namespace ps {
 
-ParameterStore::ParameterStore(std::vector<float> initial,
+ParameterStore::ParameterStore(std::vector<float> initial, const StoreOptions& options,
                                std::function<void(uint64_t)> on_publish)
-    : size_(initial.size()), on_publish_(std::move(on_publish)) {
+    : size_(initial.size()), options_(options), on_publish_(std::move(on_publish)) {
   current_.version = 1;
   current_.values = std::make_shared<std::vector<float>>(std::move(initial));
+  true_model_ = current_.values;
 }
 
 ModelSnapshot ParameterStore::Snapshot() const {
@@ -17,36 +21,86 @@ ModelSnapshot ParameterStore::Snapshot() const {
   return current_;
 }
 
+std::shared_ptr<const std::vector<float>> ParameterStore::TrueModel() const {
+  absl::MutexLock lock(&mu_);
+  return true_model_;
+}
+
 uint64_t ParameterStore::version() const {
   absl::MutexLock lock(&mu_);
   return current_.version;
+}
+
+std::shared_ptr<std::vector<float>> ParameterStore::CopyOf(
+    const std::vector<float>& source, std::shared_ptr<std::vector<float>>* spare) {
+  std::shared_ptr<std::vector<float>> out = std::move(*spare);
+  if (out == nullptr) return std::make_shared<std::vector<float>>(source);
+  std::copy(source.begin(), source.end(), out->begin());
+  return out;
+}
+
+void ParameterStore::Retire(std::shared_ptr<const std::vector<float>> old,
+                            std::shared_ptr<std::vector<float>>* spare) {
+  // Only `old` refers to it now unless a reader (a Pull in progress) still holds it; no new reader
+  // can get it, so a count of one means it is free to reuse.
+  if (old != nullptr && old.use_count() == 1) {
+    *spare = std::const_pointer_cast<std::vector<float>>(std::move(old));
+  }
 }
 
 uint64_t ParameterStore::Apply(absl::FunctionRef<void(absl::Span<float>)> change) {
   uint64_t version;
   {
     absl::MutexLock writer(&apply_mu_);
-    ModelSnapshot base = Snapshot();
-    std::shared_ptr<std::vector<float>> next = std::move(spare_);
-    if (next == nullptr) {
-      next = std::make_shared<std::vector<float>>(*base.values);
-    } else {
-      std::copy(base.values->begin(), base.values->end(), next->begin());
-    }
-    change(absl::MakeSpan(*next));
-    std::shared_ptr<const std::vector<float>> retired;
+    ModelSnapshot base;
+    std::shared_ptr<const std::vector<float>> base_true;
     {
       absl::MutexLock lock(&mu_);
-      retired = std::move(current_.values);
-      current_.values = next;
-      version = ++current_.version;
+      base = current_;
+      base_true = true_model_;
     }
-    base.values.reset();
-    // Only `retired` refers to the old model now unless a reader (a Pull in progress) still
-    // holds it; no new reader can get it, so a count of one means it is free to reuse.
-    if (retired.use_count() == 1) {
-      spare_ = std::const_pointer_cast<std::vector<float>>(std::move(retired));
+    version = base.version + 1;
+    std::shared_ptr<std::vector<float>> next = CopyOf(*base_true, &spare_true_);
+    change(absl::MakeSpan(*next));
+
+    ModelSnapshot published;
+    published.version = version;
+    published.values = next;
+    if (downlink_compressed()) {
+      // delta = x - x_b; c = Q(delta); x_b += decode(c). What Q drops stays in x - x_b and goes
+      // out with the next version's delta (error feedback on the downlink).
+      delta_scratch_.resize(size_);
+      for (size_t i = 0; i < size_; ++i) delta_scratch_[i] = (*next)[i] - (*base.values)[i];
+      v1::EncodingParams encoding = options_.downlink;
+      encoding.set_seed(version * 0x9E3779B97F4A7C15ull + 0x5eed);
+      auto payload = std::make_shared<std::string>();
+      if (EncodeInto(encoding, delta_scratch_, payload.get()).ok()) {
+        std::shared_ptr<std::vector<float>> broadcast = CopyOf(*base.values, &spare_broadcast_);
+        DecodeAccumulate(encoding, *payload, 1.0f, absl::MakeSpan(*broadcast)).IgnoreError();
+        published.values = broadcast;
+        published.deltas = base.deltas;
+        published.deltas.push_back({base.version, version, encoding, std::move(payload)});
+        if (published.deltas.size() > options_.max_delta_chain) {
+          published.deltas.erase(published.deltas.begin());
+        }
+      } else {
+        // Only a non-finite model gets here; workers then get it in full (and see the problem).
+        LogError("downlink delta could not be encoded; sending the full model");
+      }
     }
+    std::shared_ptr<const std::vector<float>> old_true, old_broadcast;
+    {
+      absl::MutexLock lock(&mu_);
+      old_true = std::move(true_model_);
+      old_broadcast = std::move(current_.values);
+      true_model_ = next;
+      current_ = std::move(published);
+    }
+    base = ModelSnapshot();
+    base_true.reset();
+    if (old_broadcast == old_true) old_broadcast.reset();  // one vector when not compressed
+    Retire(std::move(old_true), &spare_true_);
+    Retire(std::move(old_broadcast), &spare_broadcast_);
   }
   if (on_publish_) on_publish_(version);
   return version;

@@ -1,51 +1,90 @@
-// The server's shard of the global model and its version. Knows nothing of gRPC.
+// The server's shard of the global model, its version, and (with a compressed downlink) the
+// broadcast model that workers hold. Knows nothing of gRPC.
 #ifndef PS_SERVER_PARAMETER_STORE_H_
 #define PS_SERVER_PARAMETER_STORE_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "ps/v1/ps.pb.h"
 
 namespace ps {
 
-// An immutable published model. Readers keep it alive as long as they stream it.
+// The quantized change of the broadcast model from base_version to version.
+struct DownlinkDelta {
+  uint64_t base_version = 0;
+  uint64_t version = 0;
+  v1::EncodingParams encoding;
+  std::shared_ptr<const std::string> payload;
+};
+
+// An immutable published state. Readers keep it alive as long as they stream it.
 struct ModelSnapshot {
   uint64_t version = 0;
+  // What workers hold: the broadcast model x_b (ALGORITHMS.md section 9), which is the true model
+  // itself when the downlink is not compressed.
   std::shared_ptr<const std::vector<float>> values;
+  // The most recent deltas, consecutive, oldest first, the last one ending at `version`; empty when
+  // the downlink is not compressed.
+  std::vector<DownlinkDelta> deltas;
+};
+
+struct StoreOptions {
+  // QSGD: each new version also produces a quantized delta of the broadcast model. Anything else:
+  // the downlink is not compressed.
+  v1::EncodingParams downlink;
+  size_t max_delta_chain = 8;  // deltas kept for workers a few versions behind
 };
 
 // Thread-safe. Versions start at 1 (the initial model) and grow by one per Apply; 0 means "no
-// model" on the wire. Every published model is a new immutable vector (copy-on-write), so a Pull in
-// progress never sees a half-applied update.
+// model" on the wire. Every published state is immutable (copy-on-write), so a Pull in progress
+// never sees a half-applied update.
 class ParameterStore {
  public:
-  // `on_publish` is called with each new version after the store's lock is released.
-  ParameterStore(std::vector<float> initial, std::function<void(uint64_t)> on_publish = nullptr);
+  // `on_publish` is called with each new version after the store's locks are released.
+  ParameterStore(std::vector<float> initial, const StoreOptions& options = {},
+                 std::function<void(uint64_t)> on_publish = nullptr);
 
   ModelSnapshot Snapshot() const;
+  // The model the aggregator updates (x). Equal to Snapshot().values without downlink compression.
+  std::shared_ptr<const std::vector<float>> TrueModel() const;
   uint64_t version() const;
   size_t size() const { return size_; }
+  bool downlink_compressed() const { return options_.downlink.encoding() == v1::ENCODING_QSGD; }
 
-  // Copies the current model, lets `change` modify the copy, then publishes it as version + 1.
-  // Returns the new version.
+  // Copies the current model, lets `change` modify the copy, then publishes it as version + 1
+  // (with the new broadcast model and delta when the downlink is compressed). Returns the version.
   uint64_t Apply(absl::FunctionRef<void(absl::Span<float>)> change);
 
  private:
+  // A vector of size_ holding a copy of `source`, reusing a retired one when there is one: a fresh
+  // model-sized allocation per version costs more in page faults than the copy.
+  std::shared_ptr<std::vector<float>> CopyOf(const std::vector<float>& source,
+                                             std::shared_ptr<std::vector<float>>* spare);
+  static void Retire(std::shared_ptr<const std::vector<float>> old,
+                     std::shared_ptr<std::vector<float>>* spare);
+
   const size_t size_;
+  const StoreOptions options_;
   std::function<void(uint64_t)> on_publish_;
-  mutable absl::Mutex mu_;
-  ModelSnapshot current_ ABSL_GUARDED_BY(mu_);
+
   // Serialises writers so that versions are published in order without holding mu_ while copying.
   absl::Mutex apply_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  // A retired model vector that no reader holds any more, reused by the next Apply: a fresh
-  // model-sized allocation per version costs more in page faults than the copy.
-  std::shared_ptr<std::vector<float>> spare_ ABSL_GUARDED_BY(apply_mu_);
+  std::shared_ptr<std::vector<float>> spare_true_ ABSL_GUARDED_BY(apply_mu_);
+  std::shared_ptr<std::vector<float>> spare_broadcast_ ABSL_GUARDED_BY(apply_mu_);
+  std::vector<float> delta_scratch_ ABSL_GUARDED_BY(apply_mu_);
+
+  mutable absl::Mutex mu_;
+  ModelSnapshot current_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const std::vector<float>> true_model_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ps

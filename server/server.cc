@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -49,6 +50,27 @@ absl::Status ServerOptions::Validate() const {
     return absl::InvalidArgumentError("set rounds > 0 or epochs > 0");
   }
   if (t.allowed_encodings().empty()) return absl::InvalidArgumentError("no encoding allowed");
+  const v1::EncodingParams& update = t.update_encoding();
+  if (update.encoding() != v1::ENCODING_UNSPECIFIED) {
+    PS_RETURN_IF_ERROR(ValidateEncodingParams(update));
+    const auto& allowed = t.allowed_encodings();
+    if (std::find(allowed.begin(), allowed.end(), update.encoding()) == allowed.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("update encoding ", EncodingName(update),
+                                                     " is not among the allowed encodings"));
+    }
+  }
+  if (t.bits_policy() == v1::BITS_POLICY_DQSGD &&
+      (t.min_bits() < 2 || t.max_bits() > 8 || t.min_bits() > t.max_bits() || !(t.dq_beta() > 0) ||
+       !(t.dq_alpha() > 0) || t.dq_alpha() > 1)) {
+    return absl::InvalidArgumentError(
+        "dqsgd needs 2 <= min_bits <= max_bits <= 8, dq_beta > 0 and 0 < dq_alpha <= 1");
+  }
+  const v1::EncodingParams& pull = t.pull_encoding();
+  if (pull.encoding() == v1::ENCODING_QSGD) {
+    PS_RETURN_IF_ERROR(ValidateEncodingParams(pull));
+  } else if (pull.encoding() != v1::ENCODING_UNSPECIFIED && pull.encoding() != v1::ENCODING_FP32) {
+    return absl::InvalidArgumentError("pull encoding must be fp32 or qsgd");
+  }
   if (shard_count < 1 || shard_index >= shard_count) {
     return absl::InvalidArgumentError(
         absl::StrFormat("shard_index %d must be in [0, shard_count %d)", shard_index, shard_count));
@@ -121,8 +143,11 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
 
   server->wait_list_ = std::make_unique<VersionWaitList>(/*initial_version=*/1);
   VersionWaitList* wait_list = server->wait_list_.get();
+  StoreOptions store_options;
+  store_options.downlink = config.pull_encoding();
   server->store_ = std::make_unique<ParameterStore>(
-      std::move(shard), [wait_list](uint64_t version) { wait_list->Publish(version); });
+      std::move(shard), store_options,
+      [wait_list](uint64_t version) { wait_list->Publish(version); });
   server->membership_ =
       std::make_unique<Membership>(config.num_workers(), options.lease, Clock::Real());
   AggregatorOptions aggregator_options;

@@ -22,10 +22,6 @@
 #include "server/version_wait_list.h"
 #include "worker/models/model.h"
 
-namespace grpc {
-class Server;
-}
-
 namespace ps {
 
 struct ServerOptions {
@@ -69,7 +65,10 @@ class ParameterServer {
   void Shutdown(absl::Duration grace = absl::Seconds(5));
 
   v1::StatusResponse GetStatus() const { return service_->BuildStatus(); }
+  // What workers hold (the broadcast model), and the model the aggregator updates; the same unless
+  // the downlink is compressed.
   ModelSnapshot Model() const { return store_->Snapshot(); }
+  std::shared_ptr<const std::vector<float>> TrueModel() const { return store_->TrueModel(); }
   const ServerOptions& options() const { return options_; }
 
  private:

@@ -48,7 +48,26 @@ ABSL_FLAG(double, epochs, 10.0, "Passes over the training set by all workers tog
 ABSL_FLAG(int, eval_every, 50, "Rounds between test-set evaluations on the workers; 0 = only at the end.");
 ABSL_FLAG(uint64_t, data_seed, 1, "Seed of data partitioning and shuffling (same on every worker).");
 ABSL_FLAG(std::string, partition, "iid", "iid, or label_sorted (each worker sees few classes).");
-ABSL_FLAG(std::string, encodings, "fp32", "Comma-separated update encodings the server accepts.");
+ABSL_FLAG(std::string, encodings, "fp32,qsgd,sign",
+          "Comma-separated update encodings the server accepts (workers may pick among them).");
+ABSL_FLAG(std::string, update_encoding, "fp32",
+          "How workers encode their updates: fp32, qsgd (bit-packed stochastic quantizer) or sign "
+          "(1-bit scaled sign; use with --error_feedback).");
+ABSL_FLAG(int, bits, 4, "qsgd: bits per coordinate, sign included (2..8), for --bits_policy=fixed.");
+ABSL_FLAG(int, bucket_size, 512, "qsgd and sign: coordinates per scale.");
+ABSL_FLAG(std::string, scaling, "max_abs", "qsgd: bucket scale, max_abs or l2.");
+ABSL_FLAG(std::string, bits_policy, "fixed",
+          "qsgd: fixed (--bits), or dqsgd (bits from each update's norm and the steps left).");
+ABSL_FLAG(int, min_bits, 2, "dqsgd: fewest bits.");
+ABSL_FLAG(int, max_bits, 8, "dqsgd: most bits.");
+ABSL_FLAG(double, dq_beta, 4.0, "dqsgd: relative error budget; larger sends fewer bits.");
+ABSL_FLAG(double, dq_alpha, 1.0,
+          "dqsgd: contraction per message; below 1 gives fewer bits early and more as steps run out.");
+ABSL_FLAG(bool, error_feedback, true, "Workers carry what quantization dropped into the next message.");
+ABSL_FLAG(std::string, pull_encoding, "fp32",
+          "How new versions go to workers: fp32 (the full model) or qsgd (quantized deltas of the "
+          "broadcast model with error feedback; workers too far behind get the full model).");
+ABSL_FLAG(int, pull_bits, 4, "qsgd pulls: bits per coordinate (2..8).");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the initial model.");
 ABSL_FLAG(std::string, init_model, "",
           "Start from this raw little-endian float32 file (the whole model) instead of --seed.");
@@ -111,6 +130,39 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
     auto e = ParseEncoding(name);
     if (!e.ok()) return e.status();
     t.add_allowed_encodings(*e);
+  }
+  auto update_encoding = ParseEncoding(absl::GetFlag(FLAGS_update_encoding));
+  if (!update_encoding.ok()) return update_encoding.status();
+  auto scaling = Pick<v1::QuantScaling>("scaling", absl::GetFlag(FLAGS_scaling),
+                                        {{"max_abs", v1::QUANT_SCALING_MAX_ABS},
+                                         {"l2", v1::QUANT_SCALING_L2}});
+  if (!scaling.ok()) return scaling.status();
+  auto policy = Pick<v1::BitsPolicy>("bits_policy", absl::GetFlag(FLAGS_bits_policy),
+                                     {{"fixed", v1::BITS_POLICY_FIXED},
+                                      {"dqsgd", v1::BITS_POLICY_DQSGD}});
+  if (!policy.ok()) return policy.status();
+  auto pull_encoding = Pick<v1::Encoding>("pull_encoding", absl::GetFlag(FLAGS_pull_encoding),
+                                          {{"fp32", v1::ENCODING_FP32},
+                                           {"qsgd", v1::ENCODING_QSGD}});
+  if (!pull_encoding.ok()) return pull_encoding.status();
+  v1::EncodingParams* update = t.mutable_update_encoding();
+  update->set_encoding(*update_encoding);
+  if (*update_encoding != v1::ENCODING_FP32) update->set_bucket_size(absl::GetFlag(FLAGS_bucket_size));
+  if (*update_encoding == v1::ENCODING_QSGD) {
+    update->set_bits(absl::GetFlag(FLAGS_bits));
+    update->set_scaling(*scaling);
+  }
+  t.set_bits_policy(*policy);
+  t.set_min_bits(absl::GetFlag(FLAGS_min_bits));
+  t.set_max_bits(absl::GetFlag(FLAGS_max_bits));
+  t.set_dq_beta(static_cast<float>(absl::GetFlag(FLAGS_dq_beta)));
+  t.set_dq_alpha(static_cast<float>(absl::GetFlag(FLAGS_dq_alpha)));
+  t.set_error_feedback(absl::GetFlag(FLAGS_error_feedback));
+  t.mutable_pull_encoding()->set_encoding(*pull_encoding);
+  if (*pull_encoding == v1::ENCODING_QSGD) {
+    t.mutable_pull_encoding()->set_bits(absl::GetFlag(FLAGS_pull_bits));
+    t.mutable_pull_encoding()->set_bucket_size(absl::GetFlag(FLAGS_bucket_size));
+    t.mutable_pull_encoding()->set_scaling(v1::QUANT_SCALING_MAX_ABS);
   }
   auto non_negative = [](const char* flag, int64_t v) -> absl::Status {
     if (v < 0) return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 0, got ", v));
@@ -227,6 +279,10 @@ int Main() {
       .Add("H", t.local_steps())
       .Add("model", t.model())
       .Add("model_size", status.model_size())
+      .Add("update_encoding", EncodingName(t.update_encoding()))
+      .Add("bits_policy", t.bits_policy() == v1::BITS_POLICY_DQSGD ? "dqsgd" : "fixed")
+      .Add("error_feedback", t.error_feedback())
+      .Add("pull_encoding", EncodingName(t.pull_encoding()))
       .Add("version", status.version())
       .Add("rounds", status.rounds_completed())
       .Add("updates_applied", status.updates_applied())
@@ -239,6 +295,8 @@ int Main() {
       .Add("bytes_sent", status.wire().bytes_sent())
       .Add("raw_bytes_received", status.wire().raw_bytes_received())
       .Add("raw_bytes_sent", status.wire().raw_bytes_sent())
+      .Add("payload_bytes_received", status.wire().payload_bytes_received())
+      .Add("payload_bytes_sent", status.wire().payload_bytes_sent())
       .Add("wall_time_s", absl::ToDoubleSeconds(absl::Now() - start))
       .Add("stop_reason", reason);
   if (const std::string path = absl::GetFlag(FLAGS_summary_json); !path.empty()) {

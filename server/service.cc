@@ -295,7 +295,9 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
                                             public VersionWaitList::Waiter {
  public:
   PullReactor(ParameterServerService* service, const v1::PullRequest* request)
-      : service_(service), have_version_(request->have_version()) {
+      : service_(service),
+        have_version_(request->have_version()),
+        accept_(request->accept_encodings().begin(), request->accept_encodings().end()) {
     if (absl::Status s = Check(*request); !s.ok()) {
       Finish(ToGrpcStatus(s));
       return;
@@ -337,57 +339,107 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
     if (!accept.empty() &&
         std::find(accept.begin(), accept.end(), v1::ENCODING_FP32) == accept.end()) {
       return absl::InvalidArgumentError(
-          "accept_encodings must include ENCODING_FP32 (the only model encoding this server sends)");
+          "accept_encodings must include ENCODING_FP32 (full models are always sent as FP32)");
     }
     return absl::OkStatus();
   }
 
+  // One full model, or the chain of deltas from the client's version (ALGORITHMS.md section 9),
+  // or "unchanged": a list of segments, each starting with a chunk that carries its header.
+  struct Segment {
+    v1::ModelHeader header;
+    const char* data = nullptr;
+    uint64_t size = 0;
+  };
+
   void Send() {
     snapshot_ = service_->store_->Snapshot();
-    v1::ModelChunk& chunk = chunk_;
-    v1::ModelHeader* header = chunk.mutable_header();
-    header->set_version(snapshot_.version);
+    segments_.clear();
+    const uint64_t d = service_->shard_size();
     if (snapshot_.version <= have_version_) {
       // Only possible when timed out (or shutting down): nothing newer to send.
-      header->set_kind(v1::ModelHeader::KIND_UNCHANGED);
-      header->set_num_elements(service_->shard_size());
-      ranges_.clear();
+      Segment unchanged;
+      unchanged.header.set_kind(v1::ModelHeader::KIND_UNCHANGED);
+      unchanged.header.set_version(snapshot_.version);
+      unchanged.header.set_num_elements(d);
+      segments_.push_back(unchanged);
+    } else if (CanSendDeltas()) {
+      for (const DownlinkDelta& delta : snapshot_.deltas) {
+        if (delta.base_version < have_version_) continue;
+        Segment s;
+        s.header.set_kind(v1::ModelHeader::KIND_DELTA);
+        s.header.set_version(delta.version);
+        s.header.set_base_version(delta.base_version);
+        *s.header.mutable_encoding() = delta.encoding;
+        s.header.set_num_elements(d);
+        s.header.set_payload_bytes(delta.payload->size());
+        s.data = delta.payload->data();
+        s.size = delta.payload->size();
+        segments_.push_back(s);
+      }
+      // What a plain pull would have sent: the model once, however many deltas make up the chain.
+      service_->wire_.raw_bytes_sent += d * sizeof(float);
     } else {
-      header->set_kind(v1::ModelHeader::KIND_FULL);
-      header->mutable_encoding()->set_encoding(v1::ENCODING_FP32);
-      header->set_num_elements(snapshot_.values->size());
-      header->set_payload_bytes(snapshot_.values->size() * sizeof(float));
-      ranges_ = ChunkRanges(header->payload_bytes(), service_->options_.chunk_bytes);
-      service_->wire_.raw_bytes_sent += header->payload_bytes();
+      Segment full;
+      full.header.set_kind(v1::ModelHeader::KIND_FULL);
+      full.header.set_version(snapshot_.version);
+      full.header.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+      full.header.set_num_elements(snapshot_.values->size());
+      full.header.set_payload_bytes(snapshot_.values->size() * sizeof(float));
+      full.data = reinterpret_cast<const char*>(snapshot_.values->data());
+      full.size = full.header.payload_bytes();
+      segments_.push_back(full);
+      service_->wire_.raw_bytes_sent += full.size;
     }
+    segment_ = 0;
+    StartSegment();
+  }
+
+  // Deltas reach a client that holds a version the chain starts at or after, and that can decode.
+  bool CanSendDeltas() const {
+    if (have_version_ == 0 || snapshot_.deltas.empty()) return false;
+    if (snapshot_.deltas.front().base_version > have_version_) return false;
+    const v1::Encoding e = snapshot_.deltas.front().encoding.encoding();
+    return std::find(accept_.begin(), accept_.end(), e) != accept_.end();
+  }
+
+  void StartSegment() {
+    const Segment& s = segments_[segment_];
+    ranges_ = ChunkRanges(s.size, service_->options_.chunk_bytes);
     next_range_ = 0;
+    chunk_.Clear();
+    *chunk_.mutable_header() = s.header;
     FillAndWrite();
   }
 
-  // Writes the current chunk_ (whose header, if any, is set) with the next range's bytes.
+  // Writes chunk_ (whose header, if any, is set) with the next range of the current segment.
   void FillAndWrite() {
-    if (next_range_ < ranges_.size()) {
-      const ByteRange r = ranges_[next_range_++];
-      chunk_.set_offset(r.offset);
-      chunk_.set_data(reinterpret_cast<const char*>(snapshot_.values->data()) + r.offset, r.size);
-    }
+    const Segment& s = segments_[segment_];
+    const ByteRange r = ranges_[next_range_++];
+    chunk_.set_offset(r.offset);
+    if (r.size > 0) chunk_.set_data(s.data + r.offset, r.size);
     service_->wire_.bytes_sent += chunk_.ByteSizeLong();
     service_->wire_.payload_bytes_sent += chunk_.data().size();
     StartWrite(&chunk_);
   }
 
   void NextChunk() {
-    if (next_range_ >= ranges_.size()) {
+    if (next_range_ < ranges_.size()) {
+      chunk_.Clear();
+      FillAndWrite();
+    } else if (++segment_ < segments_.size()) {
+      StartSegment();
+    } else {
       Finish(grpc::Status::OK);
-      return;
     }
-    chunk_.Clear();
-    FillAndWrite();
   }
 
   ParameterServerService* const service_;
   uint64_t have_version_;
+  std::vector<int> accept_;  // v1::Encoding values
   ModelSnapshot snapshot_;
+  std::vector<Segment> segments_;
+  size_t segment_ = 0;
   std::vector<ByteRange> ranges_;
   size_t next_range_ = 0;
   v1::ModelChunk chunk_;

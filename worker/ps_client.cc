@@ -142,20 +142,39 @@ absl::Status PsClient::Leave() {
 absl::StatusOr<v1::PushAck> PsClient::Push(v1::UpdateKind kind, uint64_t base_version,
                                            uint64_t sample_count, absl::Span<const float> values,
                                            double train_loss) {
+  v1::EncodingParams fp32;
+  fp32.set_encoding(v1::ENCODING_FP32);
+  absl::MutexLock lock(&push_mu_);
+  if (absl::Status s = EncodeInto(fp32, values, &push_buffer_); !s.ok()) return s;
+  return PushLocked(kind, base_version, sample_count, fp32, push_buffer_, values.size(),
+                    train_loss);
+}
+
+absl::StatusOr<v1::PushAck> PsClient::PushEncoded(v1::UpdateKind kind, uint64_t base_version,
+                                                  uint64_t sample_count,
+                                                  const v1::EncodingParams& encoding,
+                                                  absl::string_view payload,
+                                                  uint64_t num_elements, double train_loss) {
+  absl::MutexLock lock(&push_mu_);
+  return PushLocked(kind, base_version, sample_count, encoding, payload, num_elements, train_loss);
+}
+
+absl::StatusOr<v1::PushAck> PsClient::PushLocked(v1::UpdateKind kind, uint64_t base_version,
+                                                 uint64_t sample_count,
+                                                 const v1::EncodingParams& encoding,
+                                                 absl::string_view payload,
+                                                 uint64_t num_elements, double train_loss) {
   v1::UpdateHeader header;
   header.set_worker_id(worker_id_);
   header.set_sequence(next_sequence_++);
   header.set_kind(kind);
   header.set_base_version(base_version);
   header.set_sample_count(sample_count);
-  header.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
-  header.set_num_elements(values.size());
+  *header.mutable_encoding() = encoding;
+  header.set_num_elements(num_elements);
+  header.set_payload_bytes(payload.size());
   header.set_train_loss(train_loss);
-  absl::MutexLock lock(&push_mu_);
-  if (absl::Status s = EncodeInto(header.encoding(), values, &push_buffer_); !s.ok()) return s;
-  const std::string* payload = &push_buffer_;
-  header.set_payload_bytes(payload->size());
-  const std::vector<ByteRange> ranges = ChunkRanges(payload->size(), chunk_bytes_);
+  const std::vector<ByteRange> ranges = ChunkRanges(payload.size(), chunk_bytes_);
 
   v1::PushAck ack;
   grpc::Status status = WithRetries("Push", [&] {
@@ -167,7 +186,7 @@ absl::StatusOr<v1::PushAck> PsClient::Push(v1::UpdateKind kind, uint64_t base_ve
       chunk.Clear();
       if (i == 0) *chunk.mutable_header() = header;
       chunk.set_offset(ranges[i].offset);
-      chunk.set_data(payload->data() + ranges[i].offset, ranges[i].size);
+      chunk.set_data(payload.data() + ranges[i].offset, ranges[i].size);
       bytes_sent_ += chunk.ByteSizeLong();
       payload_sent_ += ranges[i].size;
       // A failed write means the server already finished the call; Finish says why.
@@ -178,7 +197,7 @@ absl::StatusOr<v1::PushAck> PsClient::Push(v1::UpdateKind kind, uint64_t base_ve
   });
   if (!status.ok()) return WithContext(status, "Push", options_.servers[0]);
   bytes_received_ += ack.ByteSizeLong();
-  raw_sent_ += values.size() * sizeof(float);
+  raw_sent_ += num_elements * sizeof(float);
   return ack;
 }
 
@@ -188,66 +207,101 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
   request.set_worker_id(worker_id_);
   request.set_have_version(have_version);
   request.add_accept_encodings(v1::ENCODING_FP32);
+  request.add_accept_encodings(v1::ENCODING_QSGD);
   request.set_max_wait_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(wait)));
-  PullResult result;
-  absl::Status decode_error;
   absl::MutexLock lock(&pull_mu_);
+  PullResult result;
+  absl::Status stream_error;
   grpc::Status status = WithRetries("Pull", [&] {
     grpc::ClientContext context;
     SetDeadline(&context, wait + options_.rpc_timeout);
     bytes_sent_ += request.ByteSizeLong();
     std::unique_ptr<grpc::ClientReader<v1::ModelChunk>> reader = stub_->Pull(&context, request);
-    v1::ModelChunk chunk;
-    PayloadAssembler* assembler = nullptr;
+    result = PullResult();
+    uint64_t version = have_version;
+    bool in_segment = false, full = false, deltas = false;
     v1::ModelHeader header;
-    while (reader->Read(&chunk)) {
+    // Applies the segment just assembled: a full model straight into `model` (decoded only after
+    // the payload checks out), a delta onto the scratch copy.
+    auto finish_segment = [&]() -> absl::Status {
+      if (absl::Status s = pull_assembler_.CheckComplete(); !s.ok()) return s;
+      if (header.kind() == v1::ModelHeader::KIND_FULL) {
+        if (absl::Status s = Decode(header.encoding(), pull_assembler_.payload(), model); !s.ok()) {
+          return s;
+        }
+        full = true;
+      } else {
+        if (!deltas) pull_scratch_.assign(model.begin(), model.end());
+        deltas = true;
+        if (absl::Status s = DecodeAccumulate(header.encoding(), pull_assembler_.payload(), 1.0f,
+                                              absl::MakeSpan(pull_scratch_));
+            !s.ok()) {
+          return s;
+        }
+      }
+      version = header.version();
+      return absl::OkStatus();
+    };
+    auto start_segment = [&](const v1::ModelHeader& next) -> absl::Status {
+      header = next;
+      if (header.kind() == v1::ModelHeader::KIND_UNCHANGED) {
+        result.version = header.version();
+        return absl::OkStatus();
+      }
+      const bool delta = header.kind() == v1::ModelHeader::KIND_DELTA;
+      if ((!delta && header.kind() != v1::ModelHeader::KIND_FULL) || full ||
+          header.num_elements() != model.size() || (delta && header.base_version() != version)) {
+        return absl::InternalError(absl::StrFormat(
+            "unexpected segment: kind %d, %d elements, base version %d (model %d elements, at "
+            "version %d)",
+            header.kind(), header.num_elements(), header.base_version(), model.size(), version));
+      }
+      // The size is checked against the model before a byte is buffered.
+      auto expected = EncodedSize(header.encoding(), model.size());
+      if (!expected.ok()) return expected.status();
+      if (*expected != header.payload_bytes()) {
+        return absl::InternalError(absl::StrFormat("server announced %d payload bytes; %s of %d "
+                                                   "elements takes %d",
+                                                   header.payload_bytes(),
+                                                   EncodingName(header.encoding()), model.size(),
+                                                   *expected));
+      }
+      pull_assembler_.Reset(header.payload_bytes(), kDefaultChunkBytes);
+      in_segment = true;
+      return absl::OkStatus();
+    };
+    v1::ModelChunk chunk;
+    while (stream_error.ok() && reader->Read(&chunk)) {
       bytes_received_ += chunk.ByteSizeLong();
       payload_received_ += chunk.data().size();
-      if (assembler == nullptr) {
-        header = chunk.header();
-        if (header.kind() == v1::ModelHeader::KIND_UNCHANGED) continue;
-        if (header.kind() != v1::ModelHeader::KIND_FULL || header.num_elements() != model.size()) {
-          decode_error = absl::InternalError(absl::StrFormat(
-              "server sent a model of kind %d with %d elements; expected a full model of %d",
-              header.kind(), header.num_elements(), model.size()));
-          context.TryCancel();
-          break;
-        }
-        // The size is checked against the model before a byte is buffered.
-        auto expected = EncodedSize(header.encoding(), model.size());
-        if (!expected.ok() || *expected != header.payload_bytes()) {
-          decode_error = absl::InternalError(absl::StrFormat(
-              "server announced %d payload bytes for %d elements", header.payload_bytes(),
-              model.size()));
-          context.TryCancel();
-          break;
-        }
-        assembler = &pull_assembler_;
-        assembler->Reset(header.payload_bytes(), kDefaultChunkBytes);
+      if (chunk.has_header()) {
+        if (in_segment) stream_error = finish_segment();
+        in_segment = false;
+        if (stream_error.ok()) stream_error = start_segment(chunk.header());
+      } else if (!in_segment) {
+        stream_error = absl::InternalError("model chunk without a header");
       }
-      if (absl::Status s = assembler->Add(chunk.offset(), chunk.data()); !s.ok()) {
-        decode_error = absl::InternalError(absl::StrCat("malformed model stream: ", s.message()));
-        context.TryCancel();
-        break;
+      if (stream_error.ok() && in_segment) {
+        stream_error = pull_assembler_.Add(chunk.offset(), chunk.data());
       }
     }
+    if (!stream_error.ok()) context.TryCancel();
     grpc::Status finished = reader->Finish();
-    if (!finished.ok() || !decode_error.ok()) return finished;
-    result.version = header.version();
-    result.changed = false;
-    if (assembler != nullptr) {
-      if (absl::Status s = assembler->CheckComplete(); !s.ok()) {
-        decode_error = absl::InternalError(absl::StrCat("malformed model stream: ", s.message()));
-      } else if (absl::Status d = Decode(header.encoding(), assembler->payload(), model); !d.ok()) {
-        decode_error = absl::InternalError(absl::StrCat("malformed model payload: ", d.message()));
-      } else {
-        result.changed = true;
-        raw_received_ += model.size() * sizeof(float);
-      }
+    if (!finished.ok() || !stream_error.ok()) return finished;
+    if (in_segment) stream_error = finish_segment();
+    if (!stream_error.ok()) return finished;
+    if (deltas) std::copy(pull_scratch_.begin(), pull_scratch_.end(), model.begin());
+    result.changed = full || deltas;
+    if (result.changed) {
+      result.version = version;
+      raw_received_ += model.size() * sizeof(float);  // what a plain fp32 pull would have moved
     }
     return finished;
   });
-  if (!decode_error.ok()) return decode_error;
+  if (!stream_error.ok()) {
+    return absl::InternalError(absl::StrCat("malformed model stream from ",
+                                            options_.servers[0], ": ", stream_error.message()));
+  }
   if (!status.ok()) return WithContext(status, "Pull", options_.servers[0]);
   return result;
 }

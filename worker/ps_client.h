@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "absl/synchronization/mutex.h"
 #include "common/backoff.h"
@@ -60,12 +61,21 @@ class PsClient {
   void StartHeartbeats();
   absl::Status Leave();
 
-  // Pushes one update covering the whole model. FAILED_PRECONDITION means stale: pull and go on.
+  // Pushes one update covering the whole model, as FP32. FAILED_PRECONDITION means stale: pull
+  // and go on.
   absl::StatusOr<v1::PushAck> Push(v1::UpdateKind kind, uint64_t base_version,
                                    uint64_t sample_count, absl::Span<const float> values,
                                    double train_loss);
-  // Waits up to `wait` for a model newer than `have_version` and writes it into `model`
-  // (model.size() must be the model size). Works before Join as an observer (worker id 0).
+  // The same for an update already encoded (e.g. by UpdateCompressor) from `num_elements` values.
+  absl::StatusOr<v1::PushAck> PushEncoded(v1::UpdateKind kind, uint64_t base_version,
+                                          uint64_t sample_count,
+                                          const v1::EncodingParams& encoding,
+                                          absl::string_view payload, uint64_t num_elements,
+                                          double train_loss);
+  // Waits up to `wait` for a model newer than `have_version` and brings `model` to it: a full
+  // model, or the chain of quantized deltas from `have_version` (so `model` must hold exactly the
+  // model of `have_version` as pulled before). model.size() must be the model size. On error
+  // `model` is unchanged. Works before Join as an observer (worker id 0).
   absl::StatusOr<PullResult> Pull(uint64_t have_version, absl::Duration wait,
                                   absl::Span<float> model);
   // The server's Status.
@@ -80,6 +90,10 @@ class PsClient {
   template <typename Attempt>
   grpc::Status WithRetries(absl::string_view what, Attempt attempt);
   void StopHeartbeats();
+  absl::StatusOr<v1::PushAck> PushLocked(v1::UpdateKind kind, uint64_t base_version,
+                                         uint64_t sample_count, const v1::EncodingParams& encoding,
+                                         absl::string_view payload, uint64_t num_elements,
+                                         double train_loss) ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
 
   const PsClientOptions options_;
   std::unique_ptr<v1::ParameterServer::Stub> stub_;
@@ -98,6 +112,7 @@ class PsClient {
   std::string push_buffer_ ABSL_GUARDED_BY(push_mu_);
   absl::Mutex pull_mu_;
   PayloadAssembler pull_assembler_ ABSL_GUARDED_BY(pull_mu_);
+  std::vector<float> pull_scratch_ ABSL_GUARDED_BY(pull_mu_);  // a delta chain is applied here
 
   std::unique_ptr<absl::Notification> stop_heartbeats_;
   std::thread heartbeat_thread_;

@@ -1,10 +1,12 @@
 #include "worker/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/codec.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -112,6 +114,39 @@ uint64_t RoundsFor(const v1::TrainingConfig& config, int64_t total_train_example
       std::max(1.0, std::ceil(config.epochs() * total_train_examples / per_round)));
 }
 
+absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingConfig* config) {
+  v1::EncodingParams* update = config->mutable_update_encoding();
+  if (!overrides.update_encoding.empty()) {
+    PS_ASSIGN_OR_RETURN(v1::Encoding encoding, ParseEncoding(overrides.update_encoding));
+    const auto& allowed = config->allowed_encodings();
+    if (std::find(allowed.begin(), allowed.end(), encoding) == allowed.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the server does not allow update encoding ", overrides.update_encoding));
+    }
+    update->set_encoding(encoding);
+  }
+  if (update->encoding() != v1::ENCODING_FP32 && update->bucket_size() == 0) {
+    update->set_bucket_size(512);
+  }
+  if (update->encoding() == v1::ENCODING_QSGD && update->scaling() == v1::QUANT_SCALING_UNSPECIFIED) {
+    update->set_scaling(v1::QUANT_SCALING_MAX_ABS);
+  }
+  if (overrides.bits > 0) update->set_bits(overrides.bits);
+  if (update->encoding() == v1::ENCODING_QSGD && update->bits() == 0) update->set_bits(4);
+  if (overrides.bits_policy == "fixed") {
+    config->set_bits_policy(v1::BITS_POLICY_FIXED);
+  } else if (overrides.bits_policy == "dqsgd") {
+    config->set_bits_policy(v1::BITS_POLICY_DQSGD);
+  } else if (!overrides.bits_policy.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--bits_policy=", overrides.bits_policy, " is not one of: fixed, dqsgd"));
+  }
+  if (config->min_bits() == 0) config->set_min_bits(2);
+  if (config->max_bits() == 0) config->set_max_bits(8);
+  if (update->encoding() == v1::ENCODING_UNSPECIFIED) update->set_encoding(v1::ENCODING_FP32);
+  return ValidateEncodingParams(*update);
+}
+
 Trainer::Trainer(const TrainerOptions& options, PsClient* client)
     : options_(options), client_(client) {}
 
@@ -138,7 +173,8 @@ absl::Status Trainer::PullUntilNewer(uint64_t have_version, std::vector<float>* 
 absl::StatusOr<TrainingResult> Trainer::Run() {
   const absl::Time start = absl::Now();
   PS_ASSIGN_OR_RETURN(v1::JoinResponse joined, client_->Join());
-  const v1::TrainingConfig& config = joined.config();
+  v1::TrainingConfig config = joined.config();
+  PS_RETURN_IF_ERROR(ApplyOverrides(options_.overrides, &config));
   prefix_ = absl::StrFormat("[worker %d] ", joined.rank());
   const ModelSpec spec = SpecOf(config);
   PS_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, CreateModel(spec));
@@ -171,11 +207,27 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
                        SamplerSeed(config.data_seed(), joined.rank()));
   Progress(absl::StrFormat(
       "joined as worker id %d, rank %d of %d: %s %s, %s, H=%d, %d rounds, %d training examples "
-      "(of %d), %d test examples, %d parameters",
+      "(of %d), %d test examples, %d parameters; updates %s%s%s, pulls %s",
       joined.worker_id(), joined.rank(), config.num_workers(),
       config.mode() == v1::AGGREGATION_MODE_SYNC ? "sync" : "async",
       config.update_kind() == v1::UPDATE_KIND_GRADIENT ? "gradient" : "Local SGD", spec.type, h,
-      rounds, train.size(), total_examples, test.size(), joined.model_size()));
+      rounds, train.size(), total_examples, test.size(), joined.model_size(),
+      EncodingName(config.update_encoding()),
+      config.update_encoding().encoding() == v1::ENCODING_QSGD &&
+              config.bits_policy() == v1::BITS_POLICY_DQSGD
+          ? " with DQ-SGD bits"
+          : "",
+      config.error_feedback() && config.update_encoding().encoding() != v1::ENCODING_FP32
+          ? " with error feedback"
+          : "",
+      config.pull_encoding().encoding() == v1::ENCODING_QSGD
+          ? absl::StrCat(EncodingName(config.pull_encoding()), " deltas")
+          : "FP32"));
+  UpdateCompressor compressor(config, joined.model_size(),
+                              SamplerSeed(config.data_seed(), joined.rank()) + 17);
+  v1::EncodingParams encoding;
+  std::string payload;
+  double bits_sum = 0.0;
 
   const size_t d = joined.model_size();
   std::vector<float> global(d), local(d), delta(d), grad(d);
@@ -219,12 +271,17 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     result.steps += h;
 
     const std::vector<float>& update = kind == v1::UPDATE_KIND_GRADIENT ? grad : delta;
+    PS_RETURN_IF_ERROR(compressor.Compress(update, round, rounds, &encoding, &payload));
+    bits_sum += compressor.last_bits();
     absl::StatusOr<v1::PushAck> ack =
-        client_->Push(kind, version, uint64_t{h} * config.batch_size(), update, round_loss);
+        client_->PushEncoded(kind, version, uint64_t{h} * config.batch_size(), encoding, payload,
+                             update.size(), round_loss);
     if (!ack.ok()) {
       if (ack.status().code() != absl::StatusCode::kFailedPrecondition) return ack.status();
-      // Too stale: this round's work is dropped; continue from the current model.
+      // Too stale: this round's work is dropped; continue from the current model, and forget the
+      // residual, which belonged to updates of an older model.
       ++result.stale_refusals;
+      compressor.ResetResidual();
       LogWarning(absl::StrCat(prefix_, "update refused: ", ack.status().message()));
     }
     PS_RETURN_IF_ERROR(PullUntilNewer(version, &global, &version));
@@ -244,12 +301,15 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     if (eval_now || absl::Now() - last_progress >= options_.progress_every) {
       const ClientWireStats wire = client_->wire();
       Progress(absl::StrFormat(
-          "round %d/%d version %d train_loss %.4f%s lr %.4g sent %s recv %s elapsed %.1fs",
+          "round %d/%d version %d train_loss %.4f%s lr %.4g bits %d sent %s (fp32 %s) recv %s "
+          "(fp32 %s) elapsed %.1fs",
           round + 1, rounds, version, loss_sum / loss_count,
           eval_now ? absl::StrFormat(" test_loss %.4f test_acc %.4f", eval.loss, eval.accuracy)
                    : "",
-          LearningRate(config, (round + 1) * h, total_steps), Megabytes(wire.bytes_sent),
-          Megabytes(wire.bytes_received), absl::ToDoubleSeconds(absl::Now() - start)));
+          LearningRate(config, (round + 1) * h, total_steps), compressor.last_bits(),
+          Megabytes(wire.bytes_sent), Megabytes(wire.raw_bytes_sent),
+          Megabytes(wire.bytes_received), Megabytes(wire.raw_bytes_received),
+          absl::ToDoubleSeconds(absl::Now() - start)));
       last_progress = absl::Now();
       result.final_train_loss = loss_sum / loss_count;
       loss_sum = 0.0;
@@ -257,6 +317,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     }
   }
   if (loss_count > 0) result.final_train_loss = loss_sum / loss_count;
+  if (result.rounds > 0) result.mean_update_bits = bits_sum / result.rounds;
 
   // The freshest model there is now (in async mode other workers may still be pushing).
   PS_ASSIGN_OR_RETURN(PullResult last, client_->Pull(version, absl::ZeroDuration(),

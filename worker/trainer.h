@@ -12,6 +12,7 @@
 #include "ps/v1/ps.pb.h"
 #include "worker/data/dataset.h"
 #include "worker/models/model.h"
+#include "worker/compression.h"
 #include "worker/ps_client.h"
 
 namespace ps {
@@ -43,8 +44,19 @@ uint64_t RoundsFor(const v1::TrainingConfig& config, int64_t total_train_example
 // Seed of worker `rank`'s mini-batch order: different per worker, reproducible per run.
 inline uint64_t SamplerSeed(uint64_t data_seed, uint32_t rank) { return data_seed * 1000003 + rank; }
 
+// What a worker may choose for itself, within the encodings the server allows.
+struct CompressionOverrides {
+  std::string update_encoding;  // "" = the server's
+  uint32_t bits = 0;            // 0 = the server's
+  std::string bits_policy;      // "" = the server's; "fixed" or "dqsgd"
+};
+
+// Applies `overrides` to the server's `config`; INVALID_ARGUMENT when the server does not allow it.
+absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingConfig* config);
+
 struct TrainerOptions {
   DataOptions data;
+  CompressionOverrides overrides;
   absl::Duration pull_wait = absl::Seconds(10);
   absl::Duration progress_every = absl::Seconds(2);
   bool quiet = false;  // no progress lines
@@ -60,6 +72,7 @@ struct TrainingResult {
   double final_train_loss = 0.0;
   EvalResult final_test;
   uint64_t stale_refusals = 0;
+  double mean_update_bits = 32.0;  // bits per coordinate of the pushed updates, averaged
   ClientWireStats wire;
   double wall_time_s = 0.0;
   std::vector<float> final_model;

@@ -2,6 +2,7 @@
 // the server's current model on the test set.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -37,6 +38,10 @@ ABSL_FLAG(absl::Duration, progress_every, absl::Seconds(2), "Seconds between pro
 ABSL_FLAG(bool, quiet, false, "No progress lines (errors and the summary still print).");
 ABSL_FLAG(bool, evaluate_only, false, "Do not train: pull the current model and evaluate it on the test set.");
 ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
+ABSL_FLAG(std::string, update_encoding, "",
+          "Override the server's update encoding (fp32, qsgd, sign) if the server allows it.");
+ABSL_FLAG(int, bits, 0, "Override the server's qsgd bits (2..8); 0 = the server's.");
+ABSL_FLAG(std::string, bits_policy, "", "Override the server's bits policy (fixed, dqsgd).");
 
 namespace ps {
 namespace {
@@ -106,6 +111,16 @@ absl::Status Train(PsClient* client, const TrainerOptions& options) {
       .Add("bytes_received", r.wire.bytes_received)
       .Add("raw_bytes_sent", r.wire.raw_bytes_sent)
       .Add("raw_bytes_received", r.wire.raw_bytes_received)
+      .Add("payload_bytes_sent", r.wire.payload_bytes_sent)
+      .Add("payload_bytes_received", r.wire.payload_bytes_received)
+      .Add("uplink_compression", r.wire.bytes_sent > 0
+                                     ? static_cast<double>(r.wire.raw_bytes_sent) / r.wire.bytes_sent
+                                     : 0.0)
+      .Add("downlink_compression",
+           r.wire.bytes_received > 0
+               ? static_cast<double>(r.wire.raw_bytes_received) / r.wire.bytes_received
+               : 0.0)
+      .Add("mean_update_bits", r.mean_update_bits)
       .Add("wall_time_s", r.wall_time_s);
   return WriteSummary(summary);
 }
@@ -132,6 +147,9 @@ int Main() {
   options.pull_wait = absl::GetFlag(FLAGS_pull_wait);
   options.progress_every = absl::GetFlag(FLAGS_progress_every);
   options.quiet = absl::GetFlag(FLAGS_quiet);
+  options.overrides.update_encoding = absl::GetFlag(FLAGS_update_encoding);
+  options.overrides.bits = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_bits)));
+  options.overrides.bits_policy = absl::GetFlag(FLAGS_bits_policy);
   const absl::Status status = absl::GetFlag(FLAGS_evaluate_only) ? EvaluateOnly(client->get())
                                                                  : Train(client->get(), options);
   if (!status.ok()) {
