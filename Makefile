@@ -5,7 +5,7 @@ BUILD_TYPE ?= Release
 JOBS ?= 2
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test bench clean
+.PHONY: all deps build demo test bench compression-table clean
 
 all: build
 
@@ -26,6 +26,10 @@ test: build
 
 bench: build
 	./bench/run_push_pull.sh $(BUILD_DIR)
+	$(BUILD_DIR)/bench/ps_codec_bench --benchmark_min_time=0.3 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+
+compression-table: build
+	./bench/compression_table.sh $(BUILD_DIR)
 
 clean:
 	rm -rf $(BUILD_DIR)

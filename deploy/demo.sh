@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The demo: one ps-server and four ps-worker processes on loopback train softmax regression on the
-# full Fashion-MNIST with asynchronous Local SGD (H = 8), then the final model is evaluated on the
-# 10,000 test images. Usage: deploy/demo.sh [BUILD_DIR]. Logs and JSON summaries go to
-# BUILD_DIR/demo/.
+# full Fashion-MNIST with asynchronous Local SGD (H = 8), compressed both ways (DQ-SGD bit widths
+# with error feedback on the updates, 2-bit quantized deltas of the broadcast model on the pulls),
+# then the final model is evaluated on the 10,000 test images.
+# Usage: deploy/demo.sh [BUILD_DIR]. DEMO_FP32=1 runs the same job uncompressed; DEMO_QUIET=1
+# keeps worker 0 quiet too.
+# Logs and JSON summaries go to BUILD_DIR/demo/.
 set -euo pipefail
 
 build=${1:-build}
@@ -17,13 +20,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+compression=(--update_encoding=qsgd --bits_policy=dqsgd --min_bits=2 --max_bits=8 --dq_beta=4
+             --error_feedback --pull_encoding=qsgd --pull_bits=2)
+if [ "${DEMO_FP32:-0}" = 1 ]; then compression=(--update_encoding=fp32 --pull_encoding=fp32); fi
+# DEMO_FLAGS: more ps-server flags, after the ones above, so they win (bench/compression_table.sh).
+read -r -a extra_flags <<<"${DEMO_FLAGS:-}"
+
 start=$(date +%s.%N)
 "$build/server/ps-server" \
   --listen=127.0.0.1:0 --port_file="$out/port" \
   --mode=async --update=delta --num_workers="$workers" --local_steps=8 \
   --model=softmax --input_dim=784 --num_classes=10 \
   --learning_rate=0.2 --lr_schedule=cosine --batch_size=32 --epochs=30 --eval_every=100 \
-  --max_staleness=4 --staleness_exponent=0.5 \
+  --max_staleness=4 --staleness_exponent=0.5 "${compression[@]}" ${extra_flags[@]+"${extra_flags[@]}"} \
   --summary_json="$out/server.json" >"$out/server.log" 2>&1 &
 server_pid=$!
 
@@ -38,7 +47,7 @@ echo "demo: ps-server on $address (log: $out/server.log); starting $workers work
 
 pids=()
 for k in $(seq 0 $((workers - 1))); do
-  if [ "$k" -eq 0 ]; then
+  if [ "$k" -eq 0 ] && [ "${DEMO_QUIET:-0}" != 1 ]; then
     # Worker 0 shows its progress here; the others write to their logs.
     "$build/worker/ps-worker" --servers="$address" --rank="$k" --name="worker-$k" \
       --summary_json="$out/worker-$k.json" 2> >(tee "$out/worker-$k.log" >&2) &
@@ -68,8 +77,13 @@ import json, sys
 out, start, end = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 server = json.load(open(f"{out}/server.json"))
 final = json.load(open(f"{out}/final.json"))
+up, up_raw = server['bytes_received'], server['raw_bytes_received']
+down, down_raw = server['bytes_sent'], server['raw_bytes_sent']
 print(f"demo: {server['mode']} Local SGD, K={server['K']}, H={server['H']}, "
-      f"{server['updates_applied']} updates applied ({server['updates_refused_stale']} refused as stale), "
-      f"server received {server['bytes_received'] / 1e6:.1f} MB and sent {server['bytes_sent'] / 1e6:.1f} MB, "
-      f"test accuracy {final['test_accuracy']:.4f} (target 0.84), wall time {end - start:.1f} s")
+      f"updates {server['update_encoding']} ({server['bits_policy']} bits), pulls {server['pull_encoding']}; "
+      f"{server['updates_applied']} updates applied ({server['updates_refused_stale']} refused as stale)")
+print(f"demo: bytes up {up / 1e6:.1f} MB (fp32 would be {up_raw / 1e6:.1f} MB, {up_raw / up:.1f}x less), "
+      f"down {down / 1e6:.1f} MB (fp32 {down_raw / 1e6:.1f} MB, {down_raw / down:.1f}x less), "
+      f"total {(up_raw + down_raw) / (up + down):.1f}x less")
+print(f"demo: test accuracy {final['test_accuracy']:.4f} (target 0.84), wall time {end - start:.1f} s")
 PY
