@@ -87,30 +87,8 @@ Outcome Train(const v1::EncodingParams& update, v1::BitsPolicy policy,
   auto server = StartServer(options);
   Outcome outcome;
   if (server == nullptr) return outcome;
-  std::vector<std::unique_ptr<PsClient>> clients;
-  std::vector<std::thread> threads;
-  for (int k = 0; k < 3; ++k) clients.push_back(Connect(*server, "w" + std::to_string(k)));
-  for (int k = 0; k < 3; ++k) {
-    threads.emplace_back([&, k] {
-      TrainerOptions o;
-      o.data.fashion_mnist_dir = testing::kFashionMnistDir;
-      o.data.train_limit = 20000;
-      o.data.test_limit = 2000;
-      o.quiet = true;
-      Trainer trainer(o, clients[k].get());
-      auto result = trainer.Run();
-      EXPECT_TRUE(result.ok()) << result.status();
-    });
-  }
-  for (auto& t : threads) t.join();
-  const ModelSpec spec = ModelSpecFromConfig(options.training);
-  DataOptions data;
-  data.fashion_mnist_dir = testing::kFashionMnistDir;
-  data.test_limit = 2000;
-  auto test = LoadTestData(data, spec);
-  EXPECT_TRUE(test.ok());
-  if (!test.ok()) return outcome;
-  outcome.accuracy = Evaluate(**CreateModel(spec), *server->Model().values, *test).accuracy;
+  EXPECT_EQ(testing::TrainWorkers(*server, 3, 20000, 2000).size(), 3u);
+  outcome.accuracy = testing::EvaluateServerModel(*server, 2000).accuracy;
   const v1::StatusResponse status = server->GetStatus();
   outcome.uplink = status.wire().bytes_received();
   outcome.downlink = status.wire().bytes_sent();

@@ -1,6 +1,7 @@
 #include "tests/test_support.h"
 
 #include <fstream>
+#include <thread>
 
 #include "gtest/gtest.h"
 
@@ -43,6 +44,43 @@ std::unique_ptr<PsClient> Connect(const ParameterServer& server, const std::stri
   auto client = PsClient::Create(o);
   EXPECT_TRUE(client.ok()) << client.status();
   return client.ok() ? std::move(*client) : nullptr;
+}
+
+std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_workers,
+                                         int64_t train_limit, int64_t test_limit) {
+  std::vector<std::unique_ptr<PsClient>> clients;
+  std::vector<absl::StatusOr<TrainingResult>> results(num_workers, absl::UnknownError("not run"));
+  for (int k = 0; k < num_workers; ++k) clients.push_back(Connect(server, "w" + std::to_string(k)));
+  std::vector<std::thread> threads;
+  for (int k = 0; k < num_workers; ++k) {
+    threads.emplace_back([&, k] {
+      TrainerOptions o;
+      o.data.fashion_mnist_dir = kFashionMnistDir;
+      o.data.train_limit = train_limit;
+      o.data.test_limit = test_limit;
+      o.quiet = true;
+      Trainer trainer(o, clients[k].get());
+      results[k] = trainer.Run();
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::vector<TrainingResult> ok;
+  for (auto& r : results) {
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) ok.push_back(*std::move(r));
+  }
+  return ok;
+}
+
+EvalResult EvaluateServerModel(const ParameterServer& server, int64_t test_limit) {
+  const ModelSpec spec = ModelSpecFromConfig(server.options().training);
+  DataOptions data;
+  data.fashion_mnist_dir = kFashionMnistDir;
+  data.test_limit = test_limit;
+  auto test = LoadTestData(data, spec);
+  EXPECT_TRUE(test.ok()) << test.status();
+  if (!test.ok()) return {};
+  return Evaluate(**CreateModel(spec), *server.Model().values, *test);
 }
 
 bool FashionMnistInstalled() {

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "server/server.h"
 #include "worker/ps_client.h"
@@ -22,6 +23,15 @@ std::unique_ptr<ParameterServer> StartServer(const ServerOptions& options);
 std::unique_ptr<PsClient> Connect(const ParameterServer& server, const std::string& name = "test");
 
 bool FashionMnistInstalled();
+
+// Runs `num_workers` Trainers against `server`, each in its own thread with its own client, on
+// the first `train_limit` Fashion-MNIST training images, and returns the results of those that
+// succeeded (failing the calling test for the others).
+std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_workers,
+                                         int64_t train_limit, int64_t test_limit);
+
+// Test accuracy of the server's broadcast model on the first `test_limit` Fashion-MNIST test images.
+EvalResult EvaluateServerModel(const ParameterServer& server, int64_t test_limit);
 
 }  // namespace ps::testing
 

@@ -29,34 +29,9 @@ RunOutcome TrainThreeWorkers(v1::AggregationMode mode) {
   auto server = StartServer(options);
   RunOutcome outcome;
   if (server == nullptr) return outcome;
-  std::vector<std::unique_ptr<PsClient>> clients;
-  std::vector<absl::StatusOr<TrainingResult>> results(3, absl::UnknownError("not run"));
-  std::vector<std::thread> threads;
-  for (int k = 0; k < 3; ++k) clients.push_back(Connect(*server, "w" + std::to_string(k)));
-  for (int k = 0; k < 3; ++k) {
-    threads.emplace_back([&, k] {
-      TrainerOptions o;
-      o.data.fashion_mnist_dir = testing::kFashionMnistDir;
-      o.data.train_limit = 20000;
-      o.data.test_limit = 2000;
-      o.quiet = true;
-      Trainer trainer(o, clients[k].get());
-      results[k] = trainer.Run();
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (auto& r : results) {
-    EXPECT_TRUE(r.ok()) << r.status();
-    if (r.ok()) outcome.results.push_back(*std::move(r));
-  }
+  outcome.results = testing::TrainWorkers(*server, 3, 20000, 2000);
   outcome.status = server->GetStatus();
-  const ModelSpec spec = ModelSpecFromConfig(options.training);
-  DataOptions data;
-  data.fashion_mnist_dir = testing::kFashionMnistDir;
-  data.test_limit = 2000;
-  auto test = LoadTestData(data, spec);
-  EXPECT_TRUE(test.ok()) << test.status();
-  if (test.ok()) outcome.final_model = Evaluate(**CreateModel(spec), *server->Model().values, *test);
+  outcome.final_model = testing::EvaluateServerModel(*server, 2000);
   std::printf("final model: version %llu, test accuracy %.4f, stale refusals %llu\n",
               static_cast<unsigned long long>(outcome.status.version()), outcome.final_model.accuracy,
               static_cast<unsigned long long>(outcome.status.updates_refused_stale()));
