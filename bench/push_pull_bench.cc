@@ -14,7 +14,8 @@
 #include "common/malloc_tuning.h"
 #include "worker/ps_client.h"
 
-ABSL_FLAG(std::string, server, "127.0.0.1:50051", "ps-server address (async mode, K >= --clients).");
+ABSL_FLAG(std::string, server, "127.0.0.1:50051",
+          "ps-server address (async mode, K >= --clients).");
 ABSL_FLAG(int, clients, 1, "Concurrent clients.");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(5), "Length of each phase.");
 
@@ -85,24 +86,23 @@ int Main() {
   }
   // Small finite values: the server applies each push for real.
   const std::vector<float> update(model_size, 1e-6f);
-  const PhaseResult push = RunPhase(clients, absl::GetFlag(FLAGS_duration),
-                                    [&](PsClient& c) -> absl::StatusOr<uint64_t> {
-                                      auto ack = c.Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 32, update, 0.0);
-                                      if (!ack.ok()) return ack.status();
-                                      return model_size * sizeof(float);
-                                    });
+  const PhaseResult push = RunPhase(
+      clients, absl::GetFlag(FLAGS_duration), [&](PsClient& c) -> absl::StatusOr<uint64_t> {
+        auto ack = c.Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 32, update, 0.0);
+        if (!ack.ok()) return ack.status();
+        return model_size * sizeof(float);
+      });
   Report("push", num_clients, model_size, push);
   std::vector<std::vector<float>> buffers(num_clients, std::vector<float>(model_size));
   std::atomic<int> next_buffer{0};
   thread_local int my_buffer = -1;
-  const PhaseResult pull = RunPhase(clients, absl::GetFlag(FLAGS_duration),
-                                    [&](PsClient& c) -> absl::StatusOr<uint64_t> {
-                                      if (my_buffer < 0) my_buffer = next_buffer++;
-                                      auto r = c.Pull(0, absl::ZeroDuration(),
-                                                      absl::MakeSpan(buffers[my_buffer]));
-                                      if (!r.ok()) return r.status();
-                                      return model_size * sizeof(float);
-                                    });
+  const PhaseResult pull = RunPhase(
+      clients, absl::GetFlag(FLAGS_duration), [&](PsClient& c) -> absl::StatusOr<uint64_t> {
+        if (my_buffer < 0) my_buffer = next_buffer++;
+        auto r = c.Pull(0, absl::ZeroDuration(), absl::MakeSpan(buffers[my_buffer]));
+        if (!r.ok()) return r.status();
+        return model_size * sizeof(float);
+      });
   Report("pull", num_clients, model_size, pull);
   for (auto& c : clients) c->Leave().IgnoreError();
   return 0;

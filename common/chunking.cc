@@ -31,9 +31,9 @@ void PayloadAssembler::Reset(uint64_t expected_bytes, uint64_t max_chunk_bytes) 
 
 absl::Status PayloadAssembler::Add(uint64_t offset, absl::string_view data) {
   if (data.size() > max_chunk_bytes_) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "chunk at offset %d has %d bytes, more than the limit of %d", offset, data.size(),
-        max_chunk_bytes_));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("chunk at offset %d has %d bytes, more than the limit of %d", offset,
+                        data.size(), max_chunk_bytes_));
   }
   if (offset < payload_.size()) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -41,14 +41,14 @@ absl::Status PayloadAssembler::Add(uint64_t offset, absl::string_view data) {
         payload_.size()));
   }
   if (offset > payload_.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "chunk at offset %d leaves a gap: bytes [%d, %d) are missing", offset, payload_.size(),
-        offset));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("chunk at offset %d leaves a gap: bytes [%d, %d) are missing", offset,
+                        payload_.size(), offset));
   }
   if (data.size() > expected_bytes_ - payload_.size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "chunk [%d, %d) runs past the end of the %d-byte payload", offset, offset + data.size(),
-        expected_bytes_));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("chunk [%d, %d) runs past the end of the %d-byte payload", offset,
+                        offset + data.size(), expected_bytes_));
   }
   payload_.append(data.data(), data.size());
   return absl::OkStatus();

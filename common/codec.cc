@@ -100,9 +100,9 @@ absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view
   for (uint64_t j = 0; j < buckets; ++j) {
     const float m = LoadScale(payload.data(), j);
     if (!std::isfinite(m) || m < 0) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s payload: bucket %d has scale %f; scales must be finite and >= 0",
-          EncodingName(params), j, m));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s payload: bucket %d has scale %f; scales must be finite and >= 0",
+                          EncodingName(params), j, m));
     }
   }
   return absl::OkStatus();
@@ -124,10 +124,11 @@ inline uint32_t Hash32(uint32_t x) {
 // Stochastic rounding of one bucket to codes (level | sign bit), one byte per coordinate.
 // `to_levels` = s / m. Built for AVX2 too where the CPU has it (chosen at load time).
 __attribute__((target_clones("avx2", "default"))) void QuantizeBucket(
-    const float* v, uint32_t n, float to_levels, uint32_t levels, uint32_t sign_bit,
-    uint32_t seed, uint32_t first_index, uint8_t* codes) {
+    const float* v, uint32_t n, float to_levels, uint32_t levels, uint32_t sign_bit, uint32_t seed,
+    uint32_t first_index, uint8_t* codes) {
   for (uint32_t i = 0; i < n; ++i) {
-    const float u = static_cast<float>(Hash32(seed + (first_index + i) * 0x9E3779B9U) >> 8) * 0x1p-24f;
+    const float u =
+        static_cast<float>(Hash32(seed + (first_index + i) * 0x9E3779B9U) >> 8) * 0x1p-24f;
     const float r = std::abs(v[i]) * to_levels;
     uint32_t q = static_cast<uint32_t>(r);
     q += u < r - static_cast<float>(q) ? 1 : 0;
@@ -148,7 +149,8 @@ void PackCodes(const uint8_t* codes, uint64_t first, uint64_t count, uint32_t bi
     for (; i + 1 < count; i += 2) out[(first + i) / 2] = codes[i] | (codes[i + 1] << 4);
   } else if (bits == 2 && first % 4 == 0) {
     for (; i + 3 < count; i += 4) {
-      out[(first + i) / 4] = codes[i] | (codes[i + 1] << 2) | (codes[i + 2] << 4) | (codes[i + 3] << 6);
+      out[(first + i) / 4] =
+          codes[i] | (codes[i + 1] << 2) | (codes[i + 2] << 4) | (codes[i + 3] << 6);
     }
   }
   for (; i < count; ++i) {  // the general case, and the tail of the fast ones
@@ -226,8 +228,8 @@ void EncodeSign(const v1::EncodingParams& params, absl::Span<const float> values
 // out[i] += weight * decode(payload)[i], for a payload that passed ValidatePayload. QSGD and SIGN
 // share it: SIGN is one bit per coordinate, code 1 = -scale, 0 = +scale.
 template <typename T>
-void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_view payload,
-                              T weight, absl::Span<T> out) {
+void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_view payload, T weight,
+                              absl::Span<T> out) {
   const bool sign_only = params.encoding() == v1::ENCODING_SIGN;
   const uint32_t bits = sign_only ? 1 : params.bits();
   const uint32_t bucket = params.bucket_size();
@@ -236,7 +238,8 @@ void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_vie
   const uint32_t sign_bit = sign_only ? 1 : 1u << (bits - 1);
   const uint64_t n = out.size();
   const uint64_t buckets = Buckets(n, bucket);
-  const auto* codes = reinterpret_cast<const unsigned char*>(payload.data() + buckets * sizeof(float));
+  const auto* codes =
+      reinterpret_cast<const unsigned char*>(payload.data() + buckets * sizeof(float));
   T table[256];
   for (uint64_t j = 0; j < buckets; ++j) {
     const uint64_t begin = j * bucket;
@@ -297,8 +300,8 @@ absl::StatusOr<v1::Encoding> ParseEncoding(absl::string_view name) {
 absl::Status ValidateEncodingParams(const v1::EncodingParams& params) {
   auto check_bucket = [&params]() -> absl::Status {
     if (params.bucket_size() < 1 || params.bucket_size() > kMaxBucketSize) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: bucket_size must be in [1, %d]", EncodingName(params), kMaxBucketSize));
+      return absl::InvalidArgumentError(absl::StrFormat("%s: bucket_size must be in [1, %d]",
+                                                        EncodingName(params), kMaxBucketSize));
     }
     return absl::OkStatus();
   };

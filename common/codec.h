@@ -33,7 +33,8 @@ absl::Status ValidateEncodingParams(const v1::EncodingParams& params);
 absl::StatusOr<uint64_t> EncodedSize(const v1::EncodingParams& params, uint64_t num_elements);
 
 // Encodes `values`. INVALID_ARGUMENT on NaN or Inf, naming the first bad index.
-absl::StatusOr<std::string> Encode(const v1::EncodingParams& params, absl::Span<const float> values);
+absl::StatusOr<std::string> Encode(const v1::EncodingParams& params,
+                                   absl::Span<const float> values);
 
 // OK iff `payload` is a well-formed encoding of `num_elements` finite values: the exact size, valid
 // parameters, no NaN or Inf. The decoders below run this first.
@@ -44,8 +45,8 @@ absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view
 absl::Status EncodeInto(const v1::EncodingParams& params, absl::Span<const float> values,
                         std::string* out);
 
-// out[i] += weight * decode(payload)[i]. The payload size must equal EncodedSize(params, out.size())
-// and every decoded value must be finite, else INVALID_ARGUMENT and `out` is unchanged.
+// out[i] += weight * decode(payload)[i]. The payload size must equal EncodedSize(params,
+// out.size()) and every decoded value must be finite, else INVALID_ARGUMENT and `out` is unchanged.
 absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_view payload,
                               float weight, absl::Span<float> out);
 

@@ -1,4 +1,5 @@
-// Eigen vocabulary: maps over caller memory, so maths runs on wire and model buffers without copies.
+// Eigen vocabulary: maps over caller memory, so maths runs on wire and model buffers without
+// copies.
 #ifndef PS_COMMON_EIGEN_TYPES_H_
 #define PS_COMMON_EIGEN_TYPES_H_
 

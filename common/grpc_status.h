@@ -1,4 +1,5 @@
-// The one place where absl::Status and grpc::Status are converted. Both use the same canonical codes.
+// The one place where absl::Status and grpc::Status are converted. Both use the same canonical
+// codes.
 #ifndef PS_COMMON_GRPC_STATUS_H_
 #define PS_COMMON_GRPC_STATUS_H_
 

@@ -5,7 +5,7 @@
 namespace ps {
 
 void TuneMallocForLargeMessages() {
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);   // the largest glibc accepts; fixes the threshold
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // the largest glibc accepts; fixes the threshold
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
 }
 

@@ -180,7 +180,9 @@ class MalformedQsgd : public ::testing::Test {
   const std::string good_ = *Encode(Qsgd(4), Gaussian(1000, 2));
 };
 
-TEST_F(MalformedQsgd, TruncatedIsRefused) { ExpectRefused(Qsgd(4), good_.substr(0, good_.size() - 1)); }
+TEST_F(MalformedQsgd, TruncatedIsRefused) {
+  ExpectRefused(Qsgd(4), good_.substr(0, good_.size() - 1));
+}
 TEST_F(MalformedQsgd, OversizedIsRefused) { ExpectRefused(Qsgd(4), good_ + "x"); }
 TEST_F(MalformedQsgd, WrongBitsAreRefused) {
   ExpectRefused(Qsgd(5), good_);

@@ -9,10 +9,10 @@
 #define PS_STATUS_CONCAT_(a, b) PS_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the current function if `expr` (an absl::Status) is not OK.
-#define PS_RETURN_IF_ERROR(expr)                  \
-  do {                                            \
-    ::absl::Status ps_status_ = (expr);           \
-    if (!ps_status_.ok()) return ps_status_;      \
+#define PS_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status ps_status_ = (expr);      \
+    if (!ps_status_.ok()) return ps_status_; \
   } while (false)
 
 // `PS_ASSIGN_OR_RETURN(auto x, F());` assigns the value of an absl::StatusOr or returns its error.

@@ -28,9 +28,8 @@ void ThreadPool::WorkLoop() {
     std::function<void()> fn;
     {
       absl::MutexLock lock(&mu_);
-      auto has_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return !queue_.empty() || stopping_;
-      };
+      auto has_work = [this]()
+                          ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !queue_.empty() || stopping_; };
       mu_.Await(absl::Condition(&has_work));
       if (queue_.empty()) return;  // stopping and drained
       fn = std::move(queue_.front());

@@ -68,14 +68,14 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64
         update.base_version, version));
   }
   if (round_pushed_.count(update.worker_id)) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "worker %d already pushed an update for the round on version %d", update.worker_id,
-        version));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("worker %d already pushed an update for the round on version %d",
+                        update.worker_id, version));
   }
   // Validates the whole payload before adding: a bad update leaves the round sum untouched.
-  if (absl::Status s = DecodeAccumulate(update.encoding, update.payload,
-                                        static_cast<double>(update.sample_count),
-                                        absl::MakeSpan(round_sum_));
+  if (absl::Status s =
+          DecodeAccumulate(update.encoding, update.payload,
+                           static_cast<double>(update.sample_count), absl::MakeSpan(round_sum_));
       !s.ok()) {
     return s;
   }
@@ -104,7 +104,8 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitAsync(const Update& update, uint6
   }
   const uint64_t new_version = store_->Apply([&](absl::Span<float> model) {
     // Cannot fail: the payload was validated above.
-    DecodeAccumulate(update.encoding, update.payload, static_cast<float>(weight), model).IgnoreError();
+    DecodeAccumulate(update.encoding, update.payload, static_cast<float>(weight), model)
+        .IgnoreError();
   });
   ++stats_.rounds_completed;
   return SubmitResult{/*duplicate=*/false, new_version};

@@ -21,9 +21,9 @@ namespace ps {
 struct AggregatorOptions {
   v1::AggregationMode mode = v1::AGGREGATION_MODE_SYNC;
   v1::UpdateKind update_kind = v1::UPDATE_KIND_MODEL_DELTA;
-  int num_workers = 1;              // K: async weights are 1/K, staleness is measured in K-version rounds
-  double staleness_exponent = 0.5;  // a in s(tau) = tau^-a for tau > 1
-  double max_staleness = 4.0;       // rounds; older async updates are refused
+  int num_workers = 1;  // K: async weights are 1/K, staleness is measured in K-version rounds
+  double staleness_exponent = 0.5;    // a in s(tau) = tau^-a for tau > 1
+  double max_staleness = 4.0;         // rounds; older async updates are refused
   float server_learning_rate = 0.1f;  // applied to gradients (update_kind GRADIENT)
 };
 

@@ -2,9 +2,9 @@
 
 #include <cmath>
 #include <deque>
+#include <limits>
 #include <map>
 #include <memory>
-#include <limits>
 #include <string>
 #include <vector>
 

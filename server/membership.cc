@@ -17,8 +17,8 @@ absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_r
   int rank = requested_rank;
   if (rank >= max_workers_ || rank < -1) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "requested rank %d is out of range: this server trains with %d workers (ranks 0..%d)",
-        rank, max_workers_, max_workers_ - 1));
+        "requested rank %d is out of range: this server trains with %d workers (ranks 0..%d)", rank,
+        max_workers_, max_workers_ - 1));
   }
   if (rank >= 0 && taken.count(rank)) {
     return absl::AlreadyExistsError(
@@ -47,8 +47,9 @@ absl::Status Membership::Touch(uint64_t id) {
   absl::MutexLock lock(&mu_);
   auto it = members_.find(id);
   if (it == members_.end()) {
-    return absl::NotFoundError(absl::StrCat(
-        "worker id ", id, " is not a member (it never joined, left, or its lease expired); Join again"));
+    return absl::NotFoundError(
+        absl::StrCat("worker id ", id,
+                     " is not a member (it never joined, left, or its lease expired); Join again"));
   }
   it->second.last_seen = clock_->Now();
   return absl::OkStatus();

@@ -56,7 +56,8 @@ TEST(ParameterStore, ApplyingTheDeltaChainReproducesTheBroadcastModelBitForBit) 
     for (const DownlinkDelta& delta : s.deltas) {
       if (delta.base_version < worker_version) continue;
       ASSERT_EQ(delta.base_version, worker_version) << "the chain has a gap";
-      ASSERT_TRUE(DecodeAccumulate(delta.encoding, *delta.payload, 1.0f, absl::MakeSpan(worker)).ok());
+      ASSERT_TRUE(
+          DecodeAccumulate(delta.encoding, *delta.payload, 1.0f, absl::MakeSpan(worker)).ok());
       worker_version = delta.version;
     }
     ASSERT_EQ(worker_version, s.version);

@@ -75,7 +75,8 @@ absl::Status ServerOptions::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrFormat("shard_index %d must be in [0, shard_count %d)", shard_index, shard_count));
   }
-  if (!(staleness_exponent >= 0)) return bad("staleness_exponent", staleness_exponent, "must be >= 0");
+  if (!(staleness_exponent >= 0))
+    return bad("staleness_exponent", staleness_exponent, "must be >= 0");
   if (!(max_staleness > 0)) return bad("max_staleness", max_staleness, "must be > 0");
   if (!(server_learning_rate > 0)) {
     return bad("server_learning_rate", server_learning_rate, "must be > 0");
@@ -90,12 +91,13 @@ absl::Status ServerOptions::Validate() const {
 
 absl::StatusOr<std::vector<float>> ReadModelFile(const std::string& path, uint64_t size) {
   std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   const uint64_t bytes = static_cast<uint64_t>(in.tellg());
   if (bytes != size * sizeof(float)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s has %d bytes; a model of %d float32 values needs exactly %d", path, bytes, size,
-        size * sizeof(float)));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s has %d bytes; a model of %d float32 values needs exactly %d", path,
+                        bytes, size, size * sizeof(float)));
   }
   std::vector<float> values(size);
   in.seekg(0);
@@ -116,8 +118,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   std::unique_ptr<ParameterServer> server(new ParameterServer(options));
   const v1::TrainingConfig& config = options.training;
 
-  PS_ASSIGN_OR_RETURN(std::unique_ptr<ps::Model> model,
-                      CreateModel(ModelSpecFromConfig(config)));
+  PS_ASSIGN_OR_RETURN(std::unique_ptr<ps::Model> model, CreateModel(ModelSpecFromConfig(config)));
   const uint64_t model_size = static_cast<uint64_t>(model->num_parameters());
   std::vector<float> full;
   if (options.initial_model_file.empty()) {

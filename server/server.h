@@ -3,9 +3,9 @@
 #ifndef PS_SERVER_SERVER_H_
 #define PS_SERVER_SERVER_H_
 
-#include <functional>
 #include <grpcpp/server.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>

@@ -16,44 +16,53 @@
 #include "absl/synchronization/mutex.h"
 #include "common/codec.h"
 #include "common/json_writer.h"
-#include "common/malloc_tuning.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/status_macros.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "host:port to listen on; port 0 lets the kernel pick one (see --port_file). Use "
           "0.0.0.0:PORT to accept workers from other machines.");
-ABSL_FLAG(std::string, port_file, "", "If set, the bound port is written to this file once listening.");
-ABSL_FLAG(std::string, mode, "sync",
-          "sync: a round closes when every live worker pushed, then the server applies the "
-          "sample-weighted average. async: each update is applied on arrival, weighted by staleness.");
+ABSL_FLAG(std::string, port_file, "",
+          "If set, the bound port is written to this file once listening.");
+ABSL_FLAG(
+    std::string, mode, "sync",
+    "sync: a round closes when every live worker pushed, then the server applies the "
+    "sample-weighted average. async: each update is applied on arrival, weighted by staleness.");
 ABSL_FLAG(std::string, update, "delta",
           "delta: workers push their model change every --local_steps steps (Local SGD). gradient: "
           "workers push a gradient every step and the server applies --server_learning_rate.");
-ABSL_FLAG(int, num_workers, 4, "K: workers that train (data is split K ways; sync rounds start once K joined).");
+ABSL_FLAG(int, num_workers, 4,
+          "K: workers that train (data is split K ways; sync rounds start once K joined).");
 ABSL_FLAG(int, local_steps, 8, "H: local SGD steps between pushes (delta mode).");
-ABSL_FLAG(std::string, model, "softmax", "softmax (multinomial logistic), logistic (binary) or mlp.");
+ABSL_FLAG(std::string, model, "softmax",
+          "softmax (multinomial logistic), logistic (binary) or mlp.");
 ABSL_FLAG(int, input_dim, 784, "Features per example (784 for Fashion-MNIST).");
 ABSL_FLAG(int, num_classes, 10, "Classes (2 for logistic).");
 ABSL_FLAG(int, hidden_units, 128, "Hidden ReLU units (mlp).");
 ABSL_FLAG(double, l2, 0.0, "L2 regularisation: (l2/2)*||weights||^2 is added to the loss.");
 ABSL_FLAG(double, learning_rate, 0.2, "Workers' initial SGD step size.");
 ABSL_FLAG(std::string, lr_schedule, "cosine",
-          "constant, inverse_time (lr/(1+decay*t)) or cosine (over the whole run); t counts global steps.");
+          "constant, inverse_time (lr/(1+decay*t)) or cosine (over the whole run); t counts global "
+          "steps.");
 ABSL_FLAG(double, lr_decay, 0.0, "decay of the inverse_time schedule.");
 ABSL_FLAG(int, batch_size, 32, "Mini-batch size of each worker.");
 ABSL_FLAG(int64_t, rounds, 0, "Rounds (pushes) per worker; 0 = derived from --epochs.");
-ABSL_FLAG(double, epochs, 10.0, "Passes over the training set by all workers together (if --rounds is 0).");
-ABSL_FLAG(int, eval_every, 50, "Rounds between test-set evaluations on the workers; 0 = only at the end.");
-ABSL_FLAG(uint64_t, data_seed, 1, "Seed of data partitioning and shuffling (same on every worker).");
+ABSL_FLAG(double, epochs, 10.0,
+          "Passes over the training set by all workers together (if --rounds is 0).");
+ABSL_FLAG(int, eval_every, 50,
+          "Rounds between test-set evaluations on the workers; 0 = only at the end.");
+ABSL_FLAG(uint64_t, data_seed, 1,
+          "Seed of data partitioning and shuffling (same on every worker).");
 ABSL_FLAG(std::string, partition, "iid", "iid, or label_sorted (each worker sees few classes).");
 ABSL_FLAG(std::string, encodings, "fp32,qsgd,sign",
           "Comma-separated update encodings the server accepts (workers may pick among them).");
 ABSL_FLAG(std::string, update_encoding, "fp32",
           "How workers encode their updates: fp32, qsgd (bit-packed stochastic quantizer) or sign "
           "(1-bit scaled sign; use with --error_feedback).");
-ABSL_FLAG(int, bits, 4, "qsgd: bits per coordinate, sign included (2..8), for --bits_policy=fixed.");
+ABSL_FLAG(int, bits, 4,
+          "qsgd: bits per coordinate, sign included (2..8), for --bits_policy=fixed.");
 ABSL_FLAG(int, bucket_size, 512, "qsgd and sign: coordinates per scale.");
 ABSL_FLAG(std::string, scaling, "max_abs", "qsgd: bucket scale, max_abs or l2.");
 ABSL_FLAG(std::string, bits_policy, "fixed",
@@ -61,9 +70,11 @@ ABSL_FLAG(std::string, bits_policy, "fixed",
 ABSL_FLAG(int, min_bits, 2, "dqsgd: fewest bits.");
 ABSL_FLAG(int, max_bits, 8, "dqsgd: most bits.");
 ABSL_FLAG(double, dq_beta, 4.0, "dqsgd: relative error budget; larger sends fewer bits.");
-ABSL_FLAG(double, dq_alpha, 1.0,
-          "dqsgd: contraction per message; below 1 gives fewer bits early and more as steps run out.");
-ABSL_FLAG(bool, error_feedback, true, "Workers carry what quantization dropped into the next message.");
+ABSL_FLAG(
+    double, dq_alpha, 1.0,
+    "dqsgd: contraction per message; below 1 gives fewer bits early and more as steps run out.");
+ABSL_FLAG(bool, error_feedback, true,
+          "Workers carry what quantization dropped into the next message.");
 ABSL_FLAG(std::string, pull_encoding, "fp32",
           "How new versions go to workers: fp32 (the full model) or qsgd (quantized deltas of the "
           "broadcast model with error feedback; workers too far behind get the full model).");
@@ -77,12 +88,14 @@ ABSL_FLAG(double, staleness_exponent, 0.5, "async: weight s(tau) = tau^-a for ta
 ABSL_FLAG(double, max_staleness, 4.0, "async: updates more than this many rounds old are refused.");
 ABSL_FLAG(double, server_learning_rate, 0.1, "gradient mode: the server's step size.");
 ABSL_FLAG(absl::Duration, lease, absl::Seconds(30), "A worker silent for this long is dropped.");
-ABSL_FLAG(absl::Duration, max_pull_wait, absl::Seconds(30), "Longest a Pull long-polls before answering 'unchanged'.");
+ABSL_FLAG(absl::Duration, max_pull_wait, absl::Seconds(30),
+          "Longest a Pull long-polls before answering 'unchanged'.");
 ABSL_FLAG(int, chunk_bytes, 1 << 20, "Payload bytes per streamed message (max 1 MiB).");
 ABSL_FLAG(int, threads, 2, "Threads that decode and apply updates.");
 ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
 ABSL_FLAG(bool, exit_when_done, false, "Exit once K workers joined and all of them left again.");
-ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5), "Time in-flight calls get at shutdown.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
+          "Time in-flight calls get at shutdown.");
 
 namespace ps {
 namespace {
@@ -103,26 +116,26 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   ServerOptions o;
   o.listen_address = absl::GetFlag(FLAGS_listen);
   v1::TrainingConfig& t = o.training;
-  auto mode = Pick<v1::AggregationMode>("mode", absl::GetFlag(FLAGS_mode),
-                                        {{"sync", v1::AGGREGATION_MODE_SYNC},
-                                         {"async", v1::AGGREGATION_MODE_ASYNC}});
+  auto mode = Pick<v1::AggregationMode>(
+      "mode", absl::GetFlag(FLAGS_mode),
+      {{"sync", v1::AGGREGATION_MODE_SYNC}, {"async", v1::AGGREGATION_MODE_ASYNC}});
   if (!mode.ok()) return mode.status();
   t.set_mode(*mode);
-  auto kind = Pick<v1::UpdateKind>("update", absl::GetFlag(FLAGS_update),
-                                   {{"delta", v1::UPDATE_KIND_MODEL_DELTA},
-                                    {"gradient", v1::UPDATE_KIND_GRADIENT}});
+  auto kind = Pick<v1::UpdateKind>(
+      "update", absl::GetFlag(FLAGS_update),
+      {{"delta", v1::UPDATE_KIND_MODEL_DELTA}, {"gradient", v1::UPDATE_KIND_GRADIENT}});
   if (!kind.ok()) return kind.status();
   t.set_update_kind(*kind);
-  auto schedule = Pick<v1::LearningRateSchedule>(
-      "lr_schedule", absl::GetFlag(FLAGS_lr_schedule),
-      {{"constant", v1::LEARNING_RATE_SCHEDULE_CONSTANT},
-       {"inverse_time", v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME},
-       {"cosine", v1::LEARNING_RATE_SCHEDULE_COSINE}});
+  auto schedule =
+      Pick<v1::LearningRateSchedule>("lr_schedule", absl::GetFlag(FLAGS_lr_schedule),
+                                     {{"constant", v1::LEARNING_RATE_SCHEDULE_CONSTANT},
+                                      {"inverse_time", v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME},
+                                      {"cosine", v1::LEARNING_RATE_SCHEDULE_COSINE}});
   if (!schedule.ok()) return schedule.status();
   t.set_lr_schedule(*schedule);
-  auto partition = Pick<v1::Partition>("partition", absl::GetFlag(FLAGS_partition),
-                                       {{"iid", v1::PARTITION_IID},
-                                        {"label_sorted", v1::PARTITION_LABEL_SORTED}});
+  auto partition = Pick<v1::Partition>(
+      "partition", absl::GetFlag(FLAGS_partition),
+      {{"iid", v1::PARTITION_IID}, {"label_sorted", v1::PARTITION_LABEL_SORTED}});
   if (!partition.ok()) return partition.status();
   t.set_partition(*partition);
   for (absl::string_view name :
@@ -133,21 +146,22 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   }
   auto update_encoding = ParseEncoding(absl::GetFlag(FLAGS_update_encoding));
   if (!update_encoding.ok()) return update_encoding.status();
-  auto scaling = Pick<v1::QuantScaling>("scaling", absl::GetFlag(FLAGS_scaling),
-                                        {{"max_abs", v1::QUANT_SCALING_MAX_ABS},
-                                         {"l2", v1::QUANT_SCALING_L2}});
+  auto scaling = Pick<v1::QuantScaling>(
+      "scaling", absl::GetFlag(FLAGS_scaling),
+      {{"max_abs", v1::QUANT_SCALING_MAX_ABS}, {"l2", v1::QUANT_SCALING_L2}});
   if (!scaling.ok()) return scaling.status();
-  auto policy = Pick<v1::BitsPolicy>("bits_policy", absl::GetFlag(FLAGS_bits_policy),
-                                     {{"fixed", v1::BITS_POLICY_FIXED},
-                                      {"dqsgd", v1::BITS_POLICY_DQSGD}});
+  auto policy =
+      Pick<v1::BitsPolicy>("bits_policy", absl::GetFlag(FLAGS_bits_policy),
+                           {{"fixed", v1::BITS_POLICY_FIXED}, {"dqsgd", v1::BITS_POLICY_DQSGD}});
   if (!policy.ok()) return policy.status();
-  auto pull_encoding = Pick<v1::Encoding>("pull_encoding", absl::GetFlag(FLAGS_pull_encoding),
-                                          {{"fp32", v1::ENCODING_FP32},
-                                           {"qsgd", v1::ENCODING_QSGD}});
+  auto pull_encoding =
+      Pick<v1::Encoding>("pull_encoding", absl::GetFlag(FLAGS_pull_encoding),
+                         {{"fp32", v1::ENCODING_FP32}, {"qsgd", v1::ENCODING_QSGD}});
   if (!pull_encoding.ok()) return pull_encoding.status();
   v1::EncodingParams* update = t.mutable_update_encoding();
   update->set_encoding(*update_encoding);
-  if (*update_encoding != v1::ENCODING_FP32) update->set_bucket_size(absl::GetFlag(FLAGS_bucket_size));
+  if (*update_encoding != v1::ENCODING_FP32)
+    update->set_bucket_size(absl::GetFlag(FLAGS_bucket_size));
   if (*update_encoding == v1::ENCODING_QSGD) {
     update->set_bits(absl::GetFlag(FLAGS_bits));
     update->set_scaling(*scaling);
@@ -165,7 +179,8 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
     t.mutable_pull_encoding()->set_scaling(v1::QUANT_SCALING_MAX_ABS);
   }
   auto non_negative = [](const char* flag, int64_t v) -> absl::Status {
-    if (v < 0) return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 0, got ", v));
+    if (v < 0)
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 0, got ", v));
     return absl::OkStatus();
   };
   for (auto [flag, v] : std::initializer_list<std::pair<const char*, int64_t>>{
@@ -184,7 +199,8 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
     if (absl::Status s = non_negative(flag, v); !s.ok()) return s;
   }
   t.set_num_workers(absl::GetFlag(FLAGS_num_workers));
-  t.set_local_steps(t.update_kind() == v1::UPDATE_KIND_GRADIENT ? 1 : absl::GetFlag(FLAGS_local_steps));
+  t.set_local_steps(t.update_kind() == v1::UPDATE_KIND_GRADIENT ? 1
+                                                                : absl::GetFlag(FLAGS_local_steps));
   t.set_model(absl::GetFlag(FLAGS_model));
   t.set_input_dim(absl::GetFlag(FLAGS_input_dim));
   t.set_num_classes(absl::GetFlag(FLAGS_num_classes));
@@ -318,7 +334,9 @@ int main(int argc, char** argv) {
       "Usage: ps-server --listen=0.0.0.0:50051 --mode=sync --num_workers=4 [flags]");
   // --help lists this binary's own flags (absl matches flag files to the program name otherwise).
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server_main.cc"); };
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "server_main.cc");
+  };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);

@@ -23,10 +23,9 @@ void WireCounters::ToProto(v1::WireCounters* out) const {
   out->set_raw_bytes_sent(raw_bytes_sent);
 }
 
-ParameterServerService::ParameterServerService(const ServiceOptions& options,
-                                               ParameterStore* store, Membership* membership,
-                                               Aggregator* aggregator, VersionWaitList* wait_list,
-                                               ThreadPool* pool)
+ParameterServerService::ParameterServerService(const ServiceOptions& options, ParameterStore* store,
+                                               Membership* membership, Aggregator* aggregator,
+                                               VersionWaitList* wait_list, ThreadPool* pool)
     : options_(options),
       store_(store),
       membership_(membership),
@@ -39,10 +38,11 @@ grpc::ServerUnaryReactor* ParameterServerService::Join(grpc::CallbackServerConte
                                                        v1::JoinResponse* response) {
   wire_.bytes_received += request->ByteSizeLong();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Member> member = membership_->Join(request->worker_name(), request->requested_rank());
+  absl::StatusOr<Member> member =
+      membership_->Join(request->worker_name(), request->requested_rank());
   if (!member.ok()) {
-    LogWarning(absl::StrCat("join refused: name=", request->worker_name(), " peer=", context->peer(),
-                            " error=", member.status().ToString()));
+    LogWarning(absl::StrCat("join refused: name=", request->worker_name(),
+                            " peer=", context->peer(), " error=", member.status().ToString()));
     reactor->Finish(ToGrpcStatus(member.status()));
     return reactor;
   }
@@ -151,7 +151,8 @@ void ParameterServerService::ReturnBuffer(std::string buffer) {
   // As many buffers as pushes that can be decoded at once, plus one being received.
   const size_t keep = static_cast<size_t>(options_.max_pooled_buffers);
   absl::MutexLock lock(&mu_);
-  if (buffer.capacity() > 0 && free_buffers_.size() < keep) free_buffers_.push_back(std::move(buffer));
+  if (buffer.capacity() > 0 && free_buffers_.size() < keep)
+    free_buffers_.push_back(std::move(buffer));
 }
 
 absl::Status ParameterServerService::CheckUpdateHeader(const v1::UpdateHeader& header,
@@ -176,8 +177,8 @@ absl::Status ParameterServerService::CheckUpdateHeader(const v1::UpdateHeader& h
   if (!expected.ok()) return expected.status();
   if (header.payload_bytes() != *expected) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "payload_bytes is %d, but %s of %d elements takes exactly %d bytes",
-        header.payload_bytes(), EncodingName(header.encoding()), header.num_elements(), *expected));
+        "payload_bytes is %d, but %s of %d elements takes exactly %d bytes", header.payload_bytes(),
+        EncodingName(header.encoding()), header.num_elements(), *expected));
   }
   *payload_bytes = *expected;
   return absl::OkStatus();
@@ -203,7 +204,8 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
     service_->wire_.payload_bytes_received += chunk_.data().size();
     if (!assembler_.has_value()) {
       if (!chunk_.has_header()) {
-        return Refuse(absl::InvalidArgumentError("the first chunk of a push must carry the header"));
+        return Refuse(
+            absl::InvalidArgumentError("the first chunk of a push must carry the header"));
       }
       header_ = chunk_.header();
       uint64_t payload_bytes = 0;
@@ -253,10 +255,10 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
     update.train_loss = header_.train_loss();
     absl::StatusOr<SubmitResult> result = service_->aggregator_->Submit(update);
     if (!result.ok()) {
-      LogWarning(absl::StrFormat("event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"",
-                                 update.worker_id, update.base_version,
-                                 absl::StatusCodeToString(result.status().code()),
-                                 result.status().message()));
+      LogWarning(absl::StrFormat(
+          "event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"", update.worker_id,
+          update.base_version, absl::StatusCodeToString(result.status().code()),
+          result.status().message()));
       Finish(ToGrpcStatus(result.status()));
       return;
     }
@@ -302,8 +304,8 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
       Finish(ToGrpcStatus(s));
       return;
     }
-    absl::Duration wait = std::min(absl::Milliseconds(request->max_wait_ms()),
-                                   service_->options_.max_pull_wait);
+    absl::Duration wait =
+        std::min(absl::Milliseconds(request->max_wait_ms()), service_->options_.max_pull_wait);
     // A client that claims a version from the future (say, after the server restarted without
     // its state) gets the current model rather than a wait that might never end.
     if (have_version_ > service_->store_->version()) have_version_ = 0;

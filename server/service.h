@@ -46,8 +46,8 @@ struct WireCounters {
 class ParameterServerService final : public v1::ParameterServer::CallbackService {
  public:
   ParameterServerService(const ServiceOptions& options, ParameterStore* store,
-                         Membership* membership, Aggregator* aggregator,
-                         VersionWaitList* wait_list, ThreadPool* pool);
+                         Membership* membership, Aggregator* aggregator, VersionWaitList* wait_list,
+                         ThreadPool* pool);
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
                                  const v1::JoinRequest* request,

@@ -3,8 +3,8 @@
 #ifndef PS_SERVER_VERSION_WAIT_LIST_H_
 #define PS_SERVER_VERSION_WAIT_LIST_H_
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <thread>
 #include <vector>
@@ -17,7 +17,8 @@
 namespace ps {
 
 // Thread-safe. A registered waiter gets exactly one OnReady call, from the publishing thread or
-// the list's timer thread, unless Cancel removed it first. OnReady runs without the list's lock held.
+// the list's timer thread, unless Cancel removed it first. OnReady runs without the list's lock
+// held.
 class VersionWaitList {
  public:
   class Waiter {

@@ -29,8 +29,8 @@ class BadInputTest : public ::testing::Test {
     ASSERT_NE(server_, nullptr);
     grpc::ChannelArguments args;
     args.SetMaxSendMessageSize(8 << 20);  // so that the server, not the client, refuses big ones
-    stub_ = v1::ParameterServer::NewStub(grpc::CreateCustomChannel(
-        server_->address(), grpc::InsecureChannelCredentials(), args));
+    stub_ = v1::ParameterServer::NewStub(
+        grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), args));
     grpc::ClientContext context;
     v1::JoinRequest join;
     join.set_requested_rank(-1);

@@ -4,8 +4,8 @@
 #include <thread>
 #include <vector>
 
-#include "gtest/gtest.h"
 #include "common/codec.h"
+#include "gtest/gtest.h"
 #include "tests/test_support.h"
 
 namespace ps {
@@ -64,9 +64,9 @@ TEST(CompressedPull, EveryWorkerEndsOnTheBroadcastModelBitForBit) {
 }
 
 struct Outcome {
-  double accuracy = 0;     // the server's final model on the test subset
-  uint64_t uplink = 0;     // bytes the server received
-  uint64_t downlink = 0;   // bytes the server sent
+  double accuracy = 0;    // the server's final model on the test subset
+  uint64_t uplink = 0;    // bytes the server received
+  uint64_t downlink = 0;  // bytes the server sent
 };
 
 Outcome Train(const v1::EncodingParams& update, v1::BitsPolicy policy,

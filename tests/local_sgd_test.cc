@@ -75,7 +75,8 @@ TEST(LocalSgd, AfterASyncRoundEveryWorkerHoldsTheAverageOfTheLocalModels) {
   // Worker k's local model after its H steps is x0 + D_k, trained on n_k = 32 * H samples each.
   std::vector<std::vector<float>> local(3, x0);
   for (int k = 0; k < 3; ++k) {
-    for (size_t i = 0; i < d; ++i) local[k][i] += 0.001f * static_cast<float>((i * (k + 1)) % 17) - 0.005f * k;
+    for (size_t i = 0; i < d; ++i)
+      local[k][i] += 0.001f * static_cast<float>((i * (k + 1)) % 17) - 0.005f * k;
   }
   std::vector<std::vector<float>> pulled(3, std::vector<float>(d));
   std::vector<std::thread> threads;

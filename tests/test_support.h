@@ -30,7 +30,8 @@ bool FashionMnistInstalled();
 std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_workers,
                                          int64_t train_limit, int64_t test_limit);
 
-// Test accuracy of the server's broadcast model on the first `test_limit` Fashion-MNIST test images.
+// Test accuracy of the server's broadcast model on the first `test_limit` Fashion-MNIST test
+// images.
 EvalResult EvaluateServerModel(const ParameterServer& server, int64_t test_limit);
 
 }  // namespace ps::testing

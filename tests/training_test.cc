@@ -33,7 +33,8 @@ RunOutcome TrainThreeWorkers(v1::AggregationMode mode) {
   outcome.status = server->GetStatus();
   outcome.final_model = testing::EvaluateServerModel(*server, 2000);
   std::printf("final model: version %llu, test accuracy %.4f, stale refusals %llu\n",
-              static_cast<unsigned long long>(outcome.status.version()), outcome.final_model.accuracy,
+              static_cast<unsigned long long>(outcome.status.version()),
+              outcome.final_model.accuracy,
               static_cast<unsigned long long>(outcome.status.updates_refused_stale()));
   return outcome;
 }

@@ -15,8 +15,8 @@ uint32_t DqSgdBits(const DqSgdOptions& options, double norm, double reference_no
   const double s = std::ceil(std::sqrt(std::pow(options.alpha, steps_left) *
                                        options.variance_constant * ratio * ratio / options.beta));
   const double bits = 1.0 + std::ceil(std::log2(s + 1.0));
-  return static_cast<uint32_t>(
-      std::clamp(bits, static_cast<double>(options.min_bits), static_cast<double>(options.max_bits)));
+  return static_cast<uint32_t>(std::clamp(bits, static_cast<double>(options.min_bits),
+                                          static_cast<double>(options.max_bits)));
 }
 
 UpdateCompressor::UpdateCompressor(const v1::TrainingConfig& config, size_t size, uint64_t seed)

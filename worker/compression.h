@@ -19,7 +19,7 @@ struct DqSgdOptions {
   double beta = 4.0;   // relative error budget
   double alpha = 1.0;  // contraction per message (1: non-convex, bits follow the norm only)
   double variance_constant = 128.0;  // c in V <= c ||g||^2 / s^2: bucket / 4 for max-abs scaling
-  int reference_messages = 5;  // ||g_ref|| = mean norm of the first messages
+  int reference_messages = 5;        // ||g_ref|| = mean norm of the first messages
 };
 
 // DQ-SGD's bit width for message n of N (ALGORITHMS.md section 7, with Bq = beta N ||g_ref||^2):

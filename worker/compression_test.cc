@@ -107,7 +107,8 @@ TEST(UpdateCompressor, DqSgdPolicyFollowsTheNormAgainstTheFirstMessages) {
   v1::EncodingParams params;
   std::string payload;
   const std::vector<float> v = Random(640, 2);
-  for (uint64_t n = 0; n < 5; ++n) ASSERT_TRUE(compressor.Compress(v, n, 100, &params, &payload).ok());
+  for (uint64_t n = 0; n < 5; ++n)
+    ASSERT_TRUE(compressor.Compress(v, n, 100, &params, &payload).ok());
   // Bucket 64: c = 16; ratio 1 -> s = ceil(sqrt(16 / 4)) = 2 -> b = 1 + ceil(log2 3) = 3.
   EXPECT_EQ(params.bits(), 3u);
   std::vector<float> big = v;

@@ -2,7 +2,6 @@
 
 #include <grpcpp/grpcpp.h>
 
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/chunking.h"
@@ -82,9 +81,9 @@ absl::StatusOr<v1::JoinResponse> PsClient::Join() {
   if (!status.ok()) return WithContext(status, "Join", options_.servers[0]);
   bytes_received_ += response.ByteSizeLong();
   if (response.shard_begin() != 0 || response.shard_end() != response.model_size()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "server %s holds only shard %d of %d; give every shard's address", options_.servers[0],
-        response.shard_index(), response.shard_count()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("server %s holds only shard %d of %d; give every shard's address",
+                        options_.servers[0], response.shard_index(), response.shard_count()));
   }
   worker_id_ = response.worker_id();
   lease_ms_ = static_cast<int64_t>(response.lease_ms());
@@ -111,7 +110,8 @@ void PsClient::StartHeartbeats() {
   if (heartbeat_thread_.joinable()) return;
   stop_heartbeats_ = std::make_unique<absl::Notification>();
   heartbeat_thread_ = std::thread([this] {
-    while (!stop_heartbeats_->WaitForNotificationWithTimeout(absl::Milliseconds(lease_ms_.load()) / 3)) {
+    while (!stop_heartbeats_->WaitForNotificationWithTimeout(absl::Milliseconds(lease_ms_.load()) /
+                                                             3)) {
       if (absl::Status s = Heartbeat(nullptr); !s.ok()) {
         LogWarning(absl::StrCat("event=heartbeat_failed error=\"", s.ToString(), "\""));
       }
@@ -153,8 +153,8 @@ absl::StatusOr<v1::PushAck> PsClient::Push(v1::UpdateKind kind, uint64_t base_ve
 absl::StatusOr<v1::PushAck> PsClient::PushEncoded(v1::UpdateKind kind, uint64_t base_version,
                                                   uint64_t sample_count,
                                                   const v1::EncodingParams& encoding,
-                                                  absl::string_view payload,
-                                                  uint64_t num_elements, double train_loss) {
+                                                  absl::string_view payload, uint64_t num_elements,
+                                                  double train_loss) {
   absl::MutexLock lock(&push_mu_);
   return PushLocked(kind, base_version, sample_count, encoding, payload, num_elements, train_loss);
 }
@@ -162,8 +162,8 @@ absl::StatusOr<v1::PushAck> PsClient::PushEncoded(v1::UpdateKind kind, uint64_t 
 absl::StatusOr<v1::PushAck> PsClient::PushLocked(v1::UpdateKind kind, uint64_t base_version,
                                                  uint64_t sample_count,
                                                  const v1::EncodingParams& encoding,
-                                                 absl::string_view payload,
-                                                 uint64_t num_elements, double train_loss) {
+                                                 absl::string_view payload, uint64_t num_elements,
+                                                 double train_loss) {
   v1::UpdateHeader header;
   header.set_worker_id(worker_id_);
   header.set_sequence(next_sequence_++);
@@ -260,11 +260,10 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
       auto expected = EncodedSize(header.encoding(), model.size());
       if (!expected.ok()) return expected.status();
       if (*expected != header.payload_bytes()) {
-        return absl::InternalError(absl::StrFormat("server announced %d payload bytes; %s of %d "
-                                                   "elements takes %d",
-                                                   header.payload_bytes(),
-                                                   EncodingName(header.encoding()), model.size(),
-                                                   *expected));
+        return absl::InternalError(absl::StrFormat(
+            "server announced %d payload bytes; %s of %d "
+            "elements takes %d",
+            header.payload_bytes(), EncodingName(header.encoding()), model.size(), *expected));
       }
       pull_assembler_.Reset(header.payload_bytes(), kDefaultChunkBytes);
       in_segment = true;
@@ -299,8 +298,8 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
     return finished;
   });
   if (!stream_error.ok()) {
-    return absl::InternalError(absl::StrCat("malformed model stream from ",
-                                            options_.servers[0], ": ", stream_error.message()));
+    return absl::InternalError(absl::StrCat("malformed model stream from ", options_.servers[0],
+                                            ": ", stream_error.message()));
   }
   if (!status.ok()) return WithContext(status, "Pull", options_.servers[0]);
   return result;

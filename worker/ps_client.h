@@ -12,11 +12,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "absl/synchronization/mutex.h"
 #include "common/backoff.h"
 #include "common/chunking.h"
 #include "ps/v1/ps.grpc.pb.h"
@@ -68,8 +68,7 @@ class PsClient {
                                    double train_loss);
   // The same for an update already encoded (e.g. by UpdateCompressor) from `num_elements` values.
   absl::StatusOr<v1::PushAck> PushEncoded(v1::UpdateKind kind, uint64_t base_version,
-                                          uint64_t sample_count,
-                                          const v1::EncodingParams& encoding,
+                                          uint64_t sample_count, const v1::EncodingParams& encoding,
                                           absl::string_view payload, uint64_t num_elements,
                                           double train_loss);
   // Waits up to `wait` for a model newer than `have_version` and brings `model` to it: a full

@@ -21,9 +21,9 @@ absl::Status CheckShape(const Dataset& data, const ModelSpec& spec, absl::string
   }
   for (int64_t i = 0; i < data.size(); ++i) {
     if (data.labels[i] < 0 || data.labels[i] >= spec.num_classes) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s: example %d has label %d, outside [0, num_classes=%d)", what, i, data.labels[i],
-          spec.num_classes));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: example %d has label %d, outside [0, num_classes=%d)", what, i,
+                          data.labels[i], spec.num_classes));
     }
   }
   return absl::OkStatus();
@@ -37,8 +37,8 @@ absl::StatusOr<Dataset> Load(const DataOptions& data, const ModelSpec& spec, boo
   } else if (data.format == "libsvm") {
     const std::string& file = train ? data.train_file : data.test_file;
     if (file.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("libsvm data needs --", train ? "train" : "test",
-                                                     "_file"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("libsvm data needs --", train ? "train" : "test", "_file"));
     }
     loaded = LoadLibsvm(file, spec.input_dim, spec.num_classes, limit);
   } else {
@@ -99,7 +99,8 @@ float LearningRate(const v1::TrainingConfig& config, uint64_t t, uint64_t total_
     case v1::LEARNING_RATE_SCHEDULE_COSINE:
       if (total_steps == 0) return lr;
       return lr * 0.5f *
-             (1.0f + std::cos(static_cast<float>(M_PI) * std::min<float>(1.0f, float(t) / total_steps)));
+             (1.0f +
+              std::cos(static_cast<float>(M_PI) * std::min<float>(1.0f, float(t) / total_steps)));
     default:
       return lr;
   }
@@ -108,8 +109,8 @@ float LearningRate(const v1::TrainingConfig& config, uint64_t t, uint64_t total_
 uint64_t RoundsFor(const v1::TrainingConfig& config, int64_t total_train_examples) {
   if (config.rounds() > 0) return config.rounds();
   // Every worker runs the same number of rounds, computed from the whole set so that all agree.
-  const double per_round = static_cast<double>(config.num_workers()) * config.local_steps() *
-                           config.batch_size();
+  const double per_round =
+      static_cast<double>(config.num_workers()) * config.local_steps() * config.batch_size();
   return static_cast<uint64_t>(
       std::max(1.0, std::ceil(config.epochs() * total_train_examples / per_round)));
 }
@@ -120,15 +121,16 @@ absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingC
     PS_ASSIGN_OR_RETURN(v1::Encoding encoding, ParseEncoding(overrides.update_encoding));
     const auto& allowed = config->allowed_encodings();
     if (std::find(allowed.begin(), allowed.end(), encoding) == allowed.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the server does not allow update encoding ", overrides.update_encoding));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the server does not allow update encoding ", overrides.update_encoding));
     }
     update->set_encoding(encoding);
   }
   if (update->encoding() != v1::ENCODING_FP32 && update->bucket_size() == 0) {
     update->set_bucket_size(512);
   }
-  if (update->encoding() == v1::ENCODING_QSGD && update->scaling() == v1::QUANT_SCALING_UNSPECIFIED) {
+  if (update->encoding() == v1::ENCODING_QSGD &&
+      update->scaling() == v1::QUANT_SCALING_UNSPECIFIED) {
     update->set_scaling(v1::QUANT_SCALING_MAX_ABS);
   }
   if (overrides.bits > 0) update->set_bits(overrides.bits);
@@ -179,9 +181,9 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   const ModelSpec spec = SpecOf(config);
   PS_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, CreateModel(spec));
   if (static_cast<uint64_t>(model->num_parameters()) != joined.model_size()) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "server model has %d parameters, but %s with these settings has %d", joined.model_size(),
-        spec.type, model->num_parameters()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("server model has %d parameters, but %s with these settings has %d",
+                        joined.model_size(), spec.type, model->num_parameters()));
   }
   client_->StartHeartbeats();
 
@@ -190,14 +192,14 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   const PartitionScheme scheme = config.partition() == v1::PARTITION_LABEL_SORTED
                                      ? PartitionScheme::kLabelSorted
                                      : PartitionScheme::kIid;
-  const Dataset train = all_train.Subset(PartitionIndices(
-      all_train, static_cast<int>(config.num_workers()), static_cast<int>(joined.rank()), scheme,
-      config.data_seed()));
+  const Dataset train = all_train.Subset(
+      PartitionIndices(all_train, static_cast<int>(config.num_workers()),
+                       static_cast<int>(joined.rank()), scheme, config.data_seed()));
   const int64_t total_examples = all_train.size();
   all_train = Dataset();
   if (train.size() == 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "worker %d of %d got no training examples", joined.rank(), config.num_workers()));
+    return absl::FailedPreconditionError(absl::StrFormat("worker %d of %d got no training examples",
+                                                         joined.rank(), config.num_workers()));
   }
 
   const uint64_t rounds = RoundsFor(config, total_examples);
@@ -287,8 +289,8 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     PS_RETURN_IF_ERROR(PullUntilNewer(version, &global, &version));
     result.rounds = round + 1;
 
-    const bool eval_now = config.eval_every() > 0 && (round + 1) % config.eval_every() == 0 &&
-                          round + 1 < rounds;
+    const bool eval_now =
+        config.eval_every() > 0 && (round + 1) % config.eval_every() == 0 && round + 1 < rounds;
     EvalResult eval;
     if (eval_now) {
       eval = Evaluate(*model, global, test);
@@ -320,8 +322,8 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   if (result.rounds > 0) result.mean_update_bits = bits_sum / result.rounds;
 
   // The freshest model there is now (in async mode other workers may still be pushing).
-  PS_ASSIGN_OR_RETURN(PullResult last, client_->Pull(version, absl::ZeroDuration(),
-                                                     absl::MakeSpan(global)));
+  PS_ASSIGN_OR_RETURN(PullResult last,
+                      client_->Pull(version, absl::ZeroDuration(), absl::MakeSpan(global)));
   if (last.changed) version = last.version;
   result.final_test = Evaluate(*model, global, test);
   result.final_version = version;
@@ -334,11 +336,12 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   result.wire = client_->wire();
   result.wall_time_s = absl::ToDoubleSeconds(absl::Now() - start);
   result.final_model = std::move(global);
-  Progress(absl::StrFormat("done: %d rounds, version %d, test_loss %.4f test_acc %.4f, sent %s "
-                           "recv %s in %.1fs",
-                           result.rounds, version, result.final_test.loss,
-                           result.final_test.accuracy, Megabytes(result.wire.bytes_sent),
-                           Megabytes(result.wire.bytes_received), result.wall_time_s));
+  Progress(
+      absl::StrFormat("done: %d rounds, version %d, test_loss %.4f test_acc %.4f, sent %s "
+                      "recv %s in %.1fs",
+                      result.rounds, version, result.final_test.loss, result.final_test.accuracy,
+                      Megabytes(result.wire.bytes_sent), Megabytes(result.wire.bytes_received),
+                      result.wall_time_s));
   return result;
 }
 

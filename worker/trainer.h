@@ -10,9 +10,9 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "ps/v1/ps.pb.h"
+#include "worker/compression.h"
 #include "worker/data/dataset.h"
 #include "worker/models/model.h"
-#include "worker/compression.h"
 #include "worker/ps_client.h"
 
 namespace ps {
@@ -20,8 +20,8 @@ namespace ps {
 struct DataOptions {
   std::string format = "fashion_mnist";  // or "libsvm"
   std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
-  std::string train_file;  // libsvm
-  std::string test_file;   // libsvm
+  std::string train_file;   // libsvm
+  std::string test_file;    // libsvm
   int64_t train_limit = 0;  // > 0: use only the first N training examples (before partitioning)
   int64_t test_limit = 0;
 };
@@ -31,7 +31,7 @@ absl::StatusOr<Dataset> LoadTrainingData(const DataOptions& data, const ModelSpe
 absl::StatusOr<Dataset> LoadTestData(const DataOptions& data, const ModelSpec& spec);
 
 struct EvalResult {
-  double loss = 0.0;      // mean per-example loss, without the L2 term
+  double loss = 0.0;  // mean per-example loss, without the L2 term
   double accuracy = 0.0;
 };
 EvalResult Evaluate(const Model& model, absl::Span<const float> params, const Dataset& data);
@@ -42,7 +42,9 @@ float LearningRate(const v1::TrainingConfig& config, uint64_t t, uint64_t total_
 uint64_t RoundsFor(const v1::TrainingConfig& config, int64_t total_train_examples);
 
 // Seed of worker `rank`'s mini-batch order: different per worker, reproducible per run.
-inline uint64_t SamplerSeed(uint64_t data_seed, uint32_t rank) { return data_seed * 1000003 + rank; }
+inline uint64_t SamplerSeed(uint64_t data_seed, uint32_t rank) {
+  return data_seed * 1000003 + rank;
+}
 
 // What a worker may choose for itself, within the encodings the server allows.
 struct CompressionOverrides {

@@ -22,8 +22,10 @@
 
 ABSL_FLAG(std::string, servers, "127.0.0.1:50051",
           "Comma-separated host:port of the server shards (one shard in this version).");
-ABSL_FLAG(std::string, name, "", "Worker name shown in the server's logs and Status (default: host-pid).");
-ABSL_FLAG(int, rank, -1, "Data shard index to ask for (0..K-1); -1 lets the server pick a free one.");
+ABSL_FLAG(std::string, name, "",
+          "Worker name shown in the server's logs and Status (default: host-pid).");
+ABSL_FLAG(int, rank, -1,
+          "Data shard index to ask for (0..K-1); -1 lets the server pick a free one.");
 ABSL_FLAG(std::string, data_format, "fashion_mnist", "fashion_mnist (IDX files) or libsvm.");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Folder with Fashion-MNIST's {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].");
@@ -31,12 +33,15 @@ ABSL_FLAG(std::string, train_file, "", "LIBSVM training file (--data_format=libs
 ABSL_FLAG(std::string, test_file, "", "LIBSVM test file (--data_format=libsvm).");
 ABSL_FLAG(int64_t, train_limit, 0, "Use only the first N training examples (0 = all).");
 ABSL_FLAG(int64_t, test_limit, 0, "Use only the first N test examples (0 = all).");
-ABSL_FLAG(absl::Duration, rpc_timeout, absl::Seconds(30), "Deadline of each call (a pull adds its wait).");
+ABSL_FLAG(absl::Duration, rpc_timeout, absl::Seconds(30),
+          "Deadline of each call (a pull adds its wait).");
 ABSL_FLAG(absl::Duration, pull_wait, absl::Seconds(10), "Longest a pull long-polls per call.");
-ABSL_FLAG(absl::Duration, retry_budget, absl::Seconds(60), "How long UNAVAILABLE is retried before giving up.");
+ABSL_FLAG(absl::Duration, retry_budget, absl::Seconds(60),
+          "How long UNAVAILABLE is retried before giving up.");
 ABSL_FLAG(absl::Duration, progress_every, absl::Seconds(2), "Seconds between progress lines.");
 ABSL_FLAG(bool, quiet, false, "No progress lines (errors and the summary still print).");
-ABSL_FLAG(bool, evaluate_only, false, "Do not train: pull the current model and evaluate it on the test set.");
+ABSL_FLAG(bool, evaluate_only, false,
+          "Do not train: pull the current model and evaluate it on the test set.");
 ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
 ABSL_FLAG(std::string, update_encoding, "",
           "Override the server's update encoding (fp32, qsgd, sign) if the server allows it.");
@@ -113,9 +118,9 @@ absl::Status Train(PsClient* client, const TrainerOptions& options) {
       .Add("raw_bytes_received", r.wire.raw_bytes_received)
       .Add("payload_bytes_sent", r.wire.payload_bytes_sent)
       .Add("payload_bytes_received", r.wire.payload_bytes_received)
-      .Add("uplink_compression", r.wire.bytes_sent > 0
-                                     ? static_cast<double>(r.wire.raw_bytes_sent) / r.wire.bytes_sent
-                                     : 0.0)
+      .Add("uplink_compression",
+           r.wire.bytes_sent > 0 ? static_cast<double>(r.wire.raw_bytes_sent) / r.wire.bytes_sent
+                                 : 0.0)
       .Add("downlink_compression",
            r.wire.bytes_received > 0
                ? static_cast<double>(r.wire.raw_bytes_received) / r.wire.bytes_received
@@ -168,7 +173,9 @@ int main(int argc, char** argv) {
       "Usage: ps-worker --servers=HOST:PORT [flags]");
   // --help lists this binary's own flags (absl matches flag files to the program name otherwise).
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "worker_main.cc"); };
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "worker_main.cc");
+  };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::ParseCommandLine(argc, argv);

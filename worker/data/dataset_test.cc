@@ -1,3 +1,5 @@
+#include "worker/data/dataset.h"
+
 #include <zlib.h>
 
 #include <cstdio>
@@ -6,7 +8,6 @@
 #include <string>
 
 #include "gtest/gtest.h"
-#include "worker/data/dataset.h"
 
 namespace ps {
 namespace {

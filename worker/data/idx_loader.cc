@@ -34,9 +34,8 @@ absl::Status ReadExactly(gzFile f, const std::string& path, uint64_t offset, voi
     const int got = gzread(f, static_cast<char*>(out) + done, want);
     if (got < 0) {
       int err = 0;
-      return absl::InvalidArgumentError(absl::StrFormat("%s: corrupt data at byte %d (%s): %s",
-                                                        path, offset + done, what,
-                                                        gzerror(f, &err)));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%s: corrupt data at byte %d (%s): %s", path, offset + done, what, gzerror(f, &err)));
     }
     if (got == 0) {
       return absl::InvalidArgumentError(

@@ -13,7 +13,8 @@ namespace ps {
 absl::StatusOr<Dataset> LoadLibsvm(const std::string& path, int dim, int num_classes,
                                    int64_t limit) {
   std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
   std::vector<std::vector<std::pair<int, float>>> rows;
   std::vector<int32_t> labels;
   std::string line;

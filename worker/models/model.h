@@ -34,7 +34,8 @@ class Model {
   // Mean loss over the batch plus the L2 term; overwrites `grad` with its gradient.
   // REQUIRES: x.cols() == input_dim, labels in [0, num_classes), sizes match.
   virtual double LossAndGradient(absl::Span<const float> params, const RowMatrix& x,
-                                 absl::Span<const int32_t> labels, absl::Span<float> grad) const = 0;
+                                 absl::Span<const int32_t> labels,
+                                 absl::Span<float> grad) const = 0;
 
   // Sum of the per-example loss (no L2 term) and the number of correct predictions.
   virtual double EvaluateBatch(absl::Span<const float> params, const RowMatrix& x,

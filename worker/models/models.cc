@@ -125,7 +125,9 @@ class LogisticRegression : public Model {
   }
 
  private:
-  static double Softplus(double z) { return z > 0 ? z + std::log1p(std::exp(-z)) : std::log1p(std::exp(z)); }
+  static double Softplus(double z) {
+    return z > 0 ? z + std::log1p(std::exp(-z)) : std::log1p(std::exp(z));
+  }
   static float Sigmoid(float z) {
     return z >= 0 ? 1.0f / (1.0f + std::exp(-z)) : std::exp(z) / (1.0f + std::exp(z));
   }
@@ -176,8 +178,7 @@ class Mlp : public Model {
     g_w1.noalias() = d_hidden.transpose() * x;
     g_w1 += spec_.l2 * W1(params);
     g_b1 = d_hidden.colwise().sum().transpose();
-    return data_loss / n +
-           0.5 * spec_.l2 * (W1(params).squaredNorm() + W2(params).squaredNorm());
+    return data_loss / n + 0.5 * spec_.l2 * (W1(params).squaredNorm() + W2(params).squaredNorm());
   }
 
   double EvaluateBatch(absl::Span<const float> params, const RowMatrix& x,

@@ -51,7 +51,8 @@ void ExpectGradientMatchesFiniteDifferences(const ModelSpec& spec) {
     const double numeric = (f_plus - f_minus) / (static_cast<double>(plus[i]) - minus[i]);
     // Float forward passes: the tolerance covers rounding of the loss divided by 2*eps plus the
     // O(eps^2) truncation error of the central difference.
-    EXPECT_NEAR(grad[i], numeric, 2e-3 + 1e-2 * std::abs(numeric)) << spec.type << " coordinate " << i;
+    EXPECT_NEAR(grad[i], numeric, 2e-3 + 1e-2 * std::abs(numeric))
+        << spec.type << " coordinate " << i;
   }
 }
 
@@ -86,8 +87,8 @@ TEST(LogisticRegression, EvaluateCountsCorrectSigns) {
   int64_t correct = 0;
   const double loss = (*model)->EvaluateBatch(params, x, labels, &correct);
   EXPECT_EQ(correct, 2);
-  const double expected = std::log1p(std::exp(-2.0)) + std::log1p(std::exp(-1.0)) +
-                          std::log1p(std::exp(3.0));
+  const double expected =
+      std::log1p(std::exp(-2.0)) + std::log1p(std::exp(-1.0)) + std::log1p(std::exp(3.0));
   EXPECT_NEAR(loss, expected, 1e-5);
 }
 
