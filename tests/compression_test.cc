@@ -1,7 +1,6 @@
 // Quantized messages both ways through a real server: the compressed pull leaves every worker with
 // the server's broadcast model bit for bit, and training with quantized updates keeps its accuracy.
 #include <cstdio>
-#include <thread>
 #include <vector>
 
 #include "common/codec.h"
