@@ -257,9 +257,8 @@ void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_vie
 }
 
 template <typename T>
-absl::Status DecodeAccumulateImpl(const v1::EncodingParams& params, absl::string_view payload,
-                                  T weight, absl::Span<T> out) {
-  if (absl::Status s = ValidatePayload(params, payload, out.size()); !s.ok()) return s;
+void DecodeAccumulateUnchecked(const v1::EncodingParams& params, absl::string_view payload,
+                               T weight, absl::Span<T> out) {
   if (params.encoding() == v1::ENCODING_FP32) {
     const char* p = payload.data();
     for (size_t i = 0; i < out.size(); ++i) {
@@ -268,6 +267,13 @@ absl::Status DecodeAccumulateImpl(const v1::EncodingParams& params, absl::string
   } else {
     DecodeAccumulateBucketed(params, payload, weight, out);
   }
+}
+
+template <typename T>
+absl::Status DecodeAccumulateImpl(const v1::EncodingParams& params, absl::string_view payload,
+                                  T weight, absl::Span<T> out) {
+  if (absl::Status s = ValidatePayload(params, payload, out.size()); !s.ok()) return s;
+  DecodeAccumulateUnchecked(params, payload, weight, out);
   return absl::OkStatus();
 }
 
@@ -378,6 +384,11 @@ absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_vie
 absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_view payload,
                               double weight, absl::Span<double> out) {
   return DecodeAccumulateImpl(params, payload, weight, out);
+}
+
+void DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
+                               float weight, absl::Span<float> out) {
+  DecodeAccumulateUnchecked(params, payload, weight, out);
 }
 
 absl::Status Decode(const v1::EncodingParams& params, absl::string_view payload,

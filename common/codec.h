@@ -55,6 +55,12 @@ absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_vie
 absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_view payload,
                               double weight, absl::Span<double> out);
 
+// DecodeAccumulate without the checks, for a payload that already passed ValidatePayload (so an
+// update can be validated before a version is spent on it, and decoded once after).
+// REQUIRES: ValidatePayload(params, payload, out.size()).ok()
+void DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
+                               float weight, absl::Span<float> out);
+
 // out[i] = decode(payload)[i], with the same checks as DecodeAccumulate.
 absl::Status Decode(const v1::EncodingParams& params, absl::string_view payload,
                     absl::Span<float> out);

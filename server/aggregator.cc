@@ -103,9 +103,7 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitAsync(const Update& update, uint6
     return s;
   }
   const uint64_t new_version = store_->Apply([&](absl::Span<float> model) {
-    // Cannot fail: the payload was validated above.
-    DecodeAccumulate(update.encoding, update.payload, static_cast<float>(weight), model)
-        .IgnoreError();
+    DecodeAccumulateValidated(update.encoding, update.payload, static_cast<float>(weight), model);
   });
   ++stats_.rounds_completed;
   return SubmitResult{/*duplicate=*/false, new_version};

@@ -76,7 +76,8 @@ uint64_t ParameterStore::Apply(absl::FunctionRef<void(absl::Span<float>)> change
       auto payload = std::make_shared<std::string>();
       if (EncodeInto(encoding, delta_scratch_, payload.get()).ok()) {
         std::shared_ptr<std::vector<float>> broadcast = CopyOf(*base.values, &spare_broadcast_);
-        DecodeAccumulate(encoding, *payload, 1.0f, absl::MakeSpan(*broadcast)).IgnoreError();
+        // Our own encoding of finite values: valid by construction.
+        DecodeAccumulateValidated(encoding, *payload, 1.0f, absl::MakeSpan(*broadcast));
         published.values = broadcast;
         published.deltas = base.deltas;
         published.deltas.push_back({base.version, version, encoding, std::move(payload)});

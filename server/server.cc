@@ -17,16 +17,6 @@
 
 namespace ps {
 
-ModelSpec ModelSpecFromConfig(const v1::TrainingConfig& config) {
-  ModelSpec spec;
-  spec.type = config.model();
-  spec.input_dim = static_cast<int>(config.input_dim());
-  spec.num_classes = static_cast<int>(config.num_classes());
-  spec.hidden_units = static_cast<int>(config.hidden_units());
-  spec.l2 = config.l2();
-  return spec;
-}
-
 absl::Status ServerOptions::Validate() const {
   const v1::TrainingConfig& t = training;
   auto bad = [](absl::string_view field, auto value, absl::string_view want) {

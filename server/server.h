@@ -46,9 +46,6 @@ struct ServerOptions {
   absl::Status Validate() const;
 };
 
-// The ModelSpec that a TrainingConfig describes.
-ModelSpec ModelSpecFromConfig(const v1::TrainingConfig& config);
-
 // Thread-safe.
 class ParameterServer {
  public:

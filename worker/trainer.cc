@@ -51,16 +51,6 @@ absl::StatusOr<Dataset> Load(const DataOptions& data, const ModelSpec& spec, boo
   return loaded;
 }
 
-ModelSpec SpecOf(const v1::TrainingConfig& config) {
-  ModelSpec spec;
-  spec.type = config.model();
-  spec.input_dim = static_cast<int>(config.input_dim());
-  spec.num_classes = static_cast<int>(config.num_classes());
-  spec.hidden_units = static_cast<int>(config.hidden_units());
-  spec.l2 = config.l2();
-  return spec;
-}
-
 std::string Megabytes(uint64_t bytes) { return absl::StrFormat("%.1fMB", bytes / 1e6); }
 
 }  // namespace
@@ -178,7 +168,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   v1::TrainingConfig config = joined.config();
   PS_RETURN_IF_ERROR(ApplyOverrides(options_.overrides, &config));
   prefix_ = absl::StrFormat("[worker %d] ", joined.rank());
-  const ModelSpec spec = SpecOf(config);
+  const ModelSpec spec = ModelSpecFromConfig(config);
   PS_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, CreateModel(spec));
   if (static_cast<uint64_t>(model->num_parameters()) != joined.model_size()) {
     return absl::FailedPreconditionError(

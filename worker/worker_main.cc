@@ -71,9 +71,7 @@ absl::Status WriteSummary(const JsonObject& summary) {
 absl::Status EvaluateOnly(PsClient* client) {
   PS_ASSIGN_OR_RETURN(v1::StatusResponse status, client->Status());
   const v1::TrainingConfig& config = status.config();
-  ModelSpec spec{config.model(), static_cast<int>(config.input_dim()),
-                 static_cast<int>(config.num_classes()), static_cast<int>(config.hidden_units()),
-                 config.l2()};
+  const ModelSpec spec = ModelSpecFromConfig(config);
   PS_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, CreateModel(spec));
   std::vector<float> params(status.model_size());
   PS_ASSIGN_OR_RETURN(PullResult pulled,

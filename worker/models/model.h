@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/eigen_types.h"
+#include "ps/v1/ps.pb.h"
 
 namespace ps {
 
@@ -41,6 +42,9 @@ class Model {
   virtual double EvaluateBatch(absl::Span<const float> params, const RowMatrix& x,
                                absl::Span<const int32_t> labels, int64_t* correct) const = 0;
 };
+
+// The model that a server's TrainingConfig describes.
+ModelSpec ModelSpecFromConfig(const v1::TrainingConfig& config);
 
 // INVALID_ARGUMENT for an unknown type or non-positive sizes.
 absl::StatusOr<std::unique_ptr<Model>> CreateModel(const ModelSpec& spec);

@@ -216,6 +216,16 @@ class Mlp : public Model {
 
 }  // namespace
 
+ModelSpec ModelSpecFromConfig(const v1::TrainingConfig& config) {
+  ModelSpec spec;
+  spec.type = config.model();
+  spec.input_dim = static_cast<int>(config.input_dim());
+  spec.num_classes = static_cast<int>(config.num_classes());
+  spec.hidden_units = static_cast<int>(config.hidden_units());
+  spec.l2 = config.l2();
+  return spec;
+}
+
 absl::StatusOr<std::unique_ptr<Model>> CreateModel(const ModelSpec& spec) {
   if (spec.input_dim <= 0 || spec.num_classes <= 1) {
     return absl::InvalidArgumentError(absl::StrCat("model needs input_dim > 0 and num_classes > 1",
