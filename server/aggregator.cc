@@ -21,6 +21,7 @@ Aggregator::Aggregator(const AggregatorOptions& options, ParameterStore* store,
 absl::StatusOr<SubmitResult> Aggregator::Submit(const Update& update) {
   if (absl::Status s = membership_->Touch(update.worker_id); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
+  if (stopped_) return absl::UnavailableError("the server is shutting down");
   const uint64_t version = store_->version();
   auto invalid = [this](absl::Status s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ++stats_.refused_invalid;
@@ -37,7 +38,7 @@ absl::StatusOr<SubmitResult> Aggregator::Submit(const Update& update) {
   auto last = last_sequence_.find(update.worker_id);
   if (last != last_sequence_.end() && update.sequence <= last->second) {
     ++stats_.duplicate;
-    return SubmitResult{/*duplicate=*/true, version};
+    return SubmitResult{/*duplicate=*/true, /*folded=*/false, version};
   }
   if (update.base_version > version || update.base_version == 0) {
     return invalid(absl::InvalidArgumentError(absl::StrFormat(
@@ -62,6 +63,8 @@ absl::StatusOr<SubmitResult> Aggregator::Submit(const Update& update) {
 
 absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64_t version) {
   if (update.base_version < version) {
+    if (options_.late_policy == v1::LATE_POLICY_FOLD) return FoldLate(update, version);
+    ++stats_.late_dropped;
     return absl::FailedPreconditionError(absl::StrFormat(
         "stale update: built on version %d, but the current version is %d (that round closed); "
         "pull the current model and continue",
@@ -79,10 +82,33 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64
       !s.ok()) {
     return s;
   }
-  round_samples_ += update.sample_count;
+  if (round_pushed_.empty()) round_first_update_ = options_.clock->Now();
+  round_weight_ += static_cast<double>(update.sample_count);
   round_pushed_.insert(update.worker_id);
   CloseRoundIfComplete();
-  return SubmitResult{/*duplicate=*/false, store_->version()};
+  return SubmitResult{/*duplicate=*/false, /*folded=*/false, store_->version()};
+}
+
+// A late sync update joins the open round with weight sample_count * s(tau), tau = rounds late.
+// It does not count towards the round's quorum.
+absl::StatusOr<SubmitResult> Aggregator::FoldLate(const Update& update, uint64_t version) {
+  const double tau = static_cast<double>(version - update.base_version);
+  if (tau > options_.max_staleness) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "stale update: built on version %d, but the current version is %d (%.0f rounds late > "
+        "max_staleness %.2f); pull the current model and continue",
+        update.base_version, version, tau, options_.max_staleness));
+  }
+  const double weight = static_cast<double>(update.sample_count) *
+                        StalenessWeight(tau, options_.staleness_exponent);
+  if (absl::Status s = DecodeAccumulate(update.encoding, update.payload, weight,
+                                        absl::MakeSpan(round_sum_));
+      !s.ok()) {
+    return s;
+  }
+  round_weight_ += weight;
+  ++stats_.late_folded;
+  return SubmitResult{/*duplicate=*/false, /*folded=*/true, version};
 }
 
 absl::StatusOr<SubmitResult> Aggregator::SubmitAsync(const Update& update, uint64_t version) {
@@ -106,7 +132,7 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitAsync(const Update& update, uint6
     DecodeAccumulateValidated(update.encoding, update.payload, static_cast<float>(weight), model);
   });
   ++stats_.rounds_completed;
-  return SubmitResult{/*duplicate=*/false, new_version};
+  return SubmitResult{/*duplicate=*/false, /*folded=*/false, new_version};
 }
 
 void Aggregator::MaybeCloseRound() {
@@ -115,24 +141,80 @@ void Aggregator::MaybeCloseRound() {
 }
 
 void Aggregator::CloseRoundIfComplete() {
-  if (options_.mode != v1::AGGREGATION_MODE_SYNC || round_pushed_.empty()) return;
-  if (!membership_->assembled()) return;  // wait until all K workers have joined once
-  for (uint64_t id : membership_->LiveIds()) {
-    if (!round_pushed_.count(id)) return;
+  if (options_.mode != v1::AGGREGATION_MODE_SYNC || round_pushed_.empty() || stopped_) return;
+  const size_t arrived = round_pushed_.size();
+  // Past the deadline, the minimum quorum is enough, even before all workers have joined.
+  if (options_.clock->Now() - round_first_update_ >= options_.round_deadline &&
+      arrived >= static_cast<size_t>(std::max(options_.min_quorum, 1))) {
+    ++stats_.rounds_closed_by_deadline;
+    return CloseRound();
   }
-  const double inv_samples = 1.0 / static_cast<double>(round_samples_);
+  if (!membership_->assembled()) return;  // wait until all K workers have joined once
+  // Expected: live members that joined before the round opened, and anyone who pushed to it.
+  size_t expected = 0;
+  bool all_in = true;
+  for (const Member& m : membership_->Members()) {
+    const bool pushed = round_pushed_.count(m.id) > 0;
+    if (m.join_serial > round_join_serial_ && !pushed) continue;
+    ++expected;
+    all_in = all_in && pushed;
+  }
+  if (all_in) {
+    ++stats_.rounds_closed_complete;
+    return CloseRound();
+  }
+  // Backup workers (Chen et al. 2016): the first N = K - b updates close the round.
+  const int quorum = options_.num_workers - options_.backup_workers;
+  if (options_.backup_workers > 0 && arrived >= static_cast<size_t>(std::max(quorum, 1)) &&
+      arrived < expected) {
+    ++stats_.rounds_closed_by_quorum;
+    return CloseRound();
+  }
+}
+
+void Aggregator::CloseRound() {
+  const double inv_weight = 1.0 / round_weight_;
   const bool gradient = options_.update_kind == v1::UPDATE_KIND_GRADIENT;
   const float lr = options_.server_learning_rate;
   store_->Apply([&](absl::Span<float> model) {
     for (size_t i = 0; i < model.size(); ++i) {
-      const float average = static_cast<float>(round_sum_[i] * inv_samples);
+      const float average = static_cast<float>(round_sum_[i] * inv_weight);
       model[i] += gradient ? -lr * average : average;
     }
   });
+  stats_.last_round_wait = options_.clock->Now() - round_first_update_;
+  stats_.max_round_wait = std::max(stats_.max_round_wait, stats_.last_round_wait);
   std::fill(round_sum_.begin(), round_sum_.end(), 0.0);
-  round_samples_ = 0;
+  round_weight_ = 0.0;
   round_pushed_.clear();
+  round_join_serial_ = membership_->last_join_serial();
   ++stats_.rounds_completed;
+}
+
+RoundEnd Aggregator::FinishOpenRound() {
+  absl::MutexLock lock(&mu_);
+  if (stopped_) return RoundEnd::kNoneOpen;
+  RoundEnd end = RoundEnd::kNoneOpen;
+  if (options_.mode == v1::AGGREGATION_MODE_SYNC && !round_pushed_.empty()) {
+    if (round_pushed_.size() >= static_cast<size_t>(std::max(options_.min_quorum, 1))) {
+      CloseRound();
+      end = RoundEnd::kClosed;
+    } else {
+      std::fill(round_sum_.begin(), round_sum_.end(), 0.0);
+      round_weight_ = 0.0;
+      round_pushed_.clear();
+      ++stats_.rounds_abandoned;
+      end = RoundEnd::kAbandoned;
+    }
+  }
+  stopped_ = true;
+  return end;
+}
+
+void Aggregator::RestoreCounters(uint64_t rounds_completed, uint64_t applied) {
+  absl::MutexLock lock(&mu_);
+  stats_.rounds_completed = rounds_completed;
+  stats_.applied = applied;
 }
 
 AggregatorStats Aggregator::stats() const {

@@ -12,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
 #include "ps/v1/ps.pb.h"
 #include "server/membership.h"
 #include "server/parameter_store.h"
@@ -25,6 +27,12 @@ struct AggregatorOptions {
   double staleness_exponent = 0.5;    // a in s(tau) = tau^-a for tau > 1
   double max_staleness = 4.0;         // rounds; older async updates are refused
   float server_learning_rate = 0.1f;  // applied to gradients (update_kind GRADIENT)
+  // Sync rounds that never hang (ALGORITHMS.md section 6).
+  int backup_workers = 0;  // b: close at the first num_workers - b updates
+  absl::Duration round_deadline = absl::InfiniteDuration();  // counted from the first update
+  int min_quorum = 1;  // updates a round needs before the deadline may close it
+  v1::LatePolicy late_policy = v1::LATE_POLICY_DROP;
+  Clock* clock = Clock::Real();
 };
 
 // One decoded-on-demand update. `payload` must outlive the Submit call.
@@ -41,6 +49,7 @@ struct Update {
 
 struct SubmitResult {
   bool duplicate = false;
+  bool folded = false;  // sync, late: went into the open round with a staleness weight
   uint64_t version = 0;  // the store's version after the submit
 };
 
@@ -51,7 +60,19 @@ struct AggregatorStats {
   uint64_t duplicate = 0;
   uint64_t rounds_completed = 0;  // versions the aggregator published
   double last_train_loss = 0.0;
+  // Sync rounds.
+  uint64_t rounds_closed_complete = 0;
+  uint64_t rounds_closed_by_quorum = 0;
+  uint64_t rounds_closed_by_deadline = 0;
+  uint64_t rounds_abandoned = 0;
+  uint64_t late_dropped = 0;  // also counted in refused_stale
+  uint64_t late_folded = 0;   // also counted in applied
+  absl::Duration max_round_wait;  // first update to close, the slowest round
+  absl::Duration last_round_wait;
 };
+
+// How the open sync round ended when the server stopped.
+enum class RoundEnd { kNoneOpen, kClosed, kAbandoned };
 
 // s(tau) = 1 for tau <= 1, else tau^-exponent.
 double StalenessWeight(double tau, double exponent);
@@ -69,9 +90,14 @@ class Aggregator {
   // A sequence number at or below the worker's last accepted one is a retry: result.duplicate.
   absl::StatusOr<SubmitResult> Submit(const Update& update);
 
-  // Sync mode: closes the open round if every live member has pushed to it. Call after members
-  // leave or expire.
+  // Sync mode: closes the open round if it is complete, has its quorum, or is past its deadline
+  // with the minimum quorum. Call after members leave or expire, and periodically for deadlines.
   void MaybeCloseRound();
+  // Sync mode, at shutdown: closes the open round with what it has if that is at least
+  // min_quorum updates, else drops it. Later submits are refused with UNAVAILABLE.
+  RoundEnd FinishOpenRound();
+  // Counters carried over from a checkpoint.
+  void RestoreCounters(uint64_t rounds_completed, uint64_t applied);
 
   AggregatorStats stats() const;
   const AggregatorOptions& options() const { return options_; }
@@ -81,7 +107,10 @@ class Aggregator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<SubmitResult> SubmitAsync(const Update& update, uint64_t version)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<SubmitResult> FoldLate(const Update& update, uint64_t version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseRoundIfComplete() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CloseRound() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AggregatorOptions options_;
   ParameterStore* const store_;
@@ -89,11 +118,15 @@ class Aggregator {
 
   mutable absl::Mutex mu_;
   std::map<uint64_t, uint64_t> last_sequence_ ABSL_GUARDED_BY(mu_);  // worker id -> sequence
-  // The open sync round: sum of sample_count * update, in double so that the average is exact
-  // enough to reproduce a single update bit for bit.
+  // The open sync round: sum of weight * update, in double so that the average is exact enough to
+  // reproduce a single update bit for bit. The weight is sample_count, times s(tau) when folded.
   std::vector<double> round_sum_ ABSL_GUARDED_BY(mu_);
-  uint64_t round_samples_ ABSL_GUARDED_BY(mu_) = 0;
-  std::set<uint64_t> round_pushed_ ABSL_GUARDED_BY(mu_);
+  double round_weight_ ABSL_GUARDED_BY(mu_) = 0.0;
+  std::set<uint64_t> round_pushed_ ABSL_GUARDED_BY(mu_);  // on-time updates; folded ones excluded
+  absl::Time round_first_update_ ABSL_GUARDED_BY(mu_);
+  // Members that joined after this serial (after the round opened) are not waited for.
+  uint64_t round_join_serial_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   AggregatorStats stats_ ABSL_GUARDED_BY(mu_);
 };
 

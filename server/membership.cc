@@ -7,8 +7,8 @@
 
 namespace ps {
 
-Membership::Membership(int max_workers, absl::Duration lease, Clock* clock)
-    : max_workers_(max_workers), lease_(lease), clock_(clock) {}
+Membership::Membership(int max_workers, absl::Duration lease, Clock* clock, uint64_t first_id)
+    : max_workers_(max_workers), lease_(lease), clock_(clock), next_id_(first_id) {}
 
 absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_rank) {
   absl::MutexLock lock(&mu_);
@@ -38,6 +38,7 @@ absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_r
   m.name = name;
   m.rank = rank;
   m.last_seen = clock_->Now();
+  m.join_serial = ++join_serial_;
   members_[m.id] = m;
   if (static_cast<int>(members_.size()) == max_workers_) assembled_ = true;
   return m;
@@ -106,6 +107,11 @@ std::vector<Member> Membership::Members() const {
 size_t Membership::size() const {
   absl::MutexLock lock(&mu_);
   return members_.size();
+}
+
+uint64_t Membership::last_join_serial() const {
+  absl::MutexLock lock(&mu_);
+  return join_serial_;
 }
 
 bool Membership::assembled() const {

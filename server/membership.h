@@ -21,13 +21,17 @@ struct Member {
   int rank = 0;
   absl::Time last_seen;
   uint64_t updates_accepted = 0;
+  // Order of joining (1, 2, ...): a sync round waits only for members that joined before it opened.
+  uint64_t join_serial = 0;
 };
 
 // Thread-safe. Each member holds one of the ranks 0..max_workers-1 (its data shard). A member that
 // is not heard from within the lease is dropped by ExpireLeases.
 class Membership {
  public:
-  Membership(int max_workers, absl::Duration lease, Clock* clock);
+  // Ids are handed out from `first_id` on. The server starts them at a random value so that ids of
+  // an earlier run (before a restart) are never taken for members of this one.
+  Membership(int max_workers, absl::Duration lease, Clock* clock, uint64_t first_id = 1);
 
   // RESOURCE_EXHAUSTED when every rank is taken; INVALID_ARGUMENT for a rank out of range;
   // ALREADY_EXISTS when the requested rank is held by a live member.
@@ -48,6 +52,9 @@ class Membership {
   // True once the membership was assembled and every member has left since.
   bool all_left() const;
   absl::Duration lease() const { return lease_; }
+  int max_workers() const { return max_workers_; }
+  // The serial of the latest join (0 before any).
+  uint64_t last_join_serial() const;
 
  private:
   const int max_workers_;
@@ -55,7 +62,8 @@ class Membership {
   Clock* const clock_;
   mutable absl::Mutex mu_;
   std::map<uint64_t, Member> members_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_);
+  uint64_t join_serial_ ABSL_GUARDED_BY(mu_) = 0;
   bool assembled_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -9,11 +9,23 @@
 namespace ps {
 
 ParameterStore::ParameterStore(std::vector<float> initial, const StoreOptions& options,
-                               std::function<void(uint64_t)> on_publish)
+                               std::function<void(uint64_t)> on_publish,
+                               std::vector<float> broadcast)
     : size_(initial.size()), options_(options), on_publish_(std::move(on_publish)) {
-  current_.version = 1;
-  current_.values = std::make_shared<std::vector<float>>(std::move(initial));
-  true_model_ = current_.values;
+  current_.version = std::max<uint64_t>(options.initial_version, 1);
+  true_model_ = std::make_shared<std::vector<float>>(std::move(initial));
+  current_.values = downlink_compressed() && broadcast.size() == size_
+                        ? std::make_shared<std::vector<float>>(std::move(broadcast))
+                        : true_model_;
+}
+
+StoreState ParameterStore::State() const {
+  absl::MutexLock lock(&mu_);
+  StoreState state;
+  state.version = current_.version;
+  state.model = true_model_;
+  if (downlink_compressed()) state.broadcast = current_.values;
+  return state;
 }
 
 ModelSnapshot ParameterStore::Snapshot() const {

@@ -42,6 +42,14 @@ struct StoreOptions {
   // the downlink is not compressed.
   v1::EncodingParams downlink;
   size_t max_delta_chain = 8;  // deltas kept for workers a few versions behind
+  uint64_t initial_version = 1;  // > 1 when resuming from a checkpoint
+};
+
+// A consistent view for a checkpoint: the true model and the broadcast model of one version.
+struct StoreState {
+  uint64_t version = 0;
+  std::shared_ptr<const std::vector<float>> model;
+  std::shared_ptr<const std::vector<float>> broadcast;  // null unless the downlink is compressed
 };
 
 // Thread-safe. Versions start at 1 (the initial model) and grow by one per Apply; 0 means "no
@@ -50,13 +58,17 @@ struct StoreOptions {
 class ParameterStore {
  public:
   // `on_publish` is called with each new version after the store's locks are released.
+  // `broadcast` (a resumed broadcast model) is used only with a compressed downlink; empty = the
+  // same as `initial`.
   ParameterStore(std::vector<float> initial, const StoreOptions& options = {},
-                 std::function<void(uint64_t)> on_publish = nullptr);
+                 std::function<void(uint64_t)> on_publish = nullptr,
+                 std::vector<float> broadcast = {});
 
   ModelSnapshot Snapshot() const;
   // The model the aggregator updates (x). Equal to Snapshot().values without downlink compression.
   std::shared_ptr<const std::vector<float>> TrueModel() const;
   uint64_t version() const;
+  StoreState State() const;
   size_t size() const { return size_; }
   bool downlink_compressed() const { return options_.downlink.encoding() == v1::ENCODING_QSGD; }
 
