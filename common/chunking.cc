@@ -25,6 +25,7 @@ PayloadAssembler::PayloadAssembler(uint64_t expected_bytes, uint64_t max_chunk_b
 void PayloadAssembler::Reset(uint64_t expected_bytes, uint64_t max_chunk_bytes) {
   expected_bytes_ = expected_bytes;
   max_chunk_bytes_ = max_chunk_bytes;
+  chunks_ = 0;
   payload_.clear();
   payload_.reserve(expected_bytes);
 }
@@ -34,6 +35,15 @@ absl::Status PayloadAssembler::Add(uint64_t offset, absl::string_view data) {
     return absl::InvalidArgumentError(
         absl::StrFormat("chunk at offset %d has %d bytes, more than the limit of %d", offset,
                         data.size(), max_chunk_bytes_));
+  }
+  if (chunks_ >= max_chunks()) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("more than %d chunks for a %d-byte payload; send chunks of up to %d bytes",
+                        max_chunks(), expected_bytes_, max_chunk_bytes_));
+  }
+  if (data.empty() && chunks_ > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("empty chunk at offset %d: only the first chunk may be empty", offset));
   }
   if (offset < payload_.size()) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -51,7 +61,14 @@ absl::Status PayloadAssembler::Add(uint64_t offset, absl::string_view data) {
                         offset + data.size(), expected_bytes_));
   }
   payload_.append(data.data(), data.size());
+  ++chunks_;
   return absl::OkStatus();
+}
+
+uint64_t PayloadAssembler::max_chunks() const {
+  const uint64_t full =
+      max_chunk_bytes_ == 0 ? 0 : (expected_bytes_ + max_chunk_bytes_ - 1) / max_chunk_bytes_;
+  return 16 * full + 16;
 }
 
 absl::Status PayloadAssembler::CheckComplete() const {

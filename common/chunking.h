@@ -37,13 +37,17 @@ class PayloadAssembler {
   // Starts over for a new payload, keeping the buffer's capacity.
   void Reset(uint64_t expected_bytes, uint64_t max_chunk_bytes);
 
-  // INVALID_ARGUMENT for a chunk out of place (gap, overlap, past the end) or too large;
-  // the assembler is unchanged then.
+  // INVALID_ARGUMENT for a chunk out of place (gap, overlap, past the end), too large, or empty
+  // (only the first chunk may be empty: it can travel with just a header). The assembler is
+  // unchanged then. Empty chunks would otherwise let a client hold a call open forever.
+  // RESOURCE_EXHAUSTED past max_chunks(): tiny chunks cost the server a message each.
   absl::Status Add(uint64_t offset, absl::string_view data);
   // INVALID_ARGUMENT unless every byte arrived.
   absl::Status CheckComplete() const;
 
   uint64_t received_bytes() const { return payload_.size(); }
+  // 16 times the chunks of full size the payload needs, plus 16.
+  uint64_t max_chunks() const;
   const std::string& payload() const { return payload_; }
   // Hands the buffer back for reuse; the assembler is empty afterwards.
   std::string TakeBuffer() { return std::move(payload_); }
@@ -51,6 +55,7 @@ class PayloadAssembler {
  private:
   uint64_t expected_bytes_ = 0;
   uint64_t max_chunk_bytes_ = 0;
+  uint64_t chunks_ = 0;
   std::string payload_;
 };
 

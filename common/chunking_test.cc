@@ -67,5 +67,27 @@ TEST(PayloadAssembler, ReportsMissingTailBytes) {
   EXPECT_NE(s.message().find("[4, 6)"), std::string::npos) << s;
 }
 
+TEST(PayloadAssembler, OnlyTheFirstChunkMayBeEmpty) {
+  PayloadAssembler a(4, 4);
+  ASSERT_TRUE(a.Add(0, "").ok());
+  ASSERT_TRUE(a.Add(0, "ab").ok());
+  EXPECT_EQ(a.Add(2, "").code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(a.Add(2, "cd").ok());
+  EXPECT_TRUE(a.CheckComplete().ok());
+}
+
+TEST(PayloadAssembler, RefusesTooManyTinyChunks) {
+  PayloadAssembler a(1000, 100);  // 10 full chunks: at most 16 * 10 + 16 = 176
+  ASSERT_EQ(a.max_chunks(), 176u);
+  absl::Status s;
+  uint64_t offset = 0;
+  while (s.ok() && offset < 1000) {
+    s = a.Add(offset, "x");
+    if (s.ok()) ++offset;
+  }
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(offset, 176u);
+}
+
 }  // namespace
 }  // namespace ps

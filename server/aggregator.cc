@@ -99,10 +99,10 @@ absl::StatusOr<SubmitResult> Aggregator::FoldLate(const Update& update, uint64_t
         "max_staleness %.2f); pull the current model and continue",
         update.base_version, version, tau, options_.max_staleness));
   }
-  const double weight = static_cast<double>(update.sample_count) *
-                        StalenessWeight(tau, options_.staleness_exponent);
-  if (absl::Status s = DecodeAccumulate(update.encoding, update.payload, weight,
-                                        absl::MakeSpan(round_sum_));
+  const double weight =
+      static_cast<double>(update.sample_count) * StalenessWeight(tau, options_.staleness_exponent);
+  if (absl::Status s =
+          DecodeAccumulate(update.encoding, update.payload, weight, absl::MakeSpan(round_sum_));
       !s.ok()) {
     return s;
   }

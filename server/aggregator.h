@@ -49,7 +49,7 @@ struct Update {
 
 struct SubmitResult {
   bool duplicate = false;
-  bool folded = false;  // sync, late: went into the open round with a staleness weight
+  bool folded = false;   // sync, late: went into the open round with a staleness weight
   uint64_t version = 0;  // the store's version after the submit
 };
 
@@ -65,8 +65,8 @@ struct AggregatorStats {
   uint64_t rounds_closed_by_quorum = 0;
   uint64_t rounds_closed_by_deadline = 0;
   uint64_t rounds_abandoned = 0;
-  uint64_t late_dropped = 0;  // also counted in refused_stale
-  uint64_t late_folded = 0;   // also counted in applied
+  uint64_t late_dropped = 0;      // also counted in refused_stale
+  uint64_t late_folded = 0;       // also counted in applied
   absl::Duration max_round_wait;  // first update to close, the slowest round
   absl::Duration last_round_wait;
 };

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -31,7 +32,8 @@ std::string Fp32Payload(const std::vector<float>& v) {
 class AggregatorTest : public ::testing::Test {
  protected:
   void Build(v1::AggregationMode mode, std::vector<float> initial, int k,
-             v1::UpdateKind kind = v1::UPDATE_KIND_MODEL_DELTA) {
+             v1::UpdateKind kind = v1::UPDATE_KIND_MODEL_DELTA,
+             const std::function<void(AggregatorOptions*)>& customize = nullptr) {
     store_ = std::make_unique<ParameterStore>(std::move(initial));
     membership_ = std::make_unique<Membership>(k, absl::Seconds(30), &clock_);
     AggregatorOptions options;
@@ -41,6 +43,8 @@ class AggregatorTest : public ::testing::Test {
     options.staleness_exponent = 0.5;
     options.max_staleness = 4.0;
     options.server_learning_rate = 0.5f;
+    options.clock = &clock_;
+    if (customize) customize(&options);
     aggregator_ = std::make_unique<Aggregator>(options, store_.get(), membership_.get());
     for (int i = 0; i < k; ++i) ids_.push_back(membership_->Join("w", -1)->id);
   }
@@ -205,6 +209,128 @@ TEST_F(AggregatorTest, AnUpdateOfTheWrongKindIsInvalid) {
   Build(v1::AGGREGATION_MODE_ASYNC, {1.0f}, 1);
   EXPECT_EQ(Push(ids_[0], 1, 1, {2.0f}, v1::UPDATE_KIND_GRADIENT).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(AggregatorTest, BackupWorkersCloseTheRoundAtTheFirstNUpdates) {
+  // K = 4 with b = 1: the first 3 updates close the round; the fourth is late and dropped.
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 4, v1::UPDATE_KIND_MODEL_DELTA,
+        [](AggregatorOptions* o) { o->backup_workers = 1; });
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {2.0f}).ok());
+  EXPECT_EQ(store_->version(), 1u);
+  ASSERT_TRUE(Push(ids_[2], 1, 1, {3.0f}).ok());
+  EXPECT_EQ(store_->version(), 2u);
+  EXPECT_EQ(Model(), (std::vector<float>{2.0f}));
+  auto late = Push(ids_[3], 1, 1, {100.0f});
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Model(), (std::vector<float>{2.0f}));
+  const AggregatorStats stats = aggregator_->stats();
+  EXPECT_EQ(stats.rounds_closed_by_quorum, 1u);
+  EXPECT_EQ(stats.late_dropped, 1u);
+}
+
+TEST_F(AggregatorTest, WithFewerLiveWorkersThanTheQuorumTheRoundWaitsForAllOfThem) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 4, v1::UPDATE_KIND_MODEL_DELTA,
+        [](AggregatorOptions* o) { o->backup_workers = 1; });
+  ASSERT_TRUE(membership_->Leave(ids_[3]).ok());
+  ASSERT_TRUE(membership_->Leave(ids_[2]).ok());
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  EXPECT_EQ(store_->version(), 1u);
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {3.0f}).ok());
+  EXPECT_EQ(store_->version(), 2u);
+  EXPECT_EQ(aggregator_->stats().rounds_closed_complete, 1u);
+}
+
+TEST_F(AggregatorTest, TheDeadlineClosesARoundOnceTheMinimumQuorumArrived) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 3, v1::UPDATE_KIND_MODEL_DELTA,
+        [](AggregatorOptions* o) {
+          o->round_deadline = absl::Seconds(5);
+          o->min_quorum = 2;
+        });
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  clock_.Advance(absl::Seconds(10));
+  aggregator_->MaybeCloseRound();
+  EXPECT_EQ(store_->version(), 1u) << "one update is below the minimum quorum of 2";
+  clock_.Advance(absl::Seconds(1));
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {3.0f}).ok());
+  EXPECT_EQ(store_->version(), 2u);
+  EXPECT_EQ(Model(), (std::vector<float>{2.0f}));
+  const AggregatorStats stats = aggregator_->stats();
+  EXPECT_EQ(stats.rounds_closed_by_deadline, 1u);
+  EXPECT_EQ(stats.max_round_wait, absl::Seconds(11));
+}
+
+TEST_F(AggregatorTest, BeforeTheDeadlineTheRoundWaits) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 2, v1::UPDATE_KIND_MODEL_DELTA,
+        [](AggregatorOptions* o) { o->round_deadline = absl::Seconds(5); });
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  clock_.Advance(absl::Seconds(4));
+  aggregator_->MaybeCloseRound();
+  EXPECT_EQ(store_->version(), 1u);
+  clock_.Advance(absl::Seconds(1));
+  aggregator_->MaybeCloseRound();
+  EXPECT_EQ(store_->version(), 2u);
+}
+
+TEST_F(AggregatorTest, FoldLateAddsALateUpdateToTheOpenRoundWithItsStalenessWeight) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 3, v1::UPDATE_KIND_MODEL_DELTA,
+        [](AggregatorOptions* o) {
+          o->backup_workers = 1;
+          o->late_policy = v1::LATE_POLICY_FOLD;
+        });
+  // Round on version 1 closes with workers 0 and 1: x = (2 + 4) / 2 = 3.
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {2.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {4.0f}).ok());
+  ASSERT_EQ(store_->version(), 2u);
+  // Worker 2's update on version 1 is one round late: tau = 1, s = 1; it waits in round 2.
+  auto folded = Push(ids_[2], 1, 1, {30.0f});
+  ASSERT_TRUE(folded.ok()) << folded.status();
+  EXPECT_TRUE(folded->folded);
+  EXPECT_EQ(store_->version(), 2u) << "a folded update does not count towards the quorum";
+  ASSERT_TRUE(Push(ids_[0], 2, 1, {0.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 2, 1, {0.0f}).ok());
+  ASSERT_EQ(store_->version(), 3u);
+  // (1*30 + 0 + 0) / (1 + 1 + 1) = 10.
+  EXPECT_EQ(Model(), (std::vector<float>{13.0f}));
+  // Two rounds late: tau = 2, s = 2^-0.5.
+  ASSERT_TRUE(Push(ids_[2], 1, 1, {1.0f}).ok());
+  ASSERT_TRUE(Push(ids_[0], 3, 1, {0.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 3, 1, {0.0f}).ok());
+  const double s = std::pow(2.0, -0.5);
+  EXPECT_NEAR(Model()[0], 13.0 + s / (2.0 + s), 1e-6);
+  EXPECT_EQ(aggregator_->stats().late_folded, 2u);
+}
+
+TEST_F(AggregatorTest, AWorkerThatJoinsMidRoundIsNotWaitedForUntilTheNextRound) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 3);
+  ASSERT_TRUE(membership_->Leave(ids_[2]).ok());  // a worker died; the others go on
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {1.0f}).ok());
+  ASSERT_EQ(store_->version(), 2u);
+  ASSERT_TRUE(Push(ids_[0], 2, 1, {1.0f}).ok());
+  const uint64_t newcomer = membership_->Join("new", -1)->id;  // joins during round 2
+  ASSERT_TRUE(Push(ids_[1], 2, 1, {1.0f}).ok());
+  EXPECT_EQ(store_->version(), 3u) << "round 2 must not wait for the newcomer";
+  ASSERT_TRUE(Push(ids_[0], 3, 1, {1.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 3, 1, {1.0f}).ok());
+  EXPECT_EQ(store_->version(), 3u) << "round 3 waits for the newcomer";
+  ASSERT_TRUE(Push(newcomer, 3, 1, {1.0f}).ok());
+  EXPECT_EQ(store_->version(), 4u);
+}
+
+TEST_F(AggregatorTest, AtShutdownTheOpenRoundClosesWithTheMinimumQuorumOrIsDropped) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 3);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {3.0f}).ok());
+  EXPECT_EQ(aggregator_->FinishOpenRound(), RoundEnd::kClosed);
+  EXPECT_EQ(Model(), (std::vector<float>{3.0f}));
+  EXPECT_EQ(Push(ids_[1], 2, 1, {1.0f}).status().code(), absl::StatusCode::kUnavailable);
+
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 3, v1::UPDATE_KIND_MODEL_DELTA,
+        [](AggregatorOptions* o) { o->min_quorum = 2; });
+  ASSERT_TRUE(Push(ids_[3], 1, 1, {3.0f}).ok());
+  EXPECT_EQ(aggregator_->FinishOpenRound(), RoundEnd::kAbandoned);
+  EXPECT_EQ(Model(), (std::vector<float>{0.0f}));
+  EXPECT_EQ(aggregator_->stats().rounds_abandoned, 1u);
 }
 
 }  // namespace

@@ -10,8 +10,20 @@ namespace ps {
 Membership::Membership(int max_workers, absl::Duration lease, Clock* clock, uint64_t first_id)
     : max_workers_(max_workers), lease_(lease), clock_(clock), next_id_(first_id) {}
 
-absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_rank) {
+absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_rank,
+                                        const std::string& identity,
+                                        std::vector<Member>* replaced) {
   absl::MutexLock lock(&mu_);
+  if (!identity.empty()) {
+    for (auto it = members_.begin(); it != members_.end();) {
+      if (it->second.identity != identity) {
+        ++it;
+        continue;
+      }
+      if (replaced != nullptr) replaced->push_back(it->second);
+      it = members_.erase(it);
+    }
+  }
   std::set<int> taken;
   for (const auto& [id, m] : members_) taken.insert(m.rank);
   int rank = requested_rank;
@@ -36,6 +48,7 @@ absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_r
   Member m;
   m.id = next_id_++;
   m.name = name;
+  m.identity = identity;
   m.rank = rank;
   m.last_seen = clock_->Now();
   m.join_serial = ++join_serial_;
@@ -53,6 +66,23 @@ absl::Status Membership::Touch(uint64_t id) {
                      " is not a member (it never joined, left, or its lease expired); Join again"));
   }
   it->second.last_seen = clock_->Now();
+  return absl::OkStatus();
+}
+
+absl::Status Membership::CheckIdentity(uint64_t id, const std::string& identity) const {
+  if (identity.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  auto it = members_.find(id);
+  if (it == members_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("worker id ", id,
+                     " is not a member (it never joined, left, or its lease expired); Join again"));
+  }
+  if (it->second.identity != identity) {
+    return absl::PermissionDeniedError(absl::StrCat("worker id ", id,
+                                                    " belongs to another identity; ", identity,
+                                                    " may act only as its own members"));
+  }
   return absl::OkStatus();
 }
 

@@ -18,6 +18,7 @@ namespace ps {
 struct Member {
   uint64_t id = 0;
   std::string name;
+  std::string identity;  // who it authenticated as ("" when authentication is off)
   int rank = 0;
   absl::Time last_seen;
   uint64_t updates_accepted = 0;
@@ -35,7 +36,15 @@ class Membership {
 
   // RESOURCE_EXHAUSTED when every rank is taken; INVALID_ARGUMENT for a rank out of range;
   // ALREADY_EXISTS when the requested rank is held by a live member.
-  absl::StatusOr<Member> Join(const std::string& name, int requested_rank);
+  // A non-empty `identity` replaces any member that joined with the same identity: that is the
+  // same worker restarted, and waiting out its old lease would only stall the rounds. The replaced
+  // members are appended to `replaced` when given.
+  absl::StatusOr<Member> Join(const std::string& name, int requested_rank,
+                              const std::string& identity = "",
+                              std::vector<Member>* replaced = nullptr);
+  // OK when `identity` is "" (authentication off) or is the identity `id` joined as.
+  // NOT_FOUND for an id that is not a member; PERMISSION_DENIED for someone else's id.
+  absl::Status CheckIdentity(uint64_t id, const std::string& identity) const;
   // NOT_FOUND for an id that is not a member.
   absl::Status Touch(uint64_t id);
   absl::Status Leave(uint64_t id);

@@ -41,7 +41,7 @@ struct StoreOptions {
   // QSGD: each new version also produces a quantized delta of the broadcast model. Anything else:
   // the downlink is not compressed.
   v1::EncodingParams downlink;
-  size_t max_delta_chain = 8;  // deltas kept for workers a few versions behind
+  size_t max_delta_chain = 8;    // deltas kept for workers a few versions behind
   uint64_t initial_version = 1;  // > 1 when resuming from a checkpoint
 };
 

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/chunking.h"
@@ -76,6 +77,27 @@ absl::Status ServerOptions::Validate() const {
     return bad("chunk_bytes", chunk_bytes, "must be a multiple of 4 in [1024, 1048576]");
   }
   if (threads < 1) return bad("threads", threads, "must be >= 1");
+  if (t.backup_workers() >= t.num_workers()) {
+    return bad("backup_workers", t.backup_workers(), "must be < num_workers");
+  }
+  if (t.min_quorum() > t.num_workers()) {
+    return bad("min_quorum", t.min_quorum(), "must be <= num_workers");
+  }
+  if (t.late_policy() != v1::LATE_POLICY_UNSPECIFIED && t.late_policy() != v1::LATE_POLICY_DROP &&
+      t.late_policy() != v1::LATE_POLICY_FOLD) {
+    return absl::InvalidArgumentError("late policy must be drop or fold");
+  }
+  if (max_concurrent_pushes < 0) return bad("max_concurrent_pushes", max_concurrent_pushes, ">= 0");
+  if (max_pending_pulls < 0) return bad("max_pending_pulls", max_pending_pulls, "must be >= 0");
+  if (checkpoint_keep < 1) return bad("checkpoint_keep", checkpoint_keep, "must be >= 1");
+  if (checkpoint_every < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("checkpoint interval must be >= 0");
+  }
+  if (checkpoint_dir.empty() &&
+      (checkpoint_every_versions > 0 || checkpoint_every > absl::ZeroDuration())) {
+    return absl::InvalidArgumentError("checkpoint intervals need a checkpoint directory");
+  }
+  PS_RETURN_IF_ERROR(ValidateSecurity(security, listen_address));
   return CreateModel(ModelSpecFromConfig(t)).status();
 }
 
@@ -102,21 +124,67 @@ absl::StatusOr<std::vector<float>> ReadModelFile(const std::string& path, uint64
   return values;
 }
 
+namespace {
+
+// The settings a checkpoint must share with the server resuming from it.
+absl::Status CheckResumable(const v1::CheckpointHeader& h, const v1::TrainingConfig& now,
+                            uint32_t shard_index, uint32_t shard_count, uint64_t model_size) {
+  const v1::TrainingConfig& then = h.config();
+  auto differs = [](absl::string_view what, auto a, auto b) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the checkpoint was written with ", what, " = ", a, ", but this server has ",
+                     b, "; start with the same settings, or with an empty --checkpoint_dir"));
+  };
+  if (then.model() != now.model()) return differs("model", then.model(), now.model());
+  if (h.model_size() != model_size) return differs("model size", h.model_size(), model_size);
+  if (h.shard_index() != shard_index || h.shard_count() != shard_count) {
+    return differs("shard", absl::StrCat(h.shard_index(), "/", h.shard_count()),
+                   absl::StrCat(shard_index, "/", shard_count));
+  }
+  if (then.mode() != now.mode()) {
+    return differs("mode", v1::AggregationMode_Name(then.mode()),
+                   v1::AggregationMode_Name(now.mode()));
+  }
+  if (then.update_kind() != now.update_kind()) {
+    return differs("update kind", v1::UpdateKind_Name(then.update_kind()),
+                   v1::UpdateKind_Name(now.update_kind()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<LoadedCheckpoint>> ParameterServer::LoadCheckpoint(
+    uint64_t model_size, uint64_t shard_begin, uint64_t shard_end) const {
+  if (options_.checkpoint_dir.empty()) return std::nullopt;
+  PS_ASSIGN_OR_RETURN(std::optional<LoadedCheckpoint> loaded,
+                      LoadNewestCheckpoint(options_.checkpoint_dir));
+  if (!loaded.has_value()) return loaded;
+  for (const std::string& problem : loaded->skipped) {
+    LogError(absl::StrFormat("event=checkpoint_corrupt action=skipped error=\"%s\"", problem));
+  }
+  const v1::CheckpointHeader& h = loaded->checkpoint.header;
+  PS_RETURN_IF_ERROR(
+      CheckResumable(h, options_.training, options_.shard_index, options_.shard_count, model_size));
+  if (h.shard_begin() != shard_begin || h.shard_end() != shard_end) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s holds shard range [%d, %d), this server [%d, %d)", loaded->path,
+                        h.shard_begin(), h.shard_end(), shard_begin, shard_end));
+  }
+  return loaded;
+}
+
 absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
     const ServerOptions& options) {
   PS_RETURN_IF_ERROR(options.Validate());
   std::unique_ptr<ParameterServer> server(new ParameterServer(options));
   const v1::TrainingConfig& config = options.training;
+  PS_ASSIGN_OR_RETURN(server->auth_, Authenticator::Create(options.security));
+  PS_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                      MakeServerCredentials(options.security));
 
   PS_ASSIGN_OR_RETURN(std::unique_ptr<ps::Model> model, CreateModel(ModelSpecFromConfig(config)));
   const uint64_t model_size = static_cast<uint64_t>(model->num_parameters());
-  std::vector<float> full;
-  if (options.initial_model_file.empty()) {
-    full.resize(model_size);
-    model->Initialize(options.model_seed, absl::MakeSpan(full));
-  } else {
-    PS_ASSIGN_OR_RETURN(full, ReadModelFile(options.initial_model_file, model_size));
-  }
   // Shard i of S owns [i*d/S, (i+1)*d/S): contiguous key ranges that differ by at most one.
   ServiceOptions service_options;
   service_options.training = config;
@@ -128,36 +196,81 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   service_options.max_pull_wait = options.max_pull_wait;
   service_options.chunk_bytes = options.chunk_bytes;
   service_options.max_pooled_buffers = options.threads + 1;
-  std::vector<float> shard(full.begin() + service_options.shard_begin,
-                           full.begin() + service_options.shard_end);
-  full = {};
+  // Every worker has at most one push and one pull in flight; the rest is slack for retries.
+  const int k = static_cast<int>(config.num_workers());
+  service_options.max_concurrent_pushes =
+      options.max_concurrent_pushes > 0 ? options.max_concurrent_pushes : 2 * k + 4;
+  service_options.max_pending_pulls =
+      options.max_pending_pulls > 0 ? options.max_pending_pulls : 4 * k + 16;
+  service_options.add_status = [s = server.get()](v1::StatusResponse* status) {
+    s->AddDurabilityStatus(status);
+  };
 
-  server->wait_list_ = std::make_unique<VersionWaitList>(/*initial_version=*/1);
-  VersionWaitList* wait_list = server->wait_list_.get();
+  PS_ASSIGN_OR_RETURN(
+      std::optional<LoadedCheckpoint> resumed,
+      server->LoadCheckpoint(model_size, service_options.shard_begin, service_options.shard_end));
+  std::vector<float> shard, broadcast;
   StoreOptions store_options;
   store_options.downlink = config.pull_encoding();
+  if (resumed.has_value()) {
+    const v1::CheckpointHeader& h = resumed->checkpoint.header;
+    shard = std::move(resumed->checkpoint.model);
+    broadcast = std::move(resumed->checkpoint.broadcast);
+    store_options.initial_version = h.version();
+    server->resumed_from_version_ = h.version();
+    server->epoch_ = h.epoch() + 1;
+    absl::MutexLock lock(&server->checkpoint_mu_);
+    server->checkpoint_version_ = h.version();
+    server->checkpoint_time_ = absl::FromUnixMillis(h.created_unix_ms());
+  } else {
+    std::vector<float> full;
+    if (options.initial_model_file.empty()) {
+      full.resize(model_size);
+      model->Initialize(options.model_seed, absl::MakeSpan(full));
+    } else {
+      PS_ASSIGN_OR_RETURN(full, ReadModelFile(options.initial_model_file, model_size));
+    }
+    shard.assign(full.begin() + service_options.shard_begin,
+                 full.begin() + service_options.shard_end);
+  }
+
+  server->wait_list_ = std::make_unique<VersionWaitList>(store_options.initial_version);
+  VersionWaitList* wait_list = server->wait_list_.get();
   server->store_ = std::make_unique<ParameterStore>(
       std::move(shard), store_options,
-      [wait_list](uint64_t version) { wait_list->Publish(version); });
-  server->membership_ =
-      std::make_unique<Membership>(config.num_workers(), options.lease, Clock::Real());
+      [wait_list](uint64_t version) { wait_list->Publish(version); }, std::move(broadcast));
+  // Ids start at a random point, so that an id from before a restart is never someone else's now.
+  absl::BitGen random;
+  server->membership_ = std::make_unique<Membership>(
+      config.num_workers(), options.lease, Clock::Real(),
+      absl::Uniform<uint64_t>(random, uint64_t{1} << 32, uint64_t{1} << 52));
   AggregatorOptions aggregator_options;
   aggregator_options.mode = config.mode();
   aggregator_options.update_kind = config.update_kind();
-  aggregator_options.num_workers = static_cast<int>(config.num_workers());
+  aggregator_options.num_workers = k;
   aggregator_options.staleness_exponent = options.staleness_exponent;
   aggregator_options.max_staleness = options.max_staleness;
   aggregator_options.server_learning_rate = options.server_learning_rate;
+  aggregator_options.backup_workers = static_cast<int>(config.backup_workers());
+  aggregator_options.round_deadline = config.round_deadline_ms() > 0
+                                          ? absl::Milliseconds(config.round_deadline_ms())
+                                          : absl::InfiniteDuration();
+  aggregator_options.min_quorum = std::max<int>(1, static_cast<int>(config.min_quorum()));
+  aggregator_options.late_policy =
+      config.late_policy() == v1::LATE_POLICY_FOLD ? v1::LATE_POLICY_FOLD : v1::LATE_POLICY_DROP;
   server->aggregator_ = std::make_unique<Aggregator>(aggregator_options, server->store_.get(),
                                                      server->membership_.get());
+  if (resumed.has_value()) {
+    server->aggregator_->RestoreCounters(resumed->checkpoint.header.rounds_completed(),
+                                         resumed->checkpoint.header.updates_applied());
+  }
   server->pool_ = std::make_unique<ThreadPool>(options.threads);
   server->service_ = std::make_unique<ParameterServerService>(
       service_options, server->store_.get(), server->membership_.get(), server->aggregator_.get(),
-      server->wait_list_.get(), server->pool_.get());
+      server->wait_list_.get(), server->pool_.get(), server->auth_.get());
 
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
-                           &server->port_);
+  builder.AddListeningPort(options.listen_address, credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   // One chunk plus its header, never more: models of any size travel as many chunks.
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
@@ -169,13 +282,21 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
                      " (address in use, or not an address of this host?)"));
   }
   server->housekeeping_ = std::thread([s = server.get()] { s->Housekeeping(); });
+  if (resumed.has_value()) {
+    LogInfo(absl::StrFormat("event=resumed path=%s version=%d epoch=%d skipped=%d", resumed->path,
+                            server->resumed_from_version_, server->epoch_,
+                            resumed->skipped.size()));
+  }
   LogInfo(absl::StrFormat(
       "event=listening address=%s port=%d mode=%s kind=%s K=%d H=%d model=%s params=%d shard=%d/%d "
-      "range=[%d,%d)",
+      "range=[%d,%d) version=%d tls=%s mtls=%s tokens=%s",
       options.listen_address, server->port_, v1::AggregationMode_Name(config.mode()),
       v1::UpdateKind_Name(config.update_kind()), config.num_workers(), config.local_steps(),
       config.model(), model_size, options.shard_index, options.shard_count,
-      service_options.shard_begin, service_options.shard_end));
+      service_options.shard_begin, service_options.shard_end, server->store_->version(),
+      options.security.tls() ? "on" : "off",
+      options.security.tls_client_ca_file.empty() ? "off" : "on",
+      server->auth_->tokens_required() ? "on" : "off"));
   return server;
 }
 
@@ -185,17 +306,37 @@ std::string ParameterServer::address() const {
 }
 
 void ParameterServer::Housekeeping() {
-  // Leases are checked a few times per lease period: a dead worker is dropped at most a quarter
-  // lease late.
-  const absl::Duration interval =
-      std::min(absl::Seconds(1), std::max(absl::Milliseconds(10), options_.lease / 4));
+  // Leases and round deadlines are checked a few times per period: a dead worker is dropped, and
+  // a round past its deadline closed, at most a quarter period late.
+  absl::Duration interval = std::min(absl::Seconds(1), options_.lease / 4);
+  if (options_.training.round_deadline_ms() > 0) {
+    interval = std::min(interval, absl::Milliseconds(options_.training.round_deadline_ms()) / 4);
+  }
+  interval = std::max(absl::Milliseconds(10), interval);
   while (!stop_housekeeping_.WaitForNotificationWithTimeout(interval)) {
     std::vector<Member> expired = membership_->ExpireLeases();
     for (const Member& m : expired) {
       LogWarning(absl::StrFormat("event=lease_expired worker_id=%d rank=%d name=%s lease_ms=%d",
                                  m.id, m.rank, m.name, absl::ToInt64Milliseconds(options_.lease)));
     }
-    if (!expired.empty()) aggregator_->MaybeCloseRound();
+    aggregator_->MaybeCloseRound();
+    if (!options_.checkpoint_dir.empty()) {
+      bool due = false;
+      {
+        absl::MutexLock lock(&checkpoint_mu_);
+        const uint64_t version = store_->version();
+        due = version > checkpoint_version_ &&
+              ((options_.checkpoint_every_versions > 0 &&
+                version - checkpoint_version_ >= options_.checkpoint_every_versions) ||
+               (options_.checkpoint_every > absl::ZeroDuration() &&
+                absl::Now() - checkpoint_time_ >= options_.checkpoint_every));
+      }
+      if (due) {
+        if (absl::Status s = Checkpoint(); !s.ok()) {
+          LogError(absl::StrFormat("event=checkpoint_failed error=\"%s\"", s.ToString()));
+        }
+      }
+    }
     if (membership_->all_left() && !training_done_) {
       training_done_ = true;
       LogInfo(absl::StrFormat("event=training_done version=%d", store_->version()));
@@ -204,17 +345,76 @@ void ParameterServer::Housekeeping() {
   }
 }
 
+absl::Status ParameterServer::Checkpoint() {
+  if (options_.checkpoint_dir.empty()) {
+    return absl::FailedPreconditionError("no checkpoint directory configured");
+  }
+  absl::MutexLock lock(&checkpoint_mu_);
+  const StoreState state = store_->State();
+  if (state.version <= checkpoint_version_) return absl::OkStatus();  // nothing new
+  const absl::Time start = absl::Now();
+  ps::Checkpoint checkpoint;
+  v1::CheckpointHeader& h = checkpoint.header;
+  h.set_version(state.version);
+  h.set_shard_index(options_.shard_index);
+  h.set_shard_count(options_.shard_count);
+  h.set_model_size(service_->options().model_size);
+  h.set_shard_begin(service_->options().shard_begin);
+  h.set_shard_end(service_->options().shard_end);
+  h.set_has_broadcast(state.broadcast != nullptr);
+  *h.mutable_config() = options_.training;
+  h.set_created_unix_ms(absl::ToUnixMillis(start));
+  const AggregatorStats stats = aggregator_->stats();
+  h.set_rounds_completed(stats.rounds_completed);
+  h.set_updates_applied(stats.applied);
+  h.set_epoch(epoch_);
+  checkpoint.model = *state.model;
+  if (state.broadcast != nullptr) checkpoint.broadcast = *state.broadcast;
+  PS_RETURN_IF_ERROR(
+      WriteCheckpoint(options_.checkpoint_dir, checkpoint, options_.checkpoint_keep));
+  checkpoint_version_ = state.version;
+  checkpoint_time_ = start;
+  LogInfo(absl::StrFormat("event=checkpoint version=%d path=%s ms=%d", state.version,
+                          CheckpointPath(options_.checkpoint_dir, state.version),
+                          absl::ToInt64Milliseconds(absl::Now() - start)));
+  return absl::OkStatus();
+}
+
+void ParameterServer::AddDurabilityStatus(v1::StatusResponse* status) const {
+  absl::MutexLock lock(&checkpoint_mu_);
+  status->set_checkpoint_version(checkpoint_version_);
+  status->set_checkpoint_unix_ms(
+      checkpoint_time_ == absl::InfinitePast() ? 0 : absl::ToUnixMillis(checkpoint_time_));
+  status->set_resumed_from_version(resumed_from_version_);
+}
+
 void ParameterServer::Shutdown(absl::Duration grace) {
   {
     absl::MutexLock lock(&shutdown_mu_);
     if (shut_down_) return;
     shut_down_ = true;
   }
+  if (store_ == nullptr) return;  // Create failed before anything ran
   LogInfo(absl::StrFormat("event=shutdown version=%d", store_->version()));
   wait_list_->Shutdown();  // waiting pulls answer now instead of holding the shutdown up
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   stop_housekeeping_.Notify();
   if (housekeeping_.joinable()) housekeeping_.join();
+  switch (aggregator_->FinishOpenRound()) {
+    case RoundEnd::kClosed:
+      LogInfo(absl::StrFormat("event=round_closed_at_shutdown version=%d", store_->version()));
+      break;
+    case RoundEnd::kAbandoned:
+      LogWarning("event=round_abandoned_at_shutdown reason=below_min_quorum");
+      break;
+    case RoundEnd::kNoneOpen:
+      break;
+  }
+  if (!options_.checkpoint_dir.empty()) {
+    if (absl::Status s = Checkpoint(); !s.ok()) {
+      LogError(absl::StrFormat("event=checkpoint_failed at=shutdown error=\"%s\"", s.ToString()));
+    }
+  }
 }
 
 ParameterServer::~ParameterServer() {

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -16,6 +17,8 @@
 #include "common/thread_pool.h"
 #include "ps/v1/ps.pb.h"
 #include "server/aggregator.h"
+#include "server/auth.h"
+#include "server/checkpoint.h"
 #include "server/membership.h"
 #include "server/parameter_store.h"
 #include "server/service.h"
@@ -39,6 +42,16 @@ struct ServerOptions {
   absl::Duration max_pull_wait = absl::Seconds(30);
   uint64_t chunk_bytes = 1 << 20;
   int threads = 2;
+  // Limits on what clients control (RESOURCE_EXHAUSTED past them); 0 = derived from num_workers.
+  int max_concurrent_pushes = 0;
+  int max_pending_pulls = 0;
+  // Durability: checkpoints in checkpoint_dir every N versions and/or every T, and at shutdown;
+  // the newest valid one is resumed from at start. "" = no checkpoints.
+  std::string checkpoint_dir;
+  uint64_t checkpoint_every_versions = 0;                  // 0 = not by versions
+  absl::Duration checkpoint_every = absl::ZeroDuration();  // 0 = not by time
+  int checkpoint_keep = 2;
+  ServerSecurityOptions security;
   // Called once (from an internal thread) when K workers had joined and all have left again.
   std::function<void()> on_training_done;
 
@@ -58,8 +71,11 @@ class ParameterServer {
   int port() const { return port_; }
   std::string address() const;
   // Stops accepting calls, answers waiting pulls, finishes in-flight calls within `grace`, then
-  // cancels the rest. Idempotent.
+  // cancels the rest; closes the open sync round if it has the minimum quorum (else drops it) and
+  // writes a last checkpoint. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
+  // Writes a checkpoint of the current version now (if there is a newer one than the last).
+  absl::Status Checkpoint();
 
   v1::StatusResponse GetStatus() const { return service_->BuildStatus(); }
   // What workers hold (the broadcast model), and the model the aggregator updates; the same unless
@@ -71,6 +87,11 @@ class ParameterServer {
  private:
   explicit ParameterServer(const ServerOptions& options) : options_(options) {}
   void Housekeeping();
+  // Resumes from the newest valid checkpoint in options_.checkpoint_dir, if there is one.
+  absl::StatusOr<std::optional<LoadedCheckpoint>> LoadCheckpoint(uint64_t model_size,
+                                                                 uint64_t shard_begin,
+                                                                 uint64_t shard_end) const;
+  void AddDurabilityStatus(v1::StatusResponse* status) const;
 
   const ServerOptions options_;
   std::unique_ptr<VersionWaitList> wait_list_;
@@ -78,9 +99,17 @@ class ParameterServer {
   std::unique_ptr<Membership> membership_;
   std::unique_ptr<Aggregator> aggregator_;
   std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<ParameterServerService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+
+  // Checkpoints: written by the housekeeping thread and at shutdown, one at a time.
+  mutable absl::Mutex checkpoint_mu_;
+  uint64_t checkpoint_version_ ABSL_GUARDED_BY(checkpoint_mu_) = 0;
+  absl::Time checkpoint_time_ ABSL_GUARDED_BY(checkpoint_mu_) = absl::InfinitePast();
+  uint64_t resumed_from_version_ = 0;
+  uint64_t epoch_ = 1;  // starts on this checkpoint directory, this one included
 
   absl::Notification stop_housekeeping_;
   bool training_done_ = false;  // housekeeping thread only

@@ -25,21 +25,62 @@ void WireCounters::ToProto(v1::WireCounters* out) const {
 
 ParameterServerService::ParameterServerService(const ServiceOptions& options, ParameterStore* store,
                                                Membership* membership, Aggregator* aggregator,
-                                               VersionWaitList* wait_list, ThreadPool* pool)
+                                               VersionWaitList* wait_list, ThreadPool* pool,
+                                               const Authenticator* auth)
     : options_(options),
       store_(store),
       membership_(membership),
       aggregator_(aggregator),
       wait_list_(wait_list),
-      pool_(pool) {}
+      pool_(pool),
+      auth_(auth),
+      push_rules_{options.model_size, options.shard_begin, options.shard_end, options.chunk_bytes,
+                  std::vector<int>(options.training.allowed_encodings().begin(),
+                                   options.training.allowed_encodings().end())} {}
+
+absl::StatusOr<std::string> ParameterServerService::Authenticate(
+    const grpc::CallbackServerContext& context) {
+  absl::StatusOr<std::string> identity = auth_->Authenticate(context);
+  if (!identity.ok()) {
+    ++refused_auth_;
+    LogWarning(absl::StrFormat("event=auth_refused peer=%s code=%s msg=\"%s\"", context.peer(),
+                               absl::StatusCodeToString(identity.status().code()),
+                               identity.status().message()));
+  }
+  return identity;
+}
+
+absl::Status ParameterServerService::CheckIdentity(uint64_t id, const std::string& identity) {
+  absl::Status s = membership_->CheckIdentity(id, identity);
+  if (s.code() == absl::StatusCode::kPermissionDenied) {
+    ++refused_auth_;
+    LogWarning(absl::StrFormat("event=auth_refused identity=%s worker_id=%d msg=\"%s\"", identity,
+                               id, s.message()));
+  }
+  return s;
+}
 
 grpc::ServerUnaryReactor* ParameterServerService::Join(grpc::CallbackServerContext* context,
                                                        const v1::JoinRequest* request,
                                                        v1::JoinResponse* response) {
   wire_.bytes_received += request->ByteSizeLong();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> identity = Authenticate(*context);
+  if (!identity.ok()) {
+    reactor->Finish(ToGrpcStatus(identity.status()));
+    return reactor;
+  }
+  if (request->worker_name().size() > 256) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError("worker_name is over 256 bytes")));
+    return reactor;
+  }
+  std::vector<Member> replaced;
   absl::StatusOr<Member> member =
-      membership_->Join(request->worker_name(), request->requested_rank());
+      membership_->Join(request->worker_name(), request->requested_rank(), *identity, &replaced);
+  for (const Member& old : replaced) {
+    LogInfo(absl::StrFormat("event=member_replaced worker_id=%d rank=%d identity=%s", old.id,
+                            old.rank, old.identity));
+  }
   if (!member.ok()) {
     LogWarning(absl::StrCat("join refused: name=", request->worker_name(),
                             " peer=", context->peer(), " error=", member.status().ToString()));
@@ -69,7 +110,10 @@ grpc::ServerUnaryReactor* ParameterServerService::Heartbeat(grpc::CallbackServer
                                                             v1::HeartbeatResponse* response) {
   wire_.bytes_received += request->ByteSizeLong();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status touched = membership_->Touch(request->worker_id());
+  absl::StatusOr<std::string> identity = Authenticate(*context);
+  absl::Status touched = identity.status();
+  if (touched.ok()) touched = CheckIdentity(request->worker_id(), *identity);
+  if (touched.ok()) touched = membership_->Touch(request->worker_id());
   if (touched.ok() && request->has_eval()) {
     absl::MutexLock lock(&mu_);
     if (request->eval().version() >= last_eval_.version()) last_eval_ = request->eval();
@@ -85,7 +129,10 @@ grpc::ServerUnaryReactor* ParameterServerService::Leave(grpc::CallbackServerCont
                                                         v1::LeaveResponse* response) {
   wire_.bytes_received += request->ByteSizeLong();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::Status left = membership_->Leave(request->worker_id());
+  absl::StatusOr<std::string> identity = Authenticate(*context);
+  absl::Status left = identity.status();
+  if (left.ok()) left = CheckIdentity(request->worker_id(), *identity);
+  if (left.ok()) left = membership_->Leave(request->worker_id());
   if (!left.ok()) {
     reactor->Finish(ToGrpcStatus(left));
     return reactor;
@@ -103,8 +150,13 @@ grpc::ServerUnaryReactor* ParameterServerService::Leave(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* ParameterServerService::Status(grpc::CallbackServerContext* context,
                                                          const v1::StatusRequest* request,
                                                          v1::StatusResponse* response) {
-  *response = BuildStatus();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> identity = Authenticate(*context);
+  if (!identity.ok()) {
+    reactor->Finish(ToGrpcStatus(identity.status()));
+    return reactor;
+  }
+  *response = BuildStatus();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -133,6 +185,17 @@ v1::StatusResponse ParameterServerService::BuildStatus() const {
   status.set_updates_duplicate(stats.duplicate);
   status.set_rounds_completed(stats.rounds_completed);
   status.set_last_train_loss(stats.last_train_loss);
+  status.set_rounds_closed_complete(stats.rounds_closed_complete);
+  status.set_rounds_closed_by_quorum(stats.rounds_closed_by_quorum);
+  status.set_rounds_closed_by_deadline(stats.rounds_closed_by_deadline);
+  status.set_rounds_abandoned(stats.rounds_abandoned);
+  status.set_updates_late_dropped(stats.late_dropped);
+  status.set_updates_late_folded(stats.late_folded);
+  status.set_max_round_wait_ms(absl::ToInt64Milliseconds(stats.max_round_wait));
+  status.set_last_round_wait_ms(absl::ToInt64Milliseconds(stats.last_round_wait));
+  status.set_updates_refused_limit(refused_limit_);
+  status.set_calls_refused_auth(refused_auth_);
+  if (options_.add_status) options_.add_status(&status);
   wire_.ToProto(status.mutable_wire());
   absl::MutexLock lock(&mu_);
   *status.mutable_last_eval() = last_eval_;
@@ -155,43 +218,26 @@ void ParameterServerService::ReturnBuffer(std::string buffer) {
     free_buffers_.push_back(std::move(buffer));
 }
 
-absl::Status ParameterServerService::CheckUpdateHeader(const v1::UpdateHeader& header,
-                                                       uint64_t* payload_bytes) const {
-  if (!membership_->IsMember(header.worker_id())) {
-    return absl::NotFoundError(absl::StrCat("worker id ", header.worker_id(),
-                                            " is not a member (never joined, left, or its lease "
-                                            "expired); Join again"));
-  }
-  if (header.num_elements() != shard_size()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "update has %d elements, but this shard holds %d (model size %d, shard [%d, %d))",
-        header.num_elements(), shard_size(), options_.model_size, options_.shard_begin,
-        options_.shard_end));
-  }
-  const auto& allowed = options_.training.allowed_encodings();
-  if (std::find(allowed.begin(), allowed.end(), header.encoding().encoding()) == allowed.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("encoding ", EncodingName(header.encoding()),
-                                                   " is not allowed by this server"));
-  }
-  absl::StatusOr<uint64_t> expected = EncodedSize(header.encoding(), header.num_elements());
-  if (!expected.ok()) return expected.status();
-  if (header.payload_bytes() != *expected) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "payload_bytes is %d, but %s of %d elements takes exactly %d bytes", header.payload_bytes(),
-        EncodingName(header.encoding()), header.num_elements(), *expected));
-  }
-  *payload_bytes = *expected;
-  return absl::OkStatus();
-}
-
-// Reads the chunks of one update into a PayloadAssembler; when the client half-closes, hands the
+// Reads the chunks of one update into a PushAssembly; when the client half-closes, hands the
 // complete update to the Aggregator on the pool. Any error finishes the call at once and nothing
 // of the update is applied.
 class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::UpdateChunk> {
  public:
   PushReactor(ParameterServerService* service, grpc::CallbackServerContext* context,
               v1::PushAck* ack)
-      : service_(service), context_(context), ack_(ack) {
+      : service_(service),
+        context_(context),
+        ack_(ack),
+        assembly_(
+            service->push_rules_,
+            [this](const v1::UpdateHeader& header) { return AcceptHeader(header); },
+            service->TakeBuffer()) {
+    absl::StatusOr<std::string> identity = service_->Authenticate(*context);
+    if (!identity.ok()) {
+      Finish(ToGrpcStatus(identity.status()));
+      return;
+    }
+    identity_ = *std::move(identity);
     StartRead(&chunk_);
   }
 
@@ -202,57 +248,59 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
     }
     service_->wire_.bytes_received += chunk_.ByteSizeLong();
     service_->wire_.payload_bytes_received += chunk_.data().size();
-    if (!assembler_.has_value()) {
-      if (!chunk_.has_header()) {
-        return Refuse(
-            absl::InvalidArgumentError("the first chunk of a push must carry the header"));
-      }
-      header_ = chunk_.header();
-      uint64_t payload_bytes = 0;
-      if (absl::Status s = service_->CheckUpdateHeader(header_, &payload_bytes); !s.ok()) {
-        return Refuse(s);
-      }
-      assembler_.emplace(payload_bytes, service_->options_.chunk_bytes, service_->TakeBuffer());
-    } else if (chunk_.has_header()) {
-      return Refuse(absl::InvalidArgumentError(
-          absl::StrCat("chunk at offset ", chunk_.offset(), " carries a second header")));
-    }
-    if (absl::Status s = assembler_->Add(chunk_.offset(), chunk_.data()); !s.ok()) {
-      return Refuse(s);
-    }
+    if (absl::Status s = assembly_.Add(chunk_); !s.ok()) return Refuse(s);
     StartRead(&chunk_);
   }
 
   void OnCancel() override { cancelled_ = true; }
   void OnDone() override {
-    if (assembler_.has_value()) service_->ReturnBuffer(assembler_->TakeBuffer());
+    if (counted_) --service_->active_pushes_;
+    service_->ReturnBuffer(assembly_.TakeBuffer());
     delete this;
   }
 
  private:
+  // Runs once the header passed the shard's rules, before any payload is buffered.
+  absl::Status AcceptHeader(const v1::UpdateHeader& header) {
+    if (absl::Status s = service_->CheckIdentity(header.worker_id(), identity_); !s.ok()) return s;
+    if (!service_->membership_->IsMember(header.worker_id())) {
+      return absl::NotFoundError(absl::StrCat("worker id ", header.worker_id(),
+                                              " is not a member (never joined, left, or its lease "
+                                              "expired); Join again"));
+    }
+    const int limit = service_->options_.max_concurrent_pushes;
+    if (++service_->active_pushes_ > limit) {
+      --service_->active_pushes_;
+      ++service_->refused_limit_;
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "%d pushes are already being received (limit --max_concurrent_pushes); retry later",
+          limit));
+    }
+    counted_ = true;
+    return absl::OkStatus();
+  }
+
   void OnStreamEnd() {
     if (cancelled_) {
       // A stream cancelled halfway is never applied, even if every byte had arrived.
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "push cancelled by the client"));
       return;
     }
-    if (!assembler_.has_value()) {
-      return Refuse(absl::InvalidArgumentError("push stream ended without any chunk"));
-    }
-    if (absl::Status s = assembler_->CheckComplete(); !s.ok()) return Refuse(s);
+    if (absl::Status s = assembly_.Finish(); !s.ok()) return Refuse(s);
     service_->pool_->Schedule([this] { Submit(); });
   }
 
   void Submit() {
+    const v1::UpdateHeader& header = assembly_.header();
     Update update;
-    update.worker_id = header_.worker_id();
-    update.sequence = header_.sequence();
-    update.kind = header_.kind();
-    update.base_version = header_.base_version();
-    update.sample_count = header_.sample_count();
-    update.encoding = header_.encoding();
-    update.payload = assembler_->payload();
-    update.train_loss = header_.train_loss();
+    update.worker_id = header.worker_id();
+    update.sequence = header.sequence();
+    update.kind = header.kind();
+    update.base_version = header.base_version();
+    update.sample_count = header.sample_count();
+    update.encoding = header.encoding();
+    update.payload = assembly_.payload();
+    update.train_loss = header.train_loss();
     absl::StatusOr<SubmitResult> result = service_->aggregator_->Submit(update);
     if (!result.ok()) {
       LogWarning(absl::StrFormat(
@@ -262,8 +310,9 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
       Finish(ToGrpcStatus(result.status()));
       return;
     }
-    service_->wire_.raw_bytes_received += header_.num_elements() * sizeof(float);
+    service_->wire_.raw_bytes_received += header.num_elements() * sizeof(float);
     ack_->set_result(result->duplicate ? v1::PushAck::RESULT_DUPLICATE
+                     : result->folded  ? v1::PushAck::RESULT_FOLDED
                                        : v1::PushAck::RESULT_APPLIED);
     ack_->set_version(result->version);
     service_->wire_.bytes_sent += ack_->ByteSizeLong();
@@ -280,9 +329,10 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
   ParameterServerService* const service_;
   grpc::CallbackServerContext* const context_;
   v1::PushAck* const ack_;
+  std::string identity_;
   v1::UpdateChunk chunk_;
-  v1::UpdateHeader header_;
-  std::optional<PayloadAssembler> assembler_;
+  PushAssembly assembly_;
+  bool counted_ = false;  // holds one of the max_concurrent_pushes places
   std::atomic<bool> cancelled_{false};
 };
 
@@ -296,11 +346,13 @@ grpc::ServerReadReactor<v1::UpdateChunk>* ParameterServerService::Push(
 class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::ModelChunk>,
                                             public VersionWaitList::Waiter {
  public:
-  PullReactor(ParameterServerService* service, const v1::PullRequest* request)
+  PullReactor(ParameterServerService* service, grpc::CallbackServerContext* context,
+              const v1::PullRequest* request)
       : service_(service),
         have_version_(request->have_version()),
         accept_(request->accept_encodings().begin(), request->accept_encodings().end()) {
-    if (absl::Status s = Check(*request); !s.ok()) {
+    ++service_->active_pulls_;
+    if (absl::Status s = Check(*context, *request); !s.ok()) {
       Finish(ToGrpcStatus(s));
       return;
     }
@@ -330,11 +382,26 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "pull cancelled while waiting"));
     }
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    --service_->active_pulls_;
+    delete this;
+  }
 
  private:
-  absl::Status Check(const v1::PullRequest& request) {
+  absl::Status Check(const grpc::CallbackServerContext& context, const v1::PullRequest& request) {
+    absl::StatusOr<std::string> identity = service_->Authenticate(context);
+    if (!identity.ok()) return identity.status();
+    const int limit = service_->options_.max_pending_pulls;
+    if (service_->active_pulls_ > limit) {
+      ++service_->refused_limit_;
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "%d pulls are already waiting or streaming (limit --max_pending_pulls); retry later",
+          limit));
+    }
     if (request.worker_id() != 0) {
+      if (absl::Status s = service_->CheckIdentity(request.worker_id(), *identity); !s.ok()) {
+        return s;
+      }
       if (absl::Status s = service_->membership_->Touch(request.worker_id()); !s.ok()) return s;
     }
     const auto& accept = request.accept_encodings();
@@ -450,7 +517,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
 grpc::ServerWriteReactor<v1::ModelChunk>* ParameterServerService::Pull(
     grpc::CallbackServerContext* context, const v1::PullRequest* request) {
   wire_.bytes_received += request->ByteSizeLong();
-  return new PullReactor(this, request);
+  return new PullReactor(this, context, request);
 }
 
 }  // namespace ps

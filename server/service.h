@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,8 +17,10 @@
 #include "common/thread_pool.h"
 #include "ps/v1/ps.grpc.pb.h"
 #include "server/aggregator.h"
+#include "server/auth.h"
 #include "server/membership.h"
 #include "server/parameter_store.h"
+#include "server/push_assembly.h"
 #include "server/version_wait_list.h"
 
 namespace ps {
@@ -32,6 +35,11 @@ struct ServiceOptions {
   absl::Duration max_pull_wait = absl::Seconds(30);
   uint64_t chunk_bytes = 0;
   int max_pooled_buffers = 3;  // push payload buffers kept for reuse
+  // Limits on what clients control; past them calls get RESOURCE_EXHAUSTED.
+  int max_concurrent_pushes = 16;  // pushes past their header, each holding a shard-sized buffer
+  int max_pending_pulls = 64;      // pulls waiting or streaming
+  // Adds what the service does not know (checkpoints) to Status answers.
+  std::function<void(v1::StatusResponse*)> add_status;
 };
 
 // Counters of serialized gRPC message bytes (HTTP/2 and TLS framing not included). Thread-safe.
@@ -47,7 +55,7 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
  public:
   ParameterServerService(const ServiceOptions& options, ParameterStore* store,
                          Membership* membership, Aggregator* aggregator, VersionWaitList* wait_list,
-                         ThreadPool* pool);
+                         ThreadPool* pool, const Authenticator* auth);
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
                                  const v1::JoinRequest* request,
@@ -73,8 +81,10 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
   class PushReactor;
   class PullReactor;
 
-  // Cheap checks of a push header before any payload is buffered. Sets *payload_bytes.
-  absl::Status CheckUpdateHeader(const v1::UpdateHeader& header, uint64_t* payload_bytes) const;
+  // The caller's identity ("" with tokens off), or the refusal, counted.
+  absl::StatusOr<std::string> Authenticate(const grpc::CallbackServerContext& context);
+  // Identity check of a call acting as worker `id`, counting refusals.
+  absl::Status CheckIdentity(uint64_t id, const std::string& identity);
   uint64_t shard_size() const { return options_.shard_end - options_.shard_begin; }
   // Payload buffers reused across pushes: a fresh model-sized allocation per push costs more in
   // page faults than the copy into it.
@@ -87,9 +97,15 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
   Aggregator* const aggregator_;
   VersionWaitList* const wait_list_;
   ThreadPool* const pool_;
+  const Authenticator* const auth_;
+  const PushRules push_rules_;
 
   WireCounters wire_;
   std::atomic<uint64_t> refused_at_stream_{0};  // pushes refused before reaching the aggregator
+  std::atomic<uint64_t> refused_limit_{0};
+  std::atomic<uint64_t> refused_auth_{0};
+  std::atomic<int> active_pushes_{0};
+  std::atomic<int> active_pulls_{0};
   mutable absl::Mutex mu_;
   v1::EvalReport last_eval_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> free_buffers_ ABSL_GUARDED_BY(mu_);

@@ -1,0 +1,65 @@
+// Turns the chunk stream of one Push back into an update, checking everything the client sent
+// before it is used: the header against the shard's rules before any payload is buffered, then
+// every chunk's place and size. Knows nothing of gRPC, so the fuzzer drives it directly.
+#ifndef PS_SERVER_PUSH_ASSEMBLY_H_
+#define PS_SERVER_PUSH_ASSEMBLY_H_
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "common/chunking.h"
+#include "ps/v1/ps.pb.h"
+
+namespace ps {
+
+// What a push to this shard must look like.
+struct PushRules {
+  uint64_t model_size = 0;
+  uint64_t shard_begin = 0;
+  uint64_t shard_end = 0;
+  uint64_t max_chunk_bytes = kDefaultChunkBytes;
+  std::vector<int> allowed_encodings;  // v1::Encoding values
+  uint64_t shard_size() const { return shard_end - shard_begin; }
+};
+
+// INVALID_ARGUMENT naming the first problem: element count, encoding not allowed or malformed,
+// payload size other than the encoding's exact size.
+absl::Status CheckUpdateHeader(const PushRules& rules, const v1::UpdateHeader& header);
+
+// Not thread-safe; one per Push call.
+class PushAssembly {
+ public:
+  // `accept_header` runs once, after the header passed CheckUpdateHeader and before any payload is
+  // buffered (membership, identity and concurrency checks); its error refuses the push.
+  // `buffer` is reused as the payload's storage.
+  PushAssembly(const PushRules& rules,
+               std::function<absl::Status(const v1::UpdateHeader&)> accept_header = nullptr,
+               std::string buffer = {});
+
+  // The first chunk must carry the header and no later one may.
+  absl::Status Add(const v1::UpdateChunk& chunk);
+  // INVALID_ARGUMENT unless the header and every payload byte arrived.
+  absl::Status Finish() const;
+
+  bool has_header() const { return assembler_.has_value(); }
+  const v1::UpdateHeader& header() const { return header_; }
+  absl::string_view payload() const;
+  // The payload buffer, for reuse by a later push.
+  std::string TakeBuffer();
+
+ private:
+  const PushRules& rules_;
+  std::function<absl::Status(const v1::UpdateHeader&)> accept_header_;
+  std::string buffer_;
+  v1::UpdateHeader header_;
+  std::optional<PayloadAssembler> assembler_;
+};
+
+}  // namespace ps
+
+#endif  // PS_SERVER_PUSH_ASSEMBLY_H_
