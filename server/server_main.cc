@@ -92,6 +92,35 @@ ABSL_FLAG(absl::Duration, max_pull_wait, absl::Seconds(30),
           "Longest a Pull long-polls before answering 'unchanged'.");
 ABSL_FLAG(int, chunk_bytes, 1 << 20, "Payload bytes per streamed message (max 1 MiB).");
 ABSL_FLAG(int, threads, 2, "Threads that decode and apply updates.");
+ABSL_FLAG(int, backup_workers, 0,
+          "sync: b backup workers; a round closes at the first num_workers - b updates and the "
+          "rest are late (Chen et al. 2016).");
+ABSL_FLAG(absl::Duration, round_deadline, absl::ZeroDuration(),
+          "sync: once this long has passed since a round's first update, the round closes with "
+          "whatever arrived if that is at least --min_quorum updates; 0 = no deadline.");
+ABSL_FLAG(int, min_quorum, 1,
+          "sync: updates a round needs to close at its deadline, or at shutdown.");
+ABSL_FLAG(std::string, late_policy, "drop",
+          "sync: an update for a round that already closed is dropped (the worker is told and "
+          "pulls), or fold-ed into the open round with the staleness weight.");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Write checkpoints here and resume from the newest valid one at start; \"\" = none.");
+ABSL_FLAG(uint64_t, checkpoint_every_versions, 0, "Checkpoint every N versions; 0 = not by count.");
+ABSL_FLAG(absl::Duration, checkpoint_every, absl::Seconds(60),
+          "Checkpoint at least this often while the model changes; 0 = not by time.");
+ABSL_FLAG(int, checkpoint_keep, 2, "Checkpoints kept (the newest ones).");
+ABSL_FLAG(int, max_concurrent_pushes, 0,
+          "Pushes received at once (each holds a shard-sized buffer); 0 = 2 * num_workers + 4.");
+ABSL_FLAG(int, max_pending_pulls, 0, "Pulls waiting or streaming at once; 0 = 4 * num_workers + 16.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (chain): turns TLS on.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA: clients must present a certificate it signed (mutual TLS).");
+ABSL_FLAG(std::string, tokens_file, "",
+          "File of \"identity token\" lines: every call must carry one of the tokens "
+          "(authorization: Bearer), and a worker may act only as the identity it joined as.");
+ABSL_FLAG(bool, allow_plaintext, false,
+          "Allow listening without TLS on an address other than loopback.");
 ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
 ABSL_FLAG(bool, exit_when_done, false, "Exit once K workers joined and all of them left again.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
@@ -224,6 +253,30 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.max_pull_wait = absl::GetFlag(FLAGS_max_pull_wait);
   o.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   o.threads = absl::GetFlag(FLAGS_threads);
+  if (absl::GetFlag(FLAGS_backup_workers) < 0 || absl::GetFlag(FLAGS_min_quorum) < 0) {
+    return absl::InvalidArgumentError("--backup_workers and --min_quorum must be >= 0");
+  }
+  t.set_backup_workers(absl::GetFlag(FLAGS_backup_workers));
+  t.set_round_deadline_ms(
+      std::max<int64_t>(0, absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_round_deadline))));
+  t.set_min_quorum(absl::GetFlag(FLAGS_min_quorum));
+  auto late = Pick<v1::LatePolicy>("late_policy", absl::GetFlag(FLAGS_late_policy),
+                                   {{"drop", v1::LATE_POLICY_DROP}, {"fold", v1::LATE_POLICY_FOLD}});
+  if (!late.ok()) return late.status();
+  t.set_late_policy(*late);
+  o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  if (!o.checkpoint_dir.empty()) {
+    o.checkpoint_every_versions = absl::GetFlag(FLAGS_checkpoint_every_versions);
+    o.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+  }
+  o.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
+  o.max_concurrent_pushes = absl::GetFlag(FLAGS_max_concurrent_pushes);
+  o.max_pending_pulls = absl::GetFlag(FLAGS_max_pending_pulls);
+  o.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  o.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  o.security.tokens_file = absl::GetFlag(FLAGS_tokens_file);
+  o.security.allow_plaintext = absl::GetFlag(FLAGS_allow_plaintext);
   PS_RETURN_IF_ERROR(o.Validate());
   return o;
 }
@@ -304,6 +357,18 @@ int Main() {
       .Add("updates_applied", status.updates_applied())
       .Add("updates_refused_stale", status.updates_refused_stale())
       .Add("updates_refused_invalid", status.updates_refused_invalid())
+      .Add("updates_duplicate", status.updates_duplicate())
+      .Add("updates_late_dropped", status.updates_late_dropped())
+      .Add("updates_late_folded", status.updates_late_folded())
+      .Add("rounds_closed_complete", status.rounds_closed_complete())
+      .Add("rounds_closed_by_quorum", status.rounds_closed_by_quorum())
+      .Add("rounds_closed_by_deadline", status.rounds_closed_by_deadline())
+      .Add("rounds_abandoned", status.rounds_abandoned())
+      .Add("max_round_wait_ms", status.max_round_wait_ms())
+      .Add("checkpoint_version", status.checkpoint_version())
+      .Add("resumed_from_version", status.resumed_from_version())
+      .Add("calls_refused_auth", status.calls_refused_auth())
+      .Add("updates_refused_limit", status.updates_refused_limit())
       .Add("final_train_loss", status.last_train_loss())
       .Add("test_accuracy", status.last_eval().test_accuracy())
       .Add("test_accuracy_version", status.last_eval().version())

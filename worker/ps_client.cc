@@ -6,15 +6,13 @@
 #include "absl/strings/str_format.h"
 #include "common/chunking.h"
 #include "common/codec.h"
+#include "common/files.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 
 namespace ps {
 namespace {
-
-void SetDeadline(grpc::ClientContext* context, absl::Duration timeout) {
-  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-}
 
 absl::Status WithContext(const grpc::Status& status, absl::string_view what,
                          absl::string_view server) {
@@ -27,6 +25,11 @@ absl::Status WithContext(const grpc::Status& status, absl::string_view what,
 
 PsClient::PsClient(const PsClientOptions& options) : options_(options) {}
 
+void PsClient::Prepare(grpc::ClientContext* context, absl::Duration timeout) const {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (!options_.token.empty()) context->AddMetadata("authorization", "Bearer " + options_.token);
+}
+
 absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions& options) {
   if (options.servers.empty()) {
     return absl::InvalidArgumentError("no server address given (--servers)");
@@ -36,12 +39,31 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions
         "got ", options.servers.size(),
         " server addresses; this version serves the model from a single server shard"));
   }
+  if (options.tls_ca_file.empty() &&
+      (!options.tls_cert_file.empty() || !options.tls_key_file.empty())) {
+    return absl::InvalidArgumentError("a client certificate needs TLS: give --tls_ca as well");
+  }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("mutual TLS needs both --tls_cert and --tls_key");
+  }
   std::unique_ptr<PsClient> client(new PsClient(options));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
-  auto channel =
-      grpc::CreateCustomChannel(options.servers[0], grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca_file.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    PS_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadSmallFile(options.tls_ca_file));
+    if (!options.tls_cert_file.empty()) {
+      PS_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadSmallFile(options.tls_cert_file));
+      PS_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadSmallFile(options.tls_key_file));
+    }
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name);
+    }
+  }
+  auto channel = grpc::CreateCustomChannel(options.servers[0], credentials, args);
   client->stub_ = v1::ParameterServer::NewStub(channel);
   return client;
 }
@@ -64,15 +86,15 @@ grpc::Status PsClient::WithRetries(absl::string_view what, Attempt attempt) {
   }
 }
 
-absl::StatusOr<v1::JoinResponse> PsClient::Join() {
+absl::StatusOr<v1::JoinResponse> PsClient::Join(std::optional<int> requested_rank) {
   v1::JoinRequest request;
   request.set_worker_name(options_.worker_name);
-  request.set_requested_rank(options_.requested_rank);
+  request.set_requested_rank(requested_rank.value_or(options_.requested_rank));
   request.add_supported_encodings(v1::ENCODING_FP32);
   v1::JoinResponse response;
   grpc::Status status = WithRetries("Join", [&] {
     grpc::ClientContext context;
-    SetDeadline(&context, options_.rpc_timeout);
+    Prepare(&context, options_.rpc_timeout);
     // Waits for the server to come up instead of failing at once.
     context.set_wait_for_ready(true);
     bytes_sent_ += request.ByteSizeLong();
@@ -98,7 +120,7 @@ absl::Status PsClient::Heartbeat(const v1::EvalReport* eval) {
   v1::HeartbeatResponse response;
   grpc::Status status = WithRetries("Heartbeat", [&] {
     grpc::ClientContext context;
-    SetDeadline(&context, options_.rpc_timeout);
+    Prepare(&context, options_.rpc_timeout);
     bytes_sent_ += request.ByteSizeLong();
     return stub_->Heartbeat(&context, request, &response);
   });
@@ -132,7 +154,7 @@ absl::Status PsClient::Leave() {
   v1::LeaveResponse response;
   grpc::Status status = WithRetries("Leave", [&] {
     grpc::ClientContext context;
-    SetDeadline(&context, options_.rpc_timeout);
+    Prepare(&context, options_.rpc_timeout);
     bytes_sent_ += request.ByteSizeLong();
     return stub_->Leave(&context, request, &response);
   });
@@ -179,7 +201,7 @@ absl::StatusOr<v1::PushAck> PsClient::PushLocked(v1::UpdateKind kind, uint64_t b
   v1::PushAck ack;
   grpc::Status status = WithRetries("Push", [&] {
     grpc::ClientContext context;
-    SetDeadline(&context, options_.rpc_timeout);
+    Prepare(&context, options_.rpc_timeout);
     std::unique_ptr<grpc::ClientWriter<v1::UpdateChunk>> writer = stub_->Push(&context, &ack);
     v1::UpdateChunk chunk;
     for (size_t i = 0; i < ranges.size(); ++i) {
@@ -214,7 +236,7 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
   absl::Status stream_error;
   grpc::Status status = WithRetries("Pull", [&] {
     grpc::ClientContext context;
-    SetDeadline(&context, wait + options_.rpc_timeout);
+    Prepare(&context, wait + options_.rpc_timeout);
     bytes_sent_ += request.ByteSizeLong();
     std::unique_ptr<grpc::ClientReader<v1::ModelChunk>> reader = stub_->Pull(&context, request);
     result = PullResult();
@@ -309,7 +331,7 @@ absl::StatusOr<v1::StatusResponse> PsClient::Status() {
   v1::StatusResponse response;
   grpc::Status status = WithRetries("Status", [&] {
     grpc::ClientContext context;
-    SetDeadline(&context, options_.rpc_timeout);
+    Prepare(&context, options_.rpc_timeout);
     return stub_->Status(&context, v1::StatusRequest(), &response);
   });
   if (!status.ok()) return WithContext(status, "Status", options_.servers[0]);

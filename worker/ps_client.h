@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +33,14 @@ struct PsClientOptions {
   absl::Duration rpc_timeout = absl::Seconds(30);
   absl::Duration retry_budget = absl::Seconds(60);  // stop retrying UNAVAILABLE after this long
   BackoffOptions backoff;
+  // Security. tls_ca_file turns TLS on (the server's certificate must chain to it); a client
+  // certificate and key are for mutual TLS; tls_server_name overrides the name checked against
+  // the server's certificate. `token` goes in every call's metadata.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_server_name;
+  std::string token;
 };
 
 // Bytes of serialized gRPC messages (not HTTP/2 framing) and of tensor payloads. `raw` is what the
@@ -53,8 +62,9 @@ class PsClient {
   static absl::StatusOr<std::unique_ptr<PsClient>> Create(const PsClientOptions& options);
   ~PsClient();
 
-  // Becomes a member; later calls act as the returned worker id.
-  absl::StatusOr<v1::JoinResponse> Join();
+  // Becomes a member; later calls act as the returned worker id. `requested_rank` overrides the
+  // options' (a worker re-joining asks for the rank it had).
+  absl::StatusOr<v1::JoinResponse> Join(std::optional<int> requested_rank = std::nullopt);
   // `eval` may be null.
   absl::Status Heartbeat(const v1::EvalReport* eval);
   // Renews the lease every lease/3 from a background thread until Leave or destruction.
@@ -85,6 +95,8 @@ class PsClient {
 
  private:
   explicit PsClient(const PsClientOptions& options);
+  // Sets the call's deadline and its token.
+  void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
   // Runs `attempt` until it returns something other than UNAVAILABLE or the retry budget is spent.
   template <typename Attempt>
   grpc::Status WithRetries(absl::string_view what, Attempt attempt);

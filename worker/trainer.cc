@@ -227,6 +227,28 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   PS_RETURN_IF_ERROR(PullUntilNewer(0, &global, &version));
 
   TrainingResult result;
+  // The server answers NOT_FOUND for our id after it restarted (ids are never reused) or after our
+  // lease ran out: join again with the same rank, and start over from its current model. What was
+  // trained since our last accepted push is lost; nothing else is.
+  auto rejoin = [&]() -> absl::Status {
+    LogWarning(absl::StrCat(prefix_, "the server does not know this worker (restarted, or the lease "
+                                     "ran out): joining again as rank ",
+                            joined.rank()));
+    absl::StatusOr<v1::JoinResponse> again = client_->Join(static_cast<int>(joined.rank()));
+    if (again.status().code() == absl::StatusCode::kAlreadyExists) again = client_->Join(-1);
+    if (!again.ok()) return again.status();
+    if (again->model_size() != joined.model_size()) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("after re-joining the model has %d parameters, before %d",
+                          again->model_size(), joined.model_size()));
+    }
+    ++result.rejoins;
+    compressor.ResetResidual();
+    PS_RETURN_IF_ERROR(PullUntilNewer(0, &global, &version));
+    Progress(absl::StrFormat("re-joined as worker id %d at version %d", again->worker_id(),
+                             version));
+    return absl::OkStatus();
+  };
   result.config = config;
   result.worker_id = joined.worker_id();
   result.rank = joined.rank();
@@ -237,6 +259,11 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   uint64_t loss_count = 0;
 
   for (uint64_t round = 0; round < rounds; ++round) {
+    if (options_.stop != nullptr && options_.stop->load()) {
+      Progress(absl::StrFormat("stopping after %d of %d rounds, as asked", round, rounds));
+      result.stopped_early = true;
+      break;
+    }
     // H local steps from the global model. The delta is accumulated directly (x = global + delta)
     // so that with K = 1 and H = 1 the server's update reproduces plain SGD bit for bit.
     double round_loss = 0.0;
@@ -268,15 +295,22 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     absl::StatusOr<v1::PushAck> ack =
         client_->PushEncoded(kind, version, uint64_t{h} * config.batch_size(), encoding, payload,
                              update.size(), round_loss);
-    if (!ack.ok()) {
-      if (ack.status().code() != absl::StatusCode::kFailedPrecondition) return ack.status();
-      // Too stale: this round's work is dropped; continue from the current model, and forget the
-      // residual, which belonged to updates of an older model.
-      ++result.stale_refusals;
-      compressor.ResetResidual();
-      LogWarning(absl::StrCat(prefix_, "update refused: ", ack.status().message()));
+    absl::Status pulled;
+    if (absl::IsNotFound(ack.status())) {
+      pulled = rejoin();
+    } else {
+      if (!ack.ok()) {
+        if (!absl::IsFailedPrecondition(ack.status())) return ack.status();
+        // Too stale: this round's work is dropped; continue from the current model, and forget
+        // the residual, which belonged to updates of an older model.
+        ++result.stale_refusals;
+        compressor.ResetResidual();
+        LogWarning(absl::StrCat(prefix_, "update refused: ", ack.status().message()));
+      }
+      pulled = PullUntilNewer(version, &global, &version);
+      if (absl::IsNotFound(pulled)) pulled = rejoin();
     }
-    PS_RETURN_IF_ERROR(PullUntilNewer(version, &global, &version));
+    PS_RETURN_IF_ERROR(pulled);
     result.rounds = round + 1;
 
     const bool eval_now =
@@ -288,7 +322,10 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       report.set_version(version);
       report.set_test_loss(eval.loss);
       report.set_test_accuracy(eval.accuracy);
-      if (absl::Status s = client_->Heartbeat(&report); !s.ok()) return s;
+      if (absl::Status s = client_->Heartbeat(&report); !s.ok()) {
+        // The report is only for the server's summary; a forgotten id is noticed at the push.
+        if (s.code() != absl::StatusCode::kNotFound) return s;
+      }
     }
     if (eval_now || absl::Now() - last_progress >= options_.progress_every) {
       const ClientWireStats wire = client_->wire();
@@ -312,17 +349,24 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   if (result.rounds > 0) result.mean_update_bits = bits_sum / result.rounds;
 
   // The freshest model there is now (in async mode other workers may still be pushing).
-  PS_ASSIGN_OR_RETURN(PullResult last,
-                      client_->Pull(version, absl::ZeroDuration(), absl::MakeSpan(global)));
-  if (last.changed) version = last.version;
+  absl::StatusOr<PullResult> last =
+      client_->Pull(version, absl::ZeroDuration(), absl::MakeSpan(global));
+  if (last.status().code() == absl::StatusCode::kNotFound) {
+    PS_RETURN_IF_ERROR(rejoin());
+  } else if (!last.ok()) {
+    return last.status();
+  } else if (last->changed) {
+    version = last->version;
+  }
   result.final_test = Evaluate(*model, global, test);
   result.final_version = version;
   v1::EvalReport report;
   report.set_version(version);
   report.set_test_loss(result.final_test.loss);
   report.set_test_accuracy(result.final_test.accuracy);
-  PS_RETURN_IF_ERROR(client_->Heartbeat(&report));
-  PS_RETURN_IF_ERROR(client_->Leave());
+  // NOT_FOUND here means the server already forgot us: nothing left to leave.
+  if (absl::Status s = client_->Heartbeat(&report); !s.ok() && !absl::IsNotFound(s)) return s;
+  if (absl::Status s = client_->Leave(); !s.ok() && !absl::IsNotFound(s)) return s;
   result.wire = client_->wire();
   result.wall_time_s = absl::ToDoubleSeconds(absl::Now() - start);
   result.final_model = std::move(global);

@@ -3,6 +3,7 @@
 #ifndef PS_WORKER_TRAINER_H_
 #define PS_WORKER_TRAINER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -62,6 +63,8 @@ struct TrainerOptions {
   absl::Duration pull_wait = absl::Seconds(10);
   absl::Duration progress_every = absl::Seconds(2);
   bool quiet = false;  // no progress lines
+  // Set (by a signal) to stop after the current round's push: the worker then leaves cleanly.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 struct TrainingResult {
@@ -74,6 +77,8 @@ struct TrainingResult {
   double final_train_loss = 0.0;
   EvalResult final_test;
   uint64_t stale_refusals = 0;
+  uint64_t rejoins = 0;        // times the server had forgotten us (restart, expired lease)
+  bool stopped_early = false;  // by `stop`, before all rounds ran
   double mean_update_bits = 32.0;  // bits per coordinate of the pushed updates, averaged
   ClientWireStats wire;
   double wall_time_s = 0.0;

@@ -1,10 +1,13 @@
 // ps-worker: trains on its shard of the data against a ps-server, or (--evaluate_only) evaluates
 // the server's current model on the test set.
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -15,7 +18,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/files.h"
 #include "common/json_writer.h"
+#include "common/logging.h"
 #include "common/malloc_tuning.h"
 #include "common/status_macros.h"
 #include "worker/trainer.h"
@@ -46,6 +52,14 @@ ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.
 ABSL_FLAG(std::string, update_encoding, "",
           "Override the server's update encoding (fp32, qsgd, sign) if the server allows it.");
 ABSL_FLAG(int, bits, 0, "Override the server's qsgd bits (2..8); 0 = the server's.");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA that signed the server's certificate: turns TLS on.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for servers that require mutual TLS.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "Name to check the server's certificate against, if not the host in --servers.");
+ABSL_FLAG(std::string, token_file, "",
+          "File holding this worker's token (sent as `authorization: Bearer` on every call).");
 ABSL_FLAG(std::string, bits_policy, "", "Override the server's bits policy (fixed, dqsgd).");
 
 namespace ps {
@@ -110,6 +124,8 @@ absl::Status Train(PsClient* client, const TrainerOptions& options) {
       .Add("test_loss", r.final_test.loss)
       .Add("test_accuracy", r.final_test.accuracy)
       .Add("stale_refusals", r.stale_refusals)
+      .Add("rejoins", r.rejoins)
+      .Add("stopped_early", r.stopped_early)
       .Add("bytes_sent", r.wire.bytes_sent)
       .Add("bytes_received", r.wire.bytes_received)
       .Add("raw_bytes_sent", r.wire.raw_bytes_sent)
@@ -129,6 +145,21 @@ absl::Status Train(PsClient* client, const TrainerOptions& options) {
 }
 
 int Main() {
+  // SIGTERM or SIGINT: finish the current round's push, then leave (one thread takes the signals
+  // with sigwait, so no handler runs on a gRPC thread).
+  static std::atomic<bool> stop{false};
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::thread([signals] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    LogInfo(absl::StrCat("event=stop_requested signal=", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    stop = true;
+  }).detach();
+
   PsClientOptions client_options;
   client_options.servers = absl::StrSplit(absl::GetFlag(FLAGS_servers), ',', absl::SkipEmpty());
   client_options.worker_name = absl::GetFlag(FLAGS_name);
@@ -140,6 +171,18 @@ int Main() {
   client_options.requested_rank = absl::GetFlag(FLAGS_rank);
   client_options.rpc_timeout = absl::GetFlag(FLAGS_rpc_timeout);
   client_options.retry_budget = absl::GetFlag(FLAGS_retry_budget);
+  client_options.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  client_options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  client_options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  client_options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  if (const std::string path = absl::GetFlag(FLAGS_token_file); !path.empty()) {
+    absl::StatusOr<std::string> token = ReadSmallFile(path, 4096);
+    if (!token.ok()) {
+      std::fprintf(stderr, "ps-worker: %s\n", std::string(token.status().message()).c_str());
+      return 2;
+    }
+    client_options.token = std::string(absl::StripAsciiWhitespace(*token));
+  }
   absl::StatusOr<std::unique_ptr<PsClient>> client = PsClient::Create(client_options);
   if (!client.ok()) {
     std::fprintf(stderr, "ps-worker: %s\n", std::string(client.status().message()).c_str());
@@ -150,6 +193,7 @@ int Main() {
   options.pull_wait = absl::GetFlag(FLAGS_pull_wait);
   options.progress_every = absl::GetFlag(FLAGS_progress_every);
   options.quiet = absl::GetFlag(FLAGS_quiet);
+  options.stop = &stop;
   options.overrides.update_encoding = absl::GetFlag(FLAGS_update_encoding);
   options.overrides.bits = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_bits)));
   options.overrides.bits_policy = absl::GetFlag(FLAGS_bits_policy);
