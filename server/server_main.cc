@@ -111,7 +111,8 @@ ABSL_FLAG(absl::Duration, checkpoint_every, absl::Seconds(60),
 ABSL_FLAG(int, checkpoint_keep, 2, "Checkpoints kept (the newest ones).");
 ABSL_FLAG(int, max_concurrent_pushes, 0,
           "Pushes received at once (each holds a shard-sized buffer); 0 = 2 * num_workers + 4.");
-ABSL_FLAG(int, max_pending_pulls, 0, "Pulls waiting or streaming at once; 0 = 4 * num_workers + 16.");
+ABSL_FLAG(int, max_pending_pulls, 0,
+          "Pulls waiting or streaming at once; 0 = 4 * num_workers + 16.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (chain): turns TLS on.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
@@ -260,8 +261,9 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   t.set_round_deadline_ms(
       std::max<int64_t>(0, absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_round_deadline))));
   t.set_min_quorum(absl::GetFlag(FLAGS_min_quorum));
-  auto late = Pick<v1::LatePolicy>("late_policy", absl::GetFlag(FLAGS_late_policy),
-                                   {{"drop", v1::LATE_POLICY_DROP}, {"fold", v1::LATE_POLICY_FOLD}});
+  auto late =
+      Pick<v1::LatePolicy>("late_policy", absl::GetFlag(FLAGS_late_policy),
+                           {{"drop", v1::LATE_POLICY_DROP}, {"fold", v1::LATE_POLICY_FOLD}});
   if (!late.ok()) return late.status();
   t.set_late_policy(*late);
   o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);

@@ -25,6 +25,8 @@ class BadInputTest : public ::testing::Test {
   void SetUp() override {
     ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_ASYNC, 2, 1);
     options.chunk_bytes = kChunk;
+    options.max_concurrent_pushes = 2;
+    options.max_pending_pulls = 2;
     server_ = testing::StartServer(options);
     ASSERT_NE(server_, nullptr);
     grpc::ChannelArguments args;
@@ -247,6 +249,98 @@ TEST_F(BadInputTest, JoiningBeyondTheConfiguredWorkersIsRefused) {
     }
   }
   ExpectUnchangedAndStillServing();
+}
+
+TEST_F(BadInputTest, AStalePushIsRefusedNamingBothVersions) {
+  v1::UpdateHeader stale = Header();
+  stale.set_base_version(1);
+  // K = 2, max_staleness 4: ten newer versions make an update on version 1 five rounds old.
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(Send(Chunks(Header(), GoodPayload())).ok());
+  before_ = *server_->Model().values;
+  stale.set_sequence(++sequence_);
+  ExpectRefused(Chunks(stale, GoodPayload()), grpc::StatusCode::FAILED_PRECONDITION,
+                "built on version 1");
+}
+
+TEST_F(BadInputTest, EmptyChunksAfterTheFirstAreRefused) {
+  std::vector<v1::UpdateChunk> chunks = Chunks(Header(), GoodPayload());
+  v1::UpdateChunk empty;
+  empty.set_offset(chunks[1].offset());
+  chunks.insert(chunks.begin() + 1, empty);
+  ExpectRefused(chunks, grpc::StatusCode::INVALID_ARGUMENT, "empty chunk");
+}
+
+TEST_F(BadInputTest, TooManyTinyChunksAreRefused) {
+  const std::string payload = GoodPayload();
+  std::vector<v1::UpdateChunk> chunks;
+  for (uint64_t offset = 0; offset < payload.size(); offset += 8) {
+    v1::UpdateChunk c;
+    if (chunks.empty()) *c.mutable_header() = Header();
+    c.set_offset(offset);
+    c.set_data(payload.substr(offset, 8));
+    chunks.push_back(c);
+  }
+  ExpectRefused(chunks, grpc::StatusCode::RESOURCE_EXHAUSTED, "chunks");
+}
+
+// Opens a push and sends only its first chunk, holding the call (and a payload buffer) open.
+struct OpenPush {
+  grpc::ClientContext context;
+  v1::PushAck ack;
+  std::unique_ptr<grpc::ClientWriter<v1::UpdateChunk>> writer;
+};
+
+TEST_F(BadInputTest, PushesBeyondTheConcurrencyLimitAreRefused) {
+  std::vector<std::unique_ptr<OpenPush>> open;
+  for (int i = 0; i < 2; ++i) {
+    open.push_back(std::make_unique<OpenPush>());
+    open.back()->writer = stub_->Push(&open.back()->context, &open.back()->ack);
+    ASSERT_TRUE(open.back()->writer->Write(Chunks(Header(), GoodPayload())[0]));
+  }
+  // The server has seen both headers once a third push's header is refused; give it a moment.
+  grpc::Status s;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    s = Send(Chunks(Header(), GoodPayload()));
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("--max_concurrent_pushes"));
+  for (auto& p : open) p->context.TryCancel();
+  open.clear();
+  EXPECT_GE(server_->GetStatus().updates_refused_limit(), 1u);
+  ExpectUnchangedAndStillServing();
+}
+
+TEST_F(BadInputTest, PullsBeyondThePendingLimitAreRefused) {
+  // Two long-polls wait for a version that does not come; a third is refused.
+  struct OpenPull {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReader<v1::ModelChunk>> reader;
+  };
+  std::vector<std::unique_ptr<OpenPull>> open;
+  v1::PullRequest waiting;
+  waiting.set_have_version(server_->Model().version);
+  waiting.set_max_wait_ms(20000);
+  for (int i = 0; i < 2; ++i) {
+    open.push_back(std::make_unique<OpenPull>());
+    open.back()->reader = stub_->Pull(&open.back()->context, waiting);
+  }
+  grpc::Status s;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    grpc::ClientContext context;
+    auto reader = stub_->Pull(&context, waiting);
+    v1::ModelChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    s = reader->Finish();
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("--max_pending_pulls"));
+  for (auto& p : open) p->context.TryCancel();
+  for (auto& p : open) p->reader->Finish();
 }
 
 }  // namespace

@@ -231,8 +231,9 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   // lease ran out: join again with the same rank, and start over from its current model. What was
   // trained since our last accepted push is lost; nothing else is.
   auto rejoin = [&]() -> absl::Status {
-    LogWarning(absl::StrCat(prefix_, "the server does not know this worker (restarted, or the lease "
-                                     "ran out): joining again as rank ",
+    LogWarning(absl::StrCat(prefix_,
+                            "the server does not know this worker (restarted, or the lease "
+                            "ran out): joining again as rank ",
                             joined.rank()));
     absl::StatusOr<v1::JoinResponse> again = client_->Join(static_cast<int>(joined.rank()));
     if (again.status().code() == absl::StatusCode::kAlreadyExists) again = client_->Join(-1);
@@ -245,8 +246,8 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     ++result.rejoins;
     compressor.ResetResidual();
     PS_RETURN_IF_ERROR(PullUntilNewer(0, &global, &version));
-    Progress(absl::StrFormat("re-joined as worker id %d at version %d", again->worker_id(),
-                             version));
+    Progress(
+        absl::StrFormat("re-joined as worker id %d at version %d", again->worker_id(), version));
     return absl::OkStatus();
   };
   result.config = config;

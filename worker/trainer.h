@@ -77,8 +77,8 @@ struct TrainingResult {
   double final_train_loss = 0.0;
   EvalResult final_test;
   uint64_t stale_refusals = 0;
-  uint64_t rejoins = 0;        // times the server had forgotten us (restart, expired lease)
-  bool stopped_early = false;  // by `stop`, before all rounds ran
+  uint64_t rejoins = 0;            // times the server had forgotten us (restart, expired lease)
+  bool stopped_early = false;      // by `stop`, before all rounds ran
   double mean_update_bits = 32.0;  // bits per coordinate of the pushed updates, averaged
   ClientWireStats wire;
   double wall_time_s = 0.0;

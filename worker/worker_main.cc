@@ -52,9 +52,9 @@ ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.
 ABSL_FLAG(std::string, update_encoding, "",
           "Override the server's update encoding (fp32, qsgd, sign) if the server allows it.");
 ABSL_FLAG(int, bits, 0, "Override the server's qsgd bits (2..8); 0 = the server's.");
-ABSL_FLAG(std::string, tls_ca, "",
-          "PEM CA that signed the server's certificate: turns TLS on.");
-ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate, for servers that require mutual TLS.");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA that signed the server's certificate: turns TLS on.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM client certificate, for servers that require mutual TLS.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_server_name, "",
           "Name to check the server's certificate against, if not the host in --servers.");
