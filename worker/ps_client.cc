@@ -71,12 +71,15 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions
 PsClient::~PsClient() { StopHeartbeats(); }
 
 template <typename Attempt>
-grpc::Status PsClient::WithRetries(absl::string_view what, Attempt attempt) {
+grpc::Status PsClient::WithRetries(absl::string_view what, Attempt attempt,
+                                   grpc::StatusCode also_retry) {
   Backoff backoff(options_.backoff);
   const absl::Time give_up = absl::Now() + options_.retry_budget;
   while (true) {
     grpc::Status status = attempt();
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return status;
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE && status.error_code() != also_retry) {
+      return status;
+    }
     const absl::Duration delay = backoff.NextDelay();
     if (absl::Now() + delay > give_up) return status;
     LogWarning(absl::StrFormat("event=retry call=%s server=%s delay_ms=%d error=\"%s\"", what,
@@ -92,14 +95,19 @@ absl::StatusOr<v1::JoinResponse> PsClient::Join(std::optional<int> requested_ran
   request.set_requested_rank(requested_rank.value_or(options_.requested_rank));
   request.add_supported_encodings(v1::ENCODING_FP32);
   v1::JoinResponse response;
-  grpc::Status status = WithRetries("Join", [&] {
-    grpc::ClientContext context;
-    Prepare(&context, options_.rpc_timeout);
-    // Waits for the server to come up instead of failing at once.
-    context.set_wait_for_ready(true);
-    bytes_sent_ += request.ByteSizeLong();
-    return stub_->Join(&context, request, &response);
-  });
+  grpc::Status status = WithRetries(
+      "Join",
+      [&] {
+        grpc::ClientContext context;
+        Prepare(&context, options_.rpc_timeout);
+        // Waits for the server to come up instead of failing at once.
+        context.set_wait_for_ready(true);
+        bytes_sent_ += request.ByteSizeLong();
+        return stub_->Join(&context, request, &response);
+        // ALREADY_EXISTS: our rank is still held, typically by our own previous process whose lease
+        // has not run out yet; it frees up within the lease.
+      },
+      grpc::StatusCode::ALREADY_EXISTS);
   if (!status.ok()) return WithContext(status, "Join", options_.servers[0]);
   bytes_received_ += response.ByteSizeLong();
   if (response.shard_begin() != 0 || response.shard_end() != response.model_size()) {

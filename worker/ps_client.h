@@ -97,9 +97,11 @@ class PsClient {
   explicit PsClient(const PsClientOptions& options);
   // Sets the call's deadline and its token.
   void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
-  // Runs `attempt` until it returns something other than UNAVAILABLE or the retry budget is spent.
+  // Runs `attempt` until it returns something other than UNAVAILABLE (or `also_retry`) or the
+  // retry budget is spent.
   template <typename Attempt>
-  grpc::Status WithRetries(absl::string_view what, Attempt attempt);
+  grpc::Status WithRetries(absl::string_view what, Attempt attempt,
+                           grpc::StatusCode also_retry = grpc::StatusCode::UNAVAILABLE);
   void StopHeartbeats();
   absl::StatusOr<v1::PushAck> PushLocked(v1::UpdateKind kind, uint64_t base_version,
                                          uint64_t sample_count, const v1::EncodingParams& encoding,

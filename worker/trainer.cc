@@ -226,10 +226,17 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   uint64_t version = 0;
   PS_RETURN_IF_ERROR(PullUntilNewer(0, &global, &version));
 
+  // In sync mode every round is one version, so a worker that joins a run in progress (a
+  // replacement, or any worker after the server resumed from a checkpoint) takes up the schedule
+  // at the server's round. Async workers keep their own count: they start at different times
+  // anyway, and each runs all of its rounds.
+  const bool sync = config.mode() == v1::AGGREGATION_MODE_SYNC;
+  auto round_of = [&](uint64_t v) { return std::min(rounds, v - 1); };
+
   TrainingResult result;
   // The server answers NOT_FOUND for our id after it restarted (ids are never reused) or after our
-  // lease ran out: join again with the same rank, and start over from its current model. What was
-  // trained since our last accepted push is lost; nothing else is.
+  // lease ran out: join again with the same rank and start over from its current model. The loop
+  // then follows the server's version, so rounds the server lost are trained again.
   auto rejoin = [&]() -> absl::Status {
     LogWarning(absl::StrCat(prefix_,
                             "the server does not know this worker (restarted, or the lease "
@@ -259,7 +266,12 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   double loss_sum = 0.0;
   uint64_t loss_count = 0;
 
-  for (uint64_t round = 0; round < rounds; ++round) {
+  const uint64_t first_round = sync ? round_of(version) : 0;
+  if (first_round > 0) {
+    Progress(absl::StrFormat("the run is at version %d: starting at round %d of %d", version,
+                             first_round + 1, rounds));
+  }
+  for (uint64_t round = first_round; round < rounds; ++round) {
     if (options_.stop != nullptr && options_.stop->load()) {
       Progress(absl::StrFormat("stopping after %d of %d rounds, as asked", round, rounds));
       result.stopped_early = true;
@@ -296,6 +308,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     absl::StatusOr<v1::PushAck> ack =
         client_->PushEncoded(kind, version, uint64_t{h} * config.batch_size(), encoding, payload,
                              update.size(), round_loss);
+    const uint64_t rejoins_before = result.rejoins;
     absl::Status pulled;
     if (absl::IsNotFound(ack.status())) {
       pulled = rejoin();
@@ -312,7 +325,13 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       if (absl::IsNotFound(pulled)) pulled = rejoin();
     }
     PS_RETURN_IF_ERROR(pulled);
-    result.rounds = round + 1;
+    ++result.rounds;
+    if (sync && rejoins_before != result.rejoins) {
+      // Re-joined, possibly to a server that resumed from an older checkpoint: follow its
+      // schedule, so that rounds lost with the server are run again.
+      round = round_of(version) - 1;  // the loop's ++ makes it round_of(version)
+      continue;
+    }
 
     const bool eval_now =
         config.eval_every() > 0 && (round + 1) % config.eval_every() == 0 && round + 1 < rounds;
