@@ -1,11 +1,14 @@
 # The two commands of the README: `make demo` and `make test`. Both install what is missing (apt),
-# then build in build/ (Release).
+# then build in build/ (Release). `make test` then also builds with clang-14 under AddressSanitizer
+# + UndefinedBehaviorSanitizer with -Wthread-safety -Werror in build-asan/, runs the suite there too,
+# and runs the fuzzer briefly.
 BUILD_DIR ?= build
+SAN_DIR ?= build-asan
 BUILD_TYPE ?= Release
 JOBS ?= 2
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test bench compression-table clean
+.PHONY: all deps build demo test sanitize-build sanitize-test bench compression-table clean
 
 all: build
 
@@ -23,6 +26,20 @@ demo: build
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
+	$(MAKE) sanitize-test
+
+$(SAN_DIR)/CMakeCache.txt:
+	CC=clang-14 CXX=clang++-14 cmake -S . -B $(SAN_DIR) -DCMAKE_BUILD_TYPE=Release -DPS_SANITIZE=ON \
+	  -DPS_WERROR=ON $(CMAKE_FLAGS)
+
+sanitize-build: deps $(SAN_DIR)/CMakeCache.txt
+	cmake --build $(SAN_DIR) -j$(JOBS)
+
+# halt_on_error: the first report fails the test. Leak checking stays on. The process-kill tests
+# (label `fault`) run in the release build only, for time: sanitized they take minutes each.
+sanitize-test: sanitize-build
+	cd $(SAN_DIR) && ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j$(JOBS) -LE fault
 
 bench: build
 	./bench/run_push_pull.sh $(BUILD_DIR)
@@ -32,4 +49,4 @@ compression-table: build
 	./bench/compression_table.sh $(BUILD_DIR)
 
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(SAN_DIR)

@@ -176,9 +176,10 @@ void Aggregator::CloseRound() {
   const double inv_weight = 1.0 / round_weight_;
   const bool gradient = options_.update_kind == v1::UPDATE_KIND_GRADIENT;
   const float lr = options_.server_learning_rate;
+  const double* sum = round_sum_.data();  // read under mu_, which the lambda runs under
   store_->Apply([&](absl::Span<float> model) {
     for (size_t i = 0; i < model.size(); ++i) {
-      const float average = static_cast<float>(round_sum_[i] * inv_weight);
+      const float average = static_cast<float>(sum[i] * inv_weight);
       model[i] += gradient ? -lr * average : average;
     }
   });

@@ -240,6 +240,9 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
   request.add_accept_encodings(v1::ENCODING_QSGD);
   request.set_max_wait_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(wait)));
   absl::MutexLock lock(&pull_mu_);
+  // The lambdas below run with pull_mu_ held; the analysis cannot see that through them.
+  PayloadAssembler* const assembler = &pull_assembler_;
+  std::vector<float>* const scratch = &pull_scratch_;
   PullResult result;
   absl::Status stream_error;
   grpc::Status status = WithRetries("Pull", [&] {
@@ -254,17 +257,17 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
     // Applies the segment just assembled: a full model straight into `model` (decoded only after
     // the payload checks out), a delta onto the scratch copy.
     auto finish_segment = [&]() -> absl::Status {
-      if (absl::Status s = pull_assembler_.CheckComplete(); !s.ok()) return s;
+      if (absl::Status s = assembler->CheckComplete(); !s.ok()) return s;
       if (header.kind() == v1::ModelHeader::KIND_FULL) {
-        if (absl::Status s = Decode(header.encoding(), pull_assembler_.payload(), model); !s.ok()) {
+        if (absl::Status s = Decode(header.encoding(), assembler->payload(), model); !s.ok()) {
           return s;
         }
         full = true;
       } else {
-        if (!deltas) pull_scratch_.assign(model.begin(), model.end());
+        if (!deltas) scratch->assign(model.begin(), model.end());
         deltas = true;
-        if (absl::Status s = DecodeAccumulate(header.encoding(), pull_assembler_.payload(), 1.0f,
-                                              absl::MakeSpan(pull_scratch_));
+        if (absl::Status s = DecodeAccumulate(header.encoding(), assembler->payload(), 1.0f,
+                                              absl::MakeSpan(*scratch));
             !s.ok()) {
           return s;
         }
@@ -295,7 +298,7 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
             "elements takes %d",
             header.payload_bytes(), EncodingName(header.encoding()), model.size(), *expected));
       }
-      pull_assembler_.Reset(header.payload_bytes(), kDefaultChunkBytes);
+      assembler->Reset(header.payload_bytes(), kDefaultChunkBytes);
       in_segment = true;
       return absl::OkStatus();
     };
@@ -311,7 +314,7 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
         stream_error = absl::InternalError("model chunk without a header");
       }
       if (stream_error.ok() && in_segment) {
-        stream_error = pull_assembler_.Add(chunk.offset(), chunk.data());
+        stream_error = assembler->Add(chunk.offset(), chunk.data());
       }
     }
     if (!stream_error.ok()) context.TryCancel();
@@ -319,7 +322,7 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
     if (!finished.ok() || !stream_error.ok()) return finished;
     if (in_segment) stream_error = finish_segment();
     if (!stream_error.ok()) return finished;
-    if (deltas) std::copy(pull_scratch_.begin(), pull_scratch_.end(), model.begin());
+    if (deltas) std::copy(scratch->begin(), scratch->end(), model.begin());
     result.changed = full || deltas;
     if (result.changed) {
       result.version = version;
