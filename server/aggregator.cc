@@ -149,7 +149,13 @@ void Aggregator::CloseRoundIfComplete() {
     ++stats_.rounds_closed_by_deadline;
     return CloseRound();
   }
-  if (!membership_->assembled()) return;  // wait until all K workers have joined once
+  // Until all K workers have joined once, wait for them, but not longer than a lease after the
+  // round's first update: one that never comes (it died while the server was down, say) must not
+  // hold the run up.
+  if (!membership_->assembled() &&
+      options_.clock->Now() - round_first_update_ < membership_->lease()) {
+    return;
+  }
   // Expected: live members that joined before the round opened, and anyone who pushed to it.
   size_t expected = 0;
   bool all_in = true;

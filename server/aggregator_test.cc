@@ -318,6 +318,27 @@ TEST_F(AggregatorTest, AWorkerThatJoinsMidRoundIsNotWaitedForUntilTheNextRound) 
   EXPECT_EQ(store_->version(), 4u);
 }
 
+TEST_F(AggregatorTest, AWorkerThatNeverJoinsHoldsTheFirstRoundUpForOneLeaseAtMost) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 3);
+  ASSERT_TRUE(membership_->Leave(ids_[2]).ok());
+  // A fresh membership: K = 3, but only two ever join (the third died while the server was down).
+  membership_ = std::make_unique<Membership>(3, absl::Seconds(30), &clock_);
+  AggregatorOptions options;
+  options.clock = &clock_;
+  options.num_workers = 3;
+  aggregator_ = std::make_unique<Aggregator>(options, store_.get(), membership_.get());
+  const uint64_t a = membership_->Join("a", -1)->id, b = membership_->Join("b", -1)->id;
+  ASSERT_TRUE(Push(a, 1, 1, {1.0f}).ok());
+  ASSERT_TRUE(Push(b, 1, 1, {3.0f}).ok());
+  clock_.Advance(absl::Seconds(29));
+  aggregator_->MaybeCloseRound();
+  EXPECT_EQ(store_->version(), 1u) << "within the lease, the round waits for the third worker";
+  clock_.Advance(absl::Seconds(1));
+  aggregator_->MaybeCloseRound();
+  EXPECT_EQ(store_->version(), 2u);
+  EXPECT_EQ(Model(), (std::vector<float>{2.0f}));
+}
+
 TEST_F(AggregatorTest, AtShutdownTheOpenRoundClosesWithTheMinimumQuorumOrIsDropped) {
   Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 3);
   ASSERT_TRUE(Push(ids_[0], 1, 1, {3.0f}).ok());
