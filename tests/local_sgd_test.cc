@@ -9,6 +9,7 @@ namespace ps {
 namespace {
 
 using testing::Connect;
+using testing::ConnectShards;
 using testing::SmallServerOptions;
 using testing::StartServer;
 
@@ -21,7 +22,7 @@ TEST(LocalSgd, OneWorkerOneLocalStepIsExactlyPlainMiniBatchSgd) {
   options.model_seed = 3;
   auto server = StartServer(options);
   ASSERT_NE(server, nullptr);
-  auto client = Connect(*server);
+  auto client = ConnectShards({server.get()});
   TrainerOptions trainer_options;
   trainer_options.data.fashion_mnist_dir = testing::kFashionMnistDir;
   trainer_options.data.train_limit = 1000;

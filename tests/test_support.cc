@@ -46,11 +46,30 @@ std::unique_ptr<PsClient> Connect(const ParameterServer& server, const std::stri
   return client.ok() ? std::move(*client) : nullptr;
 }
 
+std::unique_ptr<ShardedClient> ConnectShards(const std::vector<const ParameterServer*>& shards,
+                                             const std::string& name) {
+  PsClientOptions o;
+  for (const ParameterServer* shard : shards) o.servers.push_back(shard->address());
+  o.worker_name = name;
+  o.rpc_timeout = absl::Seconds(60);
+  auto client = ShardedClient::Create(o);
+  EXPECT_TRUE(client.ok()) << client.status();
+  return client.ok() ? std::move(*client) : nullptr;
+}
+
 std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_workers,
                                          int64_t train_limit, int64_t test_limit) {
-  std::vector<std::unique_ptr<PsClient>> clients;
+  return TrainWorkers(std::vector<const ParameterServer*>{&server}, num_workers, train_limit,
+                      test_limit);
+}
+
+std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer*>& shards,
+                                         int num_workers, int64_t train_limit, int64_t test_limit) {
+  std::vector<std::unique_ptr<ShardedClient>> clients;
   std::vector<absl::StatusOr<TrainingResult>> results(num_workers, absl::UnknownError("not run"));
-  for (int k = 0; k < num_workers; ++k) clients.push_back(Connect(server, "w" + std::to_string(k)));
+  for (int k = 0; k < num_workers; ++k) {
+    clients.push_back(ConnectShards(shards, "w" + std::to_string(k)));
+  }
   std::vector<std::thread> threads;
   for (int k = 0; k < num_workers; ++k) {
     threads.emplace_back([&, k] {

@@ -8,6 +8,7 @@
 
 #include "server/server.h"
 #include "worker/ps_client.h"
+#include "worker/sharded_client.h"
 #include "worker/trainer.h"
 
 namespace ps::testing {
@@ -22,6 +23,10 @@ std::unique_ptr<ParameterServer> StartServer(const ServerOptions& options);
 
 std::unique_ptr<PsClient> Connect(const ParameterServer& server, const std::string& name = "test");
 
+// A worker's client of the whole model served by `shards` (in shard order).
+std::unique_ptr<ShardedClient> ConnectShards(const std::vector<const ParameterServer*>& shards,
+                                             const std::string& name = "test");
+
 bool FashionMnistInstalled();
 
 // Runs `num_workers` Trainers against `server`, each in its own thread with its own client, on
@@ -29,6 +34,9 @@ bool FashionMnistInstalled();
 // succeeded (failing the calling test for the others).
 std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_workers,
                                          int64_t train_limit, int64_t test_limit);
+// The same against a model split over `shards`.
+std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer*>& shards,
+                                         int num_workers, int64_t train_limit, int64_t test_limit);
 
 // Test accuracy of the server's broadcast model on the first `test_limit` Fashion-MNIST test
 // images.

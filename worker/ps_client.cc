@@ -35,9 +35,8 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions
     return absl::InvalidArgumentError("no server address given (--servers)");
   }
   if (options.servers.size() > 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "got ", options.servers.size(),
-        " server addresses; this version serves the model from a single server shard"));
+    return absl::InvalidArgumentError(
+        "a PsClient talks to one server shard; ShardedClient splits the model over several");
   }
   if (options.tls_ca_file.empty() &&
       (!options.tls_cert_file.empty() || !options.tls_key_file.empty())) {
@@ -110,11 +109,6 @@ absl::StatusOr<v1::JoinResponse> PsClient::Join(std::optional<int> requested_ran
       grpc::StatusCode::ALREADY_EXISTS);
   if (!status.ok()) return WithContext(status, "Join", options_.servers[0]);
   bytes_received_ += response.ByteSizeLong();
-  if (response.shard_begin() != 0 || response.shard_end() != response.model_size()) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("server %s holds only shard %d of %d; give every shard's address",
-                        options_.servers[0], response.shard_index(), response.shard_count()));
-  }
   worker_id_ = response.worker_id();
   lease_ms_ = static_cast<int64_t>(response.lease_ms());
   if (response.max_chunk_bytes() >= 1024) chunk_bytes_ = response.max_chunk_bytes();

@@ -1,6 +1,6 @@
-// PsClient: a worker's connection to the parameter server. Every call has a deadline; UNAVAILABLE
-// is retried with exponential backoff and jitter (pushes keep their sequence number, so a retried
-// push is never applied twice).
+// PsClient: a worker's connection to one parameter server shard (ShardedClient holds one per
+// shard). Every call has a deadline; UNAVAILABLE is retried with exponential backoff and jitter
+// (pushes keep their sequence number, so a retried push is never applied twice).
 #ifndef PS_WORKER_PS_CLIENT_H_
 #define PS_WORKER_PS_CLIENT_H_
 
@@ -25,8 +25,7 @@
 namespace ps {
 
 struct PsClientOptions {
-  // Server shard addresses (host:port). One address for now; the wire contract already carries
-  // shard ranges so that a list of shards needs no protocol change.
+  // The server's address (host:port); ShardedClient takes one per shard, in shard order.
   std::vector<std::string> servers;
   std::string worker_name;
   int requested_rank = -1;  // -1: the server picks a free rank

@@ -139,27 +139,12 @@ absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingC
   return ValidateEncodingParams(*update);
 }
 
-Trainer::Trainer(const TrainerOptions& options, PsClient* client)
+Trainer::Trainer(const TrainerOptions& options, ShardedClient* client)
     : options_(options), client_(client) {}
 
 void Trainer::Progress(const std::string& line) {
   if (!options_.quiet) std::printf("%s%s\n", prefix_.c_str(), line.c_str());
   std::fflush(stdout);
-}
-
-absl::Status Trainer::PullUntilNewer(uint64_t have_version, std::vector<float>* model,
-                                     uint64_t* version) {
-  absl::Time waiting_since = absl::Now();
-  while (true) {
-    PS_ASSIGN_OR_RETURN(PullResult pulled,
-                        client_->Pull(have_version, options_.pull_wait, absl::MakeSpan(*model)));
-    if (pulled.changed) {
-      *version = pulled.version;
-      return absl::OkStatus();
-    }
-    Progress(absl::StrFormat("waiting for the round on version %d to close (%.0fs so far)",
-                             have_version, absl::ToDoubleSeconds(absl::Now() - waiting_since)));
-  }
 }
 
 absl::StatusOr<TrainingResult> Trainer::Run() {
@@ -215,16 +200,23 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       config.pull_encoding().encoding() == v1::ENCODING_QSGD
           ? absl::StrCat(EncodingName(config.pull_encoding()), " deltas")
           : "FP32"));
-  UpdateCompressor compressor(config, joined.model_size(),
-                              SamplerSeed(config.data_seed(), joined.rank()) + 17);
-  v1::EncodingParams encoding;
-  std::string payload;
+  // One compressor per shard: each shard gets its own message, with its own scales, bits and
+  // error-feedback residual. With one shard this is the whole model.
+  const size_t num_shards = client_->num_shards();
+  const std::vector<KeyRange>& ranges = client_->ranges();
+  std::vector<UpdateCompressor> compressors;
+  for (size_t i = 0; i < num_shards; ++i) {
+    compressors.emplace_back(config, ranges[i].size(),
+                             SamplerSeed(config.data_seed(), joined.rank()) + 17 + 1000 * i);
+  }
+  std::vector<v1::EncodingParams> encodings(num_shards);
+  std::vector<std::string> payloads(num_shards);
   double bits_sum = 0.0;
 
   const size_t d = joined.model_size();
   std::vector<float> global(d), local(d), delta(d), grad(d);
-  uint64_t version = 0;
-  PS_RETURN_IF_ERROR(PullUntilNewer(0, &global, &version));
+  // The version of each shard's part of `global`.
+  std::vector<uint64_t> versions(num_shards, 0);
 
   // In sync mode every round is one version, so a worker that joins a run in progress (a
   // replacement, or any worker after the server resumed from a checkpoint) takes up the schedule
@@ -232,31 +224,66 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   // anyway, and each runs all of its rounds.
   const bool sync = config.mode() == v1::AGGREGATION_MODE_SYNC;
   auto round_of = [&](uint64_t v) { return std::min(rounds, v - 1); };
+  auto oldest_version = [&] { return *std::min_element(versions.begin(), versions.end()); };
 
   TrainingResult result;
-  // The server answers NOT_FOUND for our id after it restarted (ids are never reused) or after our
-  // lease ran out: join again with the same rank and start over from its current model. The loop
-  // then follows the server's version, so rounds the server lost are trained again.
-  auto rejoin = [&]() -> absl::Status {
-    LogWarning(absl::StrCat(prefix_,
-                            "the server does not know this worker (restarted, or the lease "
-                            "ran out): joining again as rank ",
+  // A shard answers NOT_FOUND for our id after it restarted (ids are never reused) or after our
+  // lease ran out: join it again with the same rank and take its current model in full. The loop
+  // then follows the server's version, so rounds a server lost are trained again.
+  auto rejoin = [&](size_t i) -> absl::Status {
+    LogWarning(absl::StrCat(prefix_, "server shard ", i,
+                            " does not know this worker (restarted, or the lease ran out): "
+                            "joining again as rank ",
                             joined.rank()));
-    absl::StatusOr<v1::JoinResponse> again = client_->Join(static_cast<int>(joined.rank()));
-    if (again.status().code() == absl::StatusCode::kAlreadyExists) again = client_->Join(-1);
-    if (!again.ok()) return again.status();
-    if (again->model_size() != joined.model_size()) {
-      return absl::FailedPreconditionError(
-          absl::StrFormat("after re-joining the model has %d parameters, before %d",
-                          again->model_size(), joined.model_size()));
-    }
+    PS_RETURN_IF_ERROR(client_->Rejoin(i, static_cast<int>(joined.rank())));
     ++result.rejoins;
-    compressor.ResetResidual();
-    PS_RETURN_IF_ERROR(PullUntilNewer(0, &global, &version));
-    Progress(
-        absl::StrFormat("re-joined as worker id %d at version %d", again->worker_id(), version));
+    compressors[i].ResetResidual();
+    versions[i] = 0;
     return absl::OkStatus();
   };
+  // Brings every shard i newer than have[i]. In sync mode also to the same number of versions
+  // past `have` on every shard, so that the model is that of one round everywhere (a shard that
+  // stays behind longer than the pull wait is taken as it is, with a warning, rather than hang).
+  auto pull_all = [&](std::vector<uint64_t> have) -> absl::Status {
+    const absl::Time since = absl::Now();
+    while (true) {
+      std::vector<bool> which(num_shards);
+      bool behind = false;
+      for (size_t i = 0; i < num_shards; ++i) behind |= which[i] = versions[i] <= have[i];
+      if (!behind) {
+        if (!sync || num_shards == 1) return absl::OkStatus();
+        uint64_t most = 0;
+        for (size_t i = 0; i < num_shards; ++i) most = std::max(most, versions[i] - have[i]);
+        for (size_t i = 0; i < num_shards; ++i) behind |= which[i] = versions[i] - have[i] < most;
+        if (!behind) return absl::OkStatus();
+        if (absl::Now() - since > options_.pull_wait) {
+          LogWarning(absl::StrCat(prefix_, "server shards are at different rounds; going on"));
+          return absl::OkStatus();
+        }
+      }
+      std::vector<absl::StatusOr<PullResult>> pulled =
+          client_->Pull(versions, which, options_.pull_wait, absl::MakeSpan(global));
+      bool changed = false;
+      for (size_t i = 0; i < num_shards; ++i) {
+        if (!which[i]) continue;
+        if (absl::IsNotFound(pulled[i].status())) {
+          PS_RETURN_IF_ERROR(rejoin(i));
+          have[i] = 0;
+        } else if (!pulled[i].ok()) {
+          return pulled[i].status();
+        } else if (pulled[i]->changed) {
+          versions[i] = pulled[i]->version;
+          changed = true;
+        }
+      }
+      if (!changed) {
+        Progress(absl::StrFormat("waiting for the round on version %d to close (%.0fs so far)",
+                                 have[0], absl::ToDoubleSeconds(absl::Now() - since)));
+      }
+    }
+  };
+  PS_RETURN_IF_ERROR(pull_all(versions));
+
   result.config = config;
   result.worker_id = joined.worker_id();
   result.rank = joined.rank();
@@ -266,10 +293,10 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   double loss_sum = 0.0;
   uint64_t loss_count = 0;
 
-  const uint64_t first_round = sync ? round_of(version) : 0;
+  const uint64_t first_round = sync ? round_of(oldest_version()) : 0;
   if (first_round > 0) {
-    Progress(absl::StrFormat("the run is at version %d: starting at round %d of %d", version,
-                             first_round + 1, rounds));
+    Progress(absl::StrFormat("the run is at version %d: starting at round %d of %d",
+                             oldest_version(), first_round + 1, rounds));
   }
   for (uint64_t round = first_round; round < rounds; ++round) {
     if (options_.stop != nullptr && options_.stop->load()) {
@@ -303,33 +330,37 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     result.steps += h;
 
     const std::vector<float>& update = kind == v1::UPDATE_KIND_GRADIENT ? grad : delta;
-    PS_RETURN_IF_ERROR(compressor.Compress(update, round, rounds, &encoding, &payload));
-    bits_sum += compressor.last_bits();
-    absl::StatusOr<v1::PushAck> ack =
-        client_->PushEncoded(kind, version, uint64_t{h} * config.batch_size(), encoding, payload,
-                             update.size(), round_loss);
+    for (size_t i = 0; i < num_shards; ++i) {
+      PS_RETURN_IF_ERROR(compressors[i].Compress(
+          absl::MakeConstSpan(update).subspan(ranges[i].begin, ranges[i].size()), round, rounds,
+          &encodings[i], &payloads[i]));
+      bits_sum += static_cast<double>(compressors[i].last_bits()) / num_shards;
+    }
+    std::vector<absl::StatusOr<v1::PushAck>> acks = client_->Push(
+        kind, versions, uint64_t{h} * config.batch_size(), encodings, payloads, round_loss);
     const uint64_t rejoins_before = result.rejoins;
-    absl::Status pulled;
-    if (absl::IsNotFound(ack.status())) {
-      pulled = rejoin();
-    } else {
-      if (!ack.ok()) {
-        if (!absl::IsFailedPrecondition(ack.status())) return ack.status();
+    std::vector<uint64_t> have = versions;
+    for (size_t i = 0; i < num_shards; ++i) {
+      if (acks[i].ok()) continue;
+      if (absl::IsNotFound(acks[i].status())) {
+        PS_RETURN_IF_ERROR(rejoin(i));
+        have[i] = 0;
+      } else if (absl::IsFailedPrecondition(acks[i].status())) {
         // Too stale: this round's work is dropped; continue from the current model, and forget
         // the residual, which belonged to updates of an older model.
         ++result.stale_refusals;
-        compressor.ResetResidual();
-        LogWarning(absl::StrCat(prefix_, "update refused: ", ack.status().message()));
+        compressors[i].ResetResidual();
+        LogWarning(absl::StrCat(prefix_, "update refused: ", acks[i].status().message()));
+      } else {
+        return acks[i].status();
       }
-      pulled = PullUntilNewer(version, &global, &version);
-      if (absl::IsNotFound(pulled)) pulled = rejoin();
     }
-    PS_RETURN_IF_ERROR(pulled);
+    PS_RETURN_IF_ERROR(pull_all(have));
     ++result.rounds;
     if (sync && rejoins_before != result.rejoins) {
-      // Re-joined, possibly to a server that resumed from an older checkpoint: follow its
-      // schedule, so that rounds lost with the server are run again.
-      round = round_of(version) - 1;  // the loop's ++ makes it round_of(version)
+      // Re-joined, possibly a server that resumed from an older checkpoint: follow its schedule,
+      // so that rounds lost with the server are run again.
+      round = round_of(oldest_version()) - 1;  // the loop's ++ makes it round_of(...)
       continue;
     }
 
@@ -339,7 +370,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     if (eval_now) {
       eval = Evaluate(*model, global, test);
       v1::EvalReport report;
-      report.set_version(version);
+      report.set_version(versions[0]);
       report.set_test_loss(eval.loss);
       report.set_test_accuracy(eval.accuracy);
       if (absl::Status s = client_->Heartbeat(&report); !s.ok()) {
@@ -352,10 +383,10 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       Progress(absl::StrFormat(
           "round %d/%d version %d train_loss %.4f%s lr %.4g bits %d sent %s (fp32 %s) recv %s "
           "(fp32 %s) elapsed %.1fs",
-          round + 1, rounds, version, loss_sum / loss_count,
+          round + 1, rounds, versions[0], loss_sum / loss_count,
           eval_now ? absl::StrFormat(" test_loss %.4f test_acc %.4f", eval.loss, eval.accuracy)
                    : "",
-          LearningRate(config, (round + 1) * h, total_steps), compressor.last_bits(),
+          LearningRate(config, (round + 1) * h, total_steps), compressors[0].last_bits(),
           Megabytes(wire.bytes_sent), Megabytes(wire.raw_bytes_sent),
           Megabytes(wire.bytes_received), Megabytes(wire.raw_bytes_received),
           absl::ToDoubleSeconds(absl::Now() - start)));
@@ -368,16 +399,15 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   if (loss_count > 0) result.final_train_loss = loss_sum / loss_count;
   if (result.rounds > 0) result.mean_update_bits = bits_sum / result.rounds;
 
-  // The freshest model there is now (in async mode other workers may still be pushing).
-  absl::StatusOr<PullResult> last =
-      client_->Pull(version, absl::ZeroDuration(), absl::MakeSpan(global));
-  if (last.status().code() == absl::StatusCode::kNotFound) {
-    PS_RETURN_IF_ERROR(rejoin());
-  } else if (!last.ok()) {
-    return last.status();
-  } else if (last->changed) {
-    version = last->version;
+  // The freshest model there is now (in async mode other workers may still be pushing). A shard
+  // that forgot us keeps the part we have.
+  std::vector<absl::StatusOr<PullResult>> last = client_->Pull(
+      versions, std::vector<bool>(num_shards, true), absl::ZeroDuration(), absl::MakeSpan(global));
+  for (size_t i = 0; i < num_shards; ++i) {
+    if (last[i].ok() && last[i]->changed) versions[i] = last[i]->version;
+    if (!last[i].ok() && !absl::IsNotFound(last[i].status())) return last[i].status();
   }
+  const uint64_t version = versions[0];
   result.final_test = Evaluate(*model, global, test);
   result.final_version = version;
   v1::EvalReport report;

@@ -14,7 +14,7 @@
 #include "worker/compression.h"
 #include "worker/data/dataset.h"
 #include "worker/models/model.h"
-#include "worker/ps_client.h"
+#include "worker/sharded_client.h"
 
 namespace ps {
 
@@ -88,15 +88,14 @@ struct TrainingResult {
 // Not thread-safe; one per worker.
 class Trainer {
  public:
-  Trainer(const TrainerOptions& options, PsClient* client);
+  Trainer(const TrainerOptions& options, ShardedClient* client);
   absl::StatusOr<TrainingResult> Run();
 
  private:
-  absl::Status PullUntilNewer(uint64_t have_version, std::vector<float>* model, uint64_t* version);
   void Progress(const std::string& line);
 
   TrainerOptions options_;
-  PsClient* client_;
+  ShardedClient* client_;
   std::string prefix_;
 };
 

@@ -27,7 +27,7 @@
 #include "worker/trainer.h"
 
 ABSL_FLAG(std::string, servers, "127.0.0.1:50051",
-          "Comma-separated host:port of the server shards (one shard in this version).");
+          "Comma-separated host:port of the server shards, in shard order (one for one server).");
 ABSL_FLAG(std::string, name, "",
           "Worker name shown in the server's logs and Status (default: host-pid).");
 ABSL_FLAG(int, rank, -1,
@@ -82,20 +82,24 @@ absl::Status WriteSummary(const JsonObject& summary) {
   return path.empty() ? absl::OkStatus() : summary.WriteToFile(path);
 }
 
-absl::Status EvaluateOnly(PsClient* client) {
+absl::Status EvaluateOnly(ShardedClient* client) {
+  PS_RETURN_IF_ERROR(client->DiscoverRanges());
   PS_ASSIGN_OR_RETURN(v1::StatusResponse status, client->Status());
   const v1::TrainingConfig& config = status.config();
   const ModelSpec spec = ModelSpecFromConfig(config);
   PS_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, CreateModel(spec));
   std::vector<float> params(status.model_size());
-  PS_ASSIGN_OR_RETURN(PullResult pulled,
-                      client->Pull(0, absl::ZeroDuration(), absl::MakeSpan(params)));
+  const size_t shards = client->num_shards();
+  std::vector<absl::StatusOr<PullResult>> pulled =
+      client->Pull(std::vector<uint64_t>(shards, 0), std::vector<bool>(shards, true),
+                   absl::ZeroDuration(), absl::MakeSpan(params));
+  for (const auto& p : pulled) PS_RETURN_IF_ERROR(p.status());
   PS_ASSIGN_OR_RETURN(Dataset test, LoadTestData(DataFromFlags(), spec));
   const EvalResult eval = Evaluate(*model, params, test);
   JsonObject summary;
   summary.Add("binary", "ps-worker")
       .Add("evaluate_only", true)
-      .Add("version", pulled.version)
+      .Add("version", pulled[0]->version)
       .Add("rounds", status.rounds_completed())
       .Add("test_loss", eval.loss)
       .Add("test_accuracy", eval.accuracy)
@@ -105,7 +109,7 @@ absl::Status EvaluateOnly(PsClient* client) {
   return WriteSummary(summary);
 }
 
-absl::Status Train(PsClient* client, const TrainerOptions& options) {
+absl::Status Train(ShardedClient* client, const TrainerOptions& options) {
   Trainer trainer(options, client);
   PS_ASSIGN_OR_RETURN(TrainingResult r, trainer.Run());
   JsonObject summary;
@@ -183,7 +187,7 @@ int Main() {
     }
     client_options.token = std::string(absl::StripAsciiWhitespace(*token));
   }
-  absl::StatusOr<std::unique_ptr<PsClient>> client = PsClient::Create(client_options);
+  absl::StatusOr<std::unique_ptr<ShardedClient>> client = ShardedClient::Create(client_options);
   if (!client.ok()) {
     std::fprintf(stderr, "ps-worker: %s\n", std::string(client.status().message()).c_str());
     return 2;

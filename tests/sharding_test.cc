@@ -1,0 +1,119 @@
+// The model split by key range over S real servers: workers split pushes and pulls by range and
+// talk to all shards in parallel, and the result does not depend on S.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/test_support.h"
+
+namespace ps {
+namespace {
+
+using ::testing::HasSubstr;
+
+// S servers for one model, shard i of S each.
+std::vector<std::unique_ptr<ParameterServer>> StartShards(ServerOptions options, int count) {
+  std::vector<std::unique_ptr<ParameterServer>> shards;
+  for (int i = 0; i < count; ++i) {
+    options.shard_index = i;
+    options.shard_count = count;
+    shards.push_back(testing::StartServer(options));
+    if (shards.back() == nullptr) return {};
+  }
+  return shards;
+}
+
+std::vector<const ParameterServer*> Pointers(
+    const std::vector<std::unique_ptr<ParameterServer>>& shards) {
+  std::vector<const ParameterServer*> out;
+  for (const auto& s : shards) out.push_back(s.get());
+  return out;
+}
+
+// The whole model: every shard's part, in order.
+std::vector<float> WholeModel(const std::vector<std::unique_ptr<ParameterServer>>& shards) {
+  std::vector<float> whole;
+  for (const auto& s : shards) {
+    const std::vector<float>& part = *s->Model().values;
+    whole.insert(whole.end(), part.begin(), part.end());
+  }
+  return whole;
+}
+
+TEST(Sharding, OneTwoAndThreeShardsTrainTheSameModel) {
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 2, 4);
+  options.training.set_rounds(40);
+  std::vector<float> reference;
+  for (int count : {1, 2, 3}) {
+    auto shards = StartShards(options, count);
+    ASSERT_EQ(shards.size(), static_cast<size_t>(count));
+    std::vector<TrainingResult> results =
+        testing::TrainWorkers(Pointers(shards), 2, /*train_limit=*/4000, /*test_limit=*/500);
+    ASSERT_EQ(results.size(), 2u);
+    // Every shard closed every round: 40 rounds, versions 1..41.
+    for (const auto& s : shards) EXPECT_EQ(s->Model().version, 41u);
+    const std::vector<float> whole = WholeModel(shards);
+    for (const TrainingResult& r : results) EXPECT_EQ(r.final_model, whole);
+    if (count == 1) {
+      reference = whole;
+      continue;
+    }
+    // Each coordinate's round average is computed the same way whatever shard holds it, and two
+    // summands add the same in either order, so the models agree exactly; the tolerance only
+    // allows for a different summation order with more workers.
+    ASSERT_EQ(whole.size(), reference.size());
+    float worst = 0.0f;
+    for (size_t i = 0; i < whole.size(); ++i) {
+      worst = std::max(worst, std::abs(whole[i] - reference[i]));
+    }
+    EXPECT_LE(worst, 1e-6f) << "S = " << count;
+  }
+}
+
+TEST(Sharding, CompressedBothWaysOverTwoShardsStillLearns) {
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_ASYNC, 3, 8);
+  options.training.add_allowed_encodings(v1::ENCODING_QSGD);
+  options.training.set_epochs(2.0f);
+  options.training.set_learning_rate(0.2f);
+  v1::EncodingParams* up = options.training.mutable_update_encoding();
+  up->set_encoding(v1::ENCODING_QSGD);
+  up->set_bits(4);
+  up->set_bucket_size(512);
+  up->set_scaling(v1::QUANT_SCALING_MAX_ABS);
+  options.training.set_bits_policy(v1::BITS_POLICY_FIXED);
+  options.training.set_error_feedback(true);
+  *options.training.mutable_pull_encoding() = *up;
+  auto shards = StartShards(options, 2);
+  ASSERT_EQ(shards.size(), 2u);
+  std::vector<TrainingResult> results =
+      testing::TrainWorkers(Pointers(shards), 3, /*train_limit=*/20000, /*test_limit=*/2000);
+  ASSERT_EQ(results.size(), 3u);
+  for (const TrainingResult& r : results) {
+    EXPECT_GE(r.final_test.accuracy, 0.78) << "worker " << r.rank;
+    EXPECT_GT(static_cast<double>(r.wire.raw_bytes_sent) / r.wire.bytes_sent, 5.0);
+  }
+  for (const auto& s : shards) EXPECT_GT(s->GetStatus().updates_applied(), 0u);
+}
+
+TEST(Sharding, ShardsListedOutOfOrderAreRefused) {
+  ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 2, 1);
+  auto shards = StartShards(options, 2);
+  ASSERT_EQ(shards.size(), 2u);
+  auto client = testing::ConnectShards({shards[1].get(), shards[0].get()});
+  auto joined = client->Join();
+  EXPECT_EQ(joined.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(joined.status().message()), HasSubstr("shard order"));
+  // A refused join leaves no membership behind.
+  for (const auto& s : shards) EXPECT_TRUE(s->GetStatus().members().empty());
+  auto one = testing::ConnectShards({shards[0].get()});
+  EXPECT_EQ(one->Join().status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace ps

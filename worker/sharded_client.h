@@ -1,0 +1,82 @@
+// ShardedClient: a worker's connection to the whole model when it is split by key range over S
+// ps-server shards (S = 1 is one server). It joins every shard with the same rank, splits every
+// push and pull by the shards' ranges, and talks to all shards in parallel.
+#ifndef PS_WORKER_SHARDED_CLIENT_H_
+#define PS_WORKER_SHARDED_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "worker/ps_client.h"
+
+namespace ps {
+
+// The coordinates [begin, end) of the model a shard holds.
+struct KeyRange {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  uint64_t size() const { return end - begin; }
+};
+
+// Thread-safe as PsClient is; calls on different shards run in parallel.
+class ShardedClient {
+ public:
+  // One PsClient per address in options.servers, in shard order (shard i at servers[i]).
+  static absl::StatusOr<std::unique_ptr<ShardedClient>> Create(const PsClientOptions& options);
+
+  size_t num_shards() const { return shards_.size(); }
+  PsClient* shard(size_t i) { return shards_[i].get(); }
+  // Each shard's key range (known after Join).
+  const std::vector<KeyRange>& ranges() const { return ranges_; }
+
+  // For an observer that does not join (ps-worker --evaluate_only): learns the ranges from each
+  // shard's Status. Shard i of S holds [i*d/S, (i+1)*d/S), the servers' rule.
+  absl::Status DiscoverRanges();
+  // Joins shard 0, then every other shard with the rank shard 0 gave. FAILED_PRECONDITION if the
+  // shards disagree (model size, shard count and order, settings) or their ranges do not tile the
+  // model. Returns shard 0's answer with the range widened to the whole model.
+  absl::StatusOr<v1::JoinResponse> Join(std::optional<int> requested_rank = std::nullopt);
+  // Joins shard `i` again with `rank` (it answered NOT_FOUND: restarted, or our lease ran out).
+  absl::Status Rejoin(size_t i, int rank);
+  void StartHeartbeats();
+  // To every shard (the evaluation goes into each server's summary).
+  absl::Status Heartbeat(const v1::EvalReport* eval);
+  absl::Status Leave();
+
+  // Pushes payloads[i] (encoded from the update's range i) to shard i for every i, in parallel.
+  std::vector<absl::StatusOr<v1::PushAck>> Push(v1::UpdateKind kind,
+                                                const std::vector<uint64_t>& base_versions,
+                                                uint64_t sample_count,
+                                                const std::vector<v1::EncodingParams>& encodings,
+                                                const std::vector<std::string>& payloads,
+                                                double train_loss);
+  // For every shard i with which[i], pulls its range of `model` from have_versions[i] (see
+  // PsClient::Pull), in parallel. Entries for shards not pulled are "unchanged".
+  std::vector<absl::StatusOr<PullResult>> Pull(const std::vector<uint64_t>& have_versions,
+                                               const std::vector<bool>& which, absl::Duration wait,
+                                               absl::Span<float> model);
+  // Shard 0's Status, with model_size of the whole model.
+  absl::StatusOr<v1::StatusResponse> Status();
+  // Summed over shards.
+  ClientWireStats wire() const;
+
+ private:
+  ShardedClient() = default;
+  absl::StatusOr<v1::JoinResponse> JoinAll(std::optional<int> requested_rank);
+  // Runs fn(i) for every shard, on threads when there is more than one.
+  template <typename Fn>
+  void ForEachShard(Fn fn);
+
+  std::vector<std::unique_ptr<PsClient>> shards_;
+  std::vector<KeyRange> ranges_;
+};
+
+}  // namespace ps
+
+#endif  // PS_WORKER_SHARDED_CLIENT_H_
