@@ -1,6 +1,8 @@
 #include "server/server.h"
 
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -206,6 +208,30 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
     s->AddDurabilityStatus(status);
   };
 
+  // Listen first, answering health checks with NOT_SERVING and calls with UNAVAILABLE, then load
+  // the model (a large checkpoint takes a while): orchestrators see the process alive but not
+  // ready.
+  server->pool_ = std::make_unique<ThreadPool>(options.threads);
+  server->service_ = std::make_unique<ParameterServerService>(service_options, server->pool_.get(),
+                                                              server->auth_.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, credentials, &server->port_);
+  builder.RegisterService(server->service_.get());
+  // One chunk plus its header, never more: models of any size travel as many chunks.
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen_address,
+                     " (address in use, or not an address of this host?)"));
+  }
+  server->SetServing(false);
+  LogInfo(absl::StrFormat("event=loading port=%d", server->port_));
+  if (options.on_loading) options.on_loading(server->port_);
+
   PS_ASSIGN_OR_RETURN(
       std::optional<LoadedCheckpoint> resumed,
       server->LoadCheckpoint(model_size, service_options.shard_begin, service_options.shard_end));
@@ -264,24 +290,10 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
     server->aggregator_->RestoreCounters(resumed->checkpoint.header.rounds_completed(),
                                          resumed->checkpoint.header.updates_applied());
   }
-  server->pool_ = std::make_unique<ThreadPool>(options.threads);
-  server->service_ = std::make_unique<ParameterServerService>(
-      service_options, server->store_.get(), server->membership_.get(), server->aggregator_.get(),
-      server->wait_list_.get(), server->pool_.get(), server->auth_.get());
-
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, credentials, &server->port_);
-  builder.RegisterService(server->service_.get());
-  // One chunk plus its header, never more: models of any size travel as many chunks.
-  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-  builder.SetMaxSendMessageSize(kMaxMessageBytes);
-  server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen_address,
-                     " (address in use, or not an address of this host?)"));
-  }
+  server->service_->Attach(server->store_.get(), server->membership_.get(),
+                           server->aggregator_.get(), server->wait_list_.get());
   server->housekeeping_ = std::thread([s = server.get()] { s->Housekeeping(); });
+  server->SetServing(true);
   if (resumed.has_value()) {
     LogInfo(absl::StrFormat("event=resumed path=%s version=%d epoch=%d skipped=%d", resumed->path,
                             server->resumed_from_version_, server->epoch_,
@@ -298,6 +310,12 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
       options.security.tls_client_ca_file.empty() ? "off" : "on",
       server->auth_->tokens_required() ? "on" : "off"));
   return server;
+}
+
+void ParameterServer::SetServing(bool serving) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus("", serving);  // the server as a whole
+  health->SetServingStatus(v1::ParameterServer::service_full_name(), serving);
 }
 
 std::string ParameterServer::address() const {
@@ -394,7 +412,11 @@ void ParameterServer::Shutdown(absl::Duration grace) {
     if (shut_down_) return;
     shut_down_ = true;
   }
-  if (store_ == nullptr) return;  // Create failed before anything ran
+  if (server_) SetServing(false);  // orchestrators stop routing here first
+  if (store_ == nullptr) {         // Create failed before the model was loaded
+    if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now()));
+    return;
+  }
   LogInfo(absl::StrFormat("event=shutdown version=%d", store_->version()));
   wait_list_->Shutdown();  // waiting pulls answer now instead of holding the shutdown up
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));

@@ -54,6 +54,9 @@ struct ServerOptions {
   ServerSecurityOptions security;
   // Called once (from an internal thread) when K workers had joined and all have left again.
   std::function<void()> on_training_done;
+  // Called with the bound port once the server listens, before it loads the model (health checks
+  // answer NOT_SERVING until the model is loaded).
+  std::function<void(int port)> on_loading;
 
   // INVALID_ARGUMENT naming the first bad field.
   absl::Status Validate() const;
@@ -87,6 +90,8 @@ class ParameterServer {
  private:
   explicit ParameterServer(const ServerOptions& options) : options_(options) {}
   void Housekeeping();
+  // grpc.health.v1 status of "" and of ps.v1.ParameterServer.
+  void SetServing(bool serving);
   // Resumes from the newest valid checkpoint in options_.checkpoint_dir, if there is one.
   absl::StatusOr<std::optional<LoadedCheckpoint>> LoadCheckpoint(uint64_t model_size,
                                                                  uint64_t shard_begin,

@@ -23,23 +23,29 @@ void WireCounters::ToProto(v1::WireCounters* out) const {
   out->set_raw_bytes_sent(raw_bytes_sent);
 }
 
-ParameterServerService::ParameterServerService(const ServiceOptions& options, ParameterStore* store,
-                                               Membership* membership, Aggregator* aggregator,
-                                               VersionWaitList* wait_list, ThreadPool* pool,
+ParameterServerService::ParameterServerService(const ServiceOptions& options, ThreadPool* pool,
                                                const Authenticator* auth)
     : options_(options),
-      store_(store),
-      membership_(membership),
-      aggregator_(aggregator),
-      wait_list_(wait_list),
       pool_(pool),
       auth_(auth),
       push_rules_{options.model_size, options.shard_begin, options.shard_end, options.chunk_bytes,
                   std::vector<int>(options.training.allowed_encodings().begin(),
                                    options.training.allowed_encodings().end())} {}
 
-absl::StatusOr<std::string> ParameterServerService::Authenticate(
+void ParameterServerService::Attach(ParameterStore* store, Membership* membership,
+                                    Aggregator* aggregator, VersionWaitList* wait_list) {
+  store_ = store;
+  membership_ = membership;
+  aggregator_ = aggregator;
+  wait_list_ = wait_list;
+  ready_.store(true, std::memory_order_release);
+}
+
+absl::StatusOr<std::string> ParameterServerService::Admit(
     const grpc::CallbackServerContext& context) {
+  if (!ready_.load(std::memory_order_acquire)) {
+    return absl::UnavailableError("the server is loading its model; retry shortly");
+  }
   absl::StatusOr<std::string> identity = auth_->Authenticate(context);
   if (!identity.ok()) {
     ++refused_auth_;
@@ -65,7 +71,7 @@ grpc::ServerUnaryReactor* ParameterServerService::Join(grpc::CallbackServerConte
                                                        v1::JoinResponse* response) {
   wire_.bytes_received += request->ByteSizeLong();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> identity = Authenticate(*context);
+  absl::StatusOr<std::string> identity = Admit(*context);
   if (!identity.ok()) {
     reactor->Finish(ToGrpcStatus(identity.status()));
     return reactor;
@@ -110,7 +116,7 @@ grpc::ServerUnaryReactor* ParameterServerService::Heartbeat(grpc::CallbackServer
                                                             v1::HeartbeatResponse* response) {
   wire_.bytes_received += request->ByteSizeLong();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> identity = Authenticate(*context);
+  absl::StatusOr<std::string> identity = Admit(*context);
   absl::Status touched = identity.status();
   if (touched.ok()) touched = CheckIdentity(request->worker_id(), *identity);
   if (touched.ok()) touched = membership_->Touch(request->worker_id());
@@ -129,7 +135,7 @@ grpc::ServerUnaryReactor* ParameterServerService::Leave(grpc::CallbackServerCont
                                                         v1::LeaveResponse* response) {
   wire_.bytes_received += request->ByteSizeLong();
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> identity = Authenticate(*context);
+  absl::StatusOr<std::string> identity = Admit(*context);
   absl::Status left = identity.status();
   if (left.ok()) left = CheckIdentity(request->worker_id(), *identity);
   if (left.ok()) left = membership_->Leave(request->worker_id());
@@ -151,7 +157,7 @@ grpc::ServerUnaryReactor* ParameterServerService::Status(grpc::CallbackServerCon
                                                          const v1::StatusRequest* request,
                                                          v1::StatusResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> identity = Authenticate(*context);
+  absl::StatusOr<std::string> identity = Admit(*context);
   if (!identity.ok()) {
     reactor->Finish(ToGrpcStatus(identity.status()));
     return reactor;
@@ -232,7 +238,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
             service->push_rules_,
             [this](const v1::UpdateHeader& header) { return AcceptHeader(header); },
             service->TakeBuffer()) {
-    absl::StatusOr<std::string> identity = service_->Authenticate(*context);
+    absl::StatusOr<std::string> identity = service_->Admit(*context);
     if (!identity.ok()) {
       Finish(ToGrpcStatus(identity.status()));
       return;
@@ -389,7 +395,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
 
  private:
   absl::Status Check(const grpc::CallbackServerContext& context, const v1::PullRequest& request) {
-    absl::StatusOr<std::string> identity = service_->Authenticate(context);
+    absl::StatusOr<std::string> identity = service_->Admit(context);
     if (!identity.ok()) return identity.status();
     const int limit = service_->options_.max_pending_pulls;
     if (service_->active_pulls_ > limit) {

@@ -53,9 +53,13 @@ struct WireCounters {
 // Thread-safe. Borrows every component; they must outlive the grpc::Server that serves this.
 class ParameterServerService final : public v1::ParameterServer::CallbackService {
  public:
-  ParameterServerService(const ServiceOptions& options, ParameterStore* store,
-                         Membership* membership, Aggregator* aggregator, VersionWaitList* wait_list,
-                         ThreadPool* pool, const Authenticator* auth);
+  // Until Attach, every call is refused with UNAVAILABLE ("loading"): the server listens (and
+  // answers health checks) while it loads its model.
+  ParameterServerService(const ServiceOptions& options, ThreadPool* pool,
+                         const Authenticator* auth);
+  // Hands over the loaded components and starts serving. Call once.
+  void Attach(ParameterStore* store, Membership* membership, Aggregator* aggregator,
+              VersionWaitList* wait_list);
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
                                  const v1::JoinRequest* request,
@@ -81,8 +85,9 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
   class PushReactor;
   class PullReactor;
 
-  // The caller's identity ("" with tokens off), or the refusal, counted.
-  absl::StatusOr<std::string> Authenticate(const grpc::CallbackServerContext& context);
+  // Every call starts here: UNAVAILABLE while loading, else the caller's identity ("" with tokens
+  // off) or the refusal, counted.
+  absl::StatusOr<std::string> Admit(const grpc::CallbackServerContext& context);
   // Identity check of a call acting as worker `id`, counting refusals.
   absl::Status CheckIdentity(uint64_t id, const std::string& identity);
   uint64_t shard_size() const { return options_.shard_end - options_.shard_begin; }
@@ -92,10 +97,12 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
   void ReturnBuffer(std::string buffer);
 
   const ServiceOptions options_;
-  ParameterStore* const store_;
-  Membership* const membership_;
-  Aggregator* const aggregator_;
-  VersionWaitList* const wait_list_;
+  // Set once by Attach, before ready_ (release); read only after ready_ (acquire).
+  std::atomic<bool> ready_{false};
+  ParameterStore* store_ = nullptr;
+  Membership* membership_ = nullptr;
+  Aggregator* aggregator_ = nullptr;
+  VersionWaitList* wait_list_ = nullptr;
   ThreadPool* const pool_;
   const Authenticator* const auth_;
   const PushRules push_rules_;
