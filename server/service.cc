@@ -201,6 +201,8 @@ v1::StatusResponse ParameterServerService::BuildStatus() const {
   status.set_last_round_wait_ms(absl::ToInt64Milliseconds(stats.last_round_wait));
   status.set_updates_refused_limit(refused_limit_);
   status.set_calls_refused_auth(refused_auth_);
+  status.set_pushes_in_progress(std::max(0, active_pushes_.load()));
+  status.set_pulls_in_progress(std::max(0, active_pulls_.load()));
   if (options_.add_status) options_.add_status(&status);
   wire_.ToProto(status.mutable_wire());
   absl::MutexLock lock(&mu_);

@@ -297,13 +297,12 @@ TEST_F(BadInputTest, PushesBeyondTheConcurrencyLimitAreRefused) {
     open.back()->writer = stub_->Push(&open.back()->context, &open.back()->ack);
     ASSERT_TRUE(open.back()->writer->Write(Chunks(Header(), GoodPayload())[0]));
   }
-  // The server has seen both headers once a third push's header is refused; give it a moment.
-  grpc::Status s;
-  for (int attempt = 0; attempt < 50; ++attempt) {
-    s = Send(Chunks(Header(), GoodPayload()));
-    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
-    absl::SleepFor(absl::Milliseconds(20));
+  // Once the server holds both, a third push is refused at its header.
+  for (int wait = 0; wait < 500 && server_->GetStatus().pushes_in_progress() < 2; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
   }
+  ASSERT_EQ(server_->GetStatus().pushes_in_progress(), 2u);
+  grpc::Status s = Send(Chunks(Header(), GoodPayload()));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("--max_concurrent_pushes"));
   for (auto& p : open) {
@@ -337,17 +336,15 @@ TEST_F(BadInputTest, PullsBeyondThePendingLimitAreRefused) {
     open.push_back(std::make_unique<OpenPull>());
     open.back()->reader = stub_->Pull(&open.back()->context, waiting);
   }
-  grpc::Status s;
-  for (int attempt = 0; attempt < 50; ++attempt) {
-    grpc::ClientContext context;
-    auto reader = stub_->Pull(&context, waiting);
-    v1::ModelChunk chunk;
-    while (reader->Read(&chunk)) {
-    }
-    s = reader->Finish();
-    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) break;
-    absl::SleepFor(absl::Milliseconds(20));
+  for (int wait = 0; wait < 500 && server_->GetStatus().pulls_in_progress() < 2; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
   }
+  ASSERT_EQ(server_->GetStatus().pulls_in_progress(), 2u);
+  grpc::ClientContext context;
+  auto reader = stub_->Pull(&context, waiting);
+  v1::ModelChunk chunk;
+  EXPECT_FALSE(reader->Read(&chunk));
+  grpc::Status s = reader->Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("--max_pending_pulls"));
   for (auto& p : open) p->context.TryCancel();
