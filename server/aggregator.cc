@@ -85,6 +85,7 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64
   if (round_pushed_.empty()) round_first_update_ = options_.clock->Now();
   round_weight_ += static_cast<double>(update.sample_count);
   round_pushed_.insert(update.worker_id);
+  staleness_.Observe(0.0);
   CloseRoundIfComplete();
   return SubmitResult{/*duplicate=*/false, /*folded=*/false, store_->version()};
 }
@@ -107,6 +108,7 @@ absl::StatusOr<SubmitResult> Aggregator::FoldLate(const Update& update, uint64_t
     return s;
   }
   round_weight_ += weight;
+  staleness_.Observe(tau);
   ++stats_.late_folded;
   return SubmitResult{/*duplicate=*/false, /*folded=*/true, version};
 }
@@ -128,6 +130,7 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitAsync(const Update& update, uint6
   if (absl::Status s = ValidatePayload(update.encoding, update.payload, store_->size()); !s.ok()) {
     return s;
   }
+  staleness_.Observe(tau);
   const uint64_t new_version = store_->Apply([&](absl::Span<float> model) {
     DecodeAccumulateValidated(update.encoding, update.payload, static_cast<float>(weight), model);
   });
@@ -191,6 +194,7 @@ void Aggregator::CloseRound() {
   });
   stats_.last_round_wait = options_.clock->Now() - round_first_update_;
   stats_.max_round_wait = std::max(stats_.max_round_wait, stats_.last_round_wait);
+  round_wait_.Observe(absl::ToDoubleSeconds(stats_.last_round_wait));
   std::fill(round_sum_.begin(), round_sum_.end(), 0.0);
   round_weight_ = 0.0;
   round_pushed_.clear();

@@ -14,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/metrics.h"
 #include "ps/v1/ps.pb.h"
 #include "server/membership.h"
 #include "server/parameter_store.h"
@@ -100,6 +101,10 @@ class Aggregator {
   void RestoreCounters(uint64_t rounds_completed, uint64_t applied);
 
   AggregatorStats stats() const;
+  // Staleness of every accepted update in rounds (0 for an on-time sync update), and how long sync
+  // rounds waited from their first update to their close, in seconds.
+  Histogram::Snapshot staleness() const { return staleness_.Get(); }
+  Histogram::Snapshot round_wait() const { return round_wait_.Get(); }
   const AggregatorOptions& options() const { return options_; }
 
  private:
@@ -128,6 +133,8 @@ class Aggregator {
   uint64_t round_join_serial_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   AggregatorStats stats_ ABSL_GUARDED_BY(mu_);
+  Histogram staleness_{{0, 0.5, 1, 2, 3, 4, 8}};
+  Histogram round_wait_{{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
 };
 
 }  // namespace ps

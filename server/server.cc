@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <tuple>
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
@@ -293,6 +294,13 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   server->service_->Attach(server->store_.get(), server->membership_.get(),
                            server->aggregator_.get(), server->wait_list_.get());
   server->housekeeping_ = std::thread([s = server.get()] { s->Housekeeping(); });
+  if (!options.metrics_listen.empty()) {
+    PS_ASSIGN_OR_RETURN(server->metrics_,
+                        MetricsEndpoint::Start(options.metrics_listen,
+                                               [s = server.get()] { return s->RenderMetrics(); }));
+    LogInfo(absl::StrFormat("event=metrics_listening address=%s port=%d", options.metrics_listen,
+                            server->metrics_->port()));
+  }
   server->SetServing(true);
   if (resumed.has_value()) {
     LogInfo(absl::StrFormat("event=resumed path=%s version=%d epoch=%d skipped=%d", resumed->path,
@@ -310,6 +318,88 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
       options.security.tls_client_ca_file.empty() ? "off" : "on",
       server->auth_->tokens_required() ? "on" : "off"));
   return server;
+}
+
+std::string ParameterServer::RenderMetrics() const {
+  const v1::StatusResponse s = GetStatus();
+  const v1::WireCounters& w = s.wire();
+  const absl::Time now = absl::Now();
+  MetricsText m;
+  const Labels shard = {{"shard", absl::StrCat(options_.shard_index)}};
+  m.Gauge("ps_model_version", "Current model version of this shard.", s.version(), shard)
+      .Gauge("ps_model_parameters", "Parameters of this shard.",
+             static_cast<double>(service_->options().shard_end - service_->options().shard_begin),
+             shard)
+      .Counter("ps_rounds_total", "Versions published (sync rounds closed, or async updates).",
+               s.rounds_completed())
+      .Counter("ps_updates_applied_total", "Updates accepted.", s.updates_applied())
+      .Counter("ps_updates_duplicate_total", "Retried pushes acknowledged without applying.",
+               s.updates_duplicate())
+      .Counter("ps_updates_late_folded_total", "Late sync updates folded into the next round.",
+               s.updates_late_folded());
+  for (const auto& [reason, value] :
+       std::vector<std::pair<std::string, uint64_t>>{{"stale", s.updates_refused_stale()},
+                                                     {"invalid", s.updates_refused_invalid()},
+                                                     {"limit", s.updates_refused_limit()},
+                                                     {"unauthenticated", s.calls_refused_auth()}}) {
+    m.Counter("ps_updates_refused_total",
+              "Pushes and calls refused, by reason (stale includes late sync updates dropped).",
+              static_cast<double>(value), {{"reason", reason}});
+  }
+  for (const auto& [how, value] :
+       std::vector<std::pair<std::string, uint64_t>>{{"complete", s.rounds_closed_complete()},
+                                                     {"quorum", s.rounds_closed_by_quorum()},
+                                                     {"deadline", s.rounds_closed_by_deadline()},
+                                                     {"abandoned", s.rounds_abandoned()}}) {
+    m.Counter("ps_sync_rounds_total", "Sync rounds by how they ended.", static_cast<double>(value),
+              {{"closed_by", how}});
+  }
+  m.Histo("ps_update_staleness_rounds", "Staleness of accepted updates, in rounds.",
+          aggregator_->staleness())
+      .Histo("ps_round_wait_seconds", "Sync rounds: first update to close.",
+             aggregator_->round_wait())
+      .Histo("ps_pull_wait_seconds",
+             "How long pulls waited for a newer version (the barrier, in sync mode).",
+             service_->pull_wait());
+  for (const auto& [direction, wire, payload, raw] :
+       std::vector<std::tuple<std::string, uint64_t, uint64_t, uint64_t>>{
+           {"in", w.bytes_received(), w.payload_bytes_received(), w.raw_bytes_received()},
+           {"out", w.bytes_sent(), w.payload_bytes_sent(), w.raw_bytes_sent()}}) {
+    m.Counter("ps_bytes_total",
+              "Bytes by direction: wire = serialized messages, payload = tensor bytes as sent "
+              "(encoded), raw = what the tensors take as fp32.",
+              static_cast<double>(wire), {{"direction", direction}, {"kind", "wire"}})
+        .Counter("ps_bytes_total", "", static_cast<double>(payload),
+                 {{"direction", direction}, {"kind", "payload"}})
+        .Counter("ps_bytes_total", "", static_cast<double>(raw),
+                 {{"direction", direction}, {"kind", "raw"}})
+        .Gauge("ps_compression_ratio", "Raw fp32 bytes over wire bytes, by direction.",
+               wire > 0 ? static_cast<double>(raw) / static_cast<double>(wire) : 0.0,
+               {{"direction", direction}});
+  }
+  m.Gauge("ps_members", "Live workers.", s.members_size());
+  for (const v1::MemberStatus& member : s.members()) {
+    m.Gauge("ps_member_last_seen_seconds", "Time since each live worker was last heard from.",
+            static_cast<double>(member.last_seen_ms_ago()) / 1000.0,
+            {{"worker_id", absl::StrCat(member.worker_id())},
+             {"rank", absl::StrCat(member.rank())},
+             {"name", member.name()}});
+  }
+  m.Gauge("ps_pushes_in_progress", "Pushes being received.", s.pushes_in_progress())
+      .Gauge("ps_pulls_in_progress", "Pulls waiting or streaming.", s.pulls_in_progress())
+      .Gauge("ps_checkpoint_version", "Version of the newest checkpoint (0: none).",
+             s.checkpoint_version())
+      .Gauge("ps_checkpoint_age_seconds", "Time since the newest checkpoint (NaN: none).",
+             s.checkpoint_unix_ms() > 0
+                 ? absl::ToDoubleSeconds(now - absl::FromUnixMillis(s.checkpoint_unix_ms()))
+                 : std::nan(""))
+      .Gauge("ps_last_eval_test_accuracy", "Test accuracy last reported by a worker.",
+             s.last_eval().test_accuracy())
+      .Gauge("ps_last_train_loss", "Training loss of the last accepted update.",
+             s.last_train_loss())
+      .Gauge("ps_uptime_seconds", "Time since this server started.",
+             absl::ToDoubleSeconds(now - started_));
+  return m.text();
 }
 
 void ParameterServer::SetServing(bool serving) {
@@ -440,6 +530,7 @@ void ParameterServer::Shutdown(absl::Duration grace) {
 }
 
 ParameterServer::~ParameterServer() {
+  metrics_.reset();  // its scrapes read the components below
   Shutdown();
   if (server_) server_->Wait();
   server_.reset();

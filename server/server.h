@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/metrics.h"
 #include "common/thread_pool.h"
 #include "ps/v1/ps.pb.h"
 #include "server/aggregator.h"
@@ -52,6 +53,8 @@ struct ServerOptions {
   absl::Duration checkpoint_every = absl::ZeroDuration();  // 0 = not by time
   int checkpoint_keep = 2;
   ServerSecurityOptions security;
+  // Prometheus metrics over plain HTTP on their own port (GET /metrics); "" = off.
+  std::string metrics_listen;
   // Called once (from an internal thread) when K workers had joined and all have left again.
   std::function<void()> on_training_done;
   // Called with the bound port once the server listens, before it loads the model (health checks
@@ -72,6 +75,10 @@ class ParameterServer {
 
   // The port actually bound (useful with port 0).
   int port() const { return port_; }
+  // The metrics endpoint's port; 0 when metrics are off.
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+  // The Prometheus text exposition of this server's state.
+  std::string RenderMetrics() const;
   std::string address() const;
   // Stops accepting calls, answers waiting pulls, finishes in-flight calls within `grace`, then
   // cancels the rest; closes the open sync round if it has the minimum quorum (else drops it) and
@@ -107,6 +114,8 @@ class ParameterServer {
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<ParameterServerService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsEndpoint> metrics_;
+  const absl::Time started_ = absl::Now();
   int port_ = 0;
 
   // Checkpoints: written by the housekeeping thread and at shutdown, one at a time.

@@ -122,6 +122,11 @@ ABSL_FLAG(std::string, tokens_file, "",
           "(authorization: Bearer), and a worker may act only as the identity it joined as.");
 ABSL_FLAG(bool, allow_plaintext, false,
           "Allow listening without TLS on an address other than loopback.");
+ABSL_FLAG(
+    std::string, metrics_listen, "",
+    "host:port of the Prometheus endpoint (GET /metrics, plain HTTP); \"\" = off. Port 0: the "
+    "kernel's choice (see --metrics_port_file).");
+ABSL_FLAG(std::string, metrics_port_file, "", "If set, the metrics port is written here.");
 ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
 ABSL_FLAG(bool, exit_when_done, false, "Exit once K workers joined and all of them left again.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
@@ -279,6 +284,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   o.security.tokens_file = absl::GetFlag(FLAGS_tokens_file);
   o.security.allow_plaintext = absl::GetFlag(FLAGS_allow_plaintext);
+  o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   PS_RETURN_IF_ERROR(o.Validate());
   return o;
 }
@@ -330,12 +336,15 @@ int Main() {
     std::fprintf(stderr, "ps-server: %s\n", server.status().ToString().c_str());
     return 1;
   }
-  if (const std::string port_file = absl::GetFlag(FLAGS_port_file); !port_file.empty()) {
-    // Written whole under a temporary name, then renamed: a reader never sees a partial port.
-    const std::string tmp = port_file + ".tmp";
-    std::ofstream(tmp) << (*server)->port() << "\n";
-    std::rename(tmp.c_str(), port_file.c_str());
-  }
+  // Written whole under a temporary name, then renamed: a reader never sees a partial port.
+  auto write_port = [](const std::string& path, int port) {
+    if (path.empty()) return;
+    const std::string tmp = path + ".tmp";
+    std::ofstream(tmp) << port << "\n";
+    std::rename(tmp.c_str(), path.c_str());
+  };
+  write_port(absl::GetFlag(FLAGS_port_file), (*server)->port());
+  write_port(absl::GetFlag(FLAGS_metrics_port_file), (*server)->metrics_port());
   const std::string reason = stop.Wait();
   LogInfo(absl::StrCat("event=stopping reason=\"", reason, "\""));
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));

@@ -430,6 +430,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   };
 
   void Send() {
+    service_->pull_wait_.Observe(absl::ToDoubleSeconds(absl::Now() - started_));
     snapshot_ = service_->store_->Snapshot();
     segments_.clear();
     const uint64_t d = service_->shard_size();
@@ -512,6 +513,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   }
 
   ParameterServerService* const service_;
+  const absl::Time started_ = absl::Now();
   uint64_t have_version_;
   std::vector<int> accept_;  // v1::Encoding values
   ModelSnapshot snapshot_;

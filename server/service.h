@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/metrics.h"
 #include "common/thread_pool.h"
 #include "ps/v1/ps.grpc.pb.h"
 #include "server/aggregator.h"
@@ -79,6 +80,9 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
                                    v1::StatusResponse* response) override;
 
   v1::StatusResponse BuildStatus() const;
+  // How long pulls waited for a newer version before being answered, in seconds: the time
+  // workers spend at the barrier of a sync round.
+  Histogram::Snapshot pull_wait() const { return pull_wait_.Get(); }
   const ServiceOptions& options() const { return options_; }
 
  private:
@@ -113,6 +117,7 @@ class ParameterServerService final : public v1::ParameterServer::CallbackService
   std::atomic<uint64_t> refused_auth_{0};
   std::atomic<int> active_pushes_{0};
   std::atomic<int> active_pulls_{0};
+  Histogram pull_wait_{{0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
   mutable absl::Mutex mu_;
   v1::EvalReport last_eval_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> free_buffers_ ABSL_GUARDED_BY(mu_);
