@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/codec.h"
+#include "common/env_flags.h"
 #include "common/json_writer.h"
 #include "common/logging.h"
 #include "common/malloc_tuning.h"
@@ -404,7 +405,7 @@ int Main() {
 }  // namespace
 }  // namespace ps
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv, char** envp) {
   absl::SetProgramUsageMessage(
       "Parameter server for communication-efficient distributed training.\n"
       "Usage: ps-server --listen=0.0.0.0:50051 --mode=sync --num_workers=4 [flags]");
@@ -415,7 +416,12 @@ int main(int argc, char** argv) {
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
-  absl::ParseCommandLine(argc, argv);
+  // PS_<FLAG>=value in the environment (containers) sets --<flag>; the command line wins.
+  std::vector<std::string> args = ps::ArgsWithEnvironment(
+      std::vector<std::string>(argv, argv + argc), ps::Strings(envp), ps::DefinedFlagNames(), {});
+  std::vector<char*> arg_pointers;
+  for (std::string& arg : args) arg_pointers.push_back(arg.data());
+  absl::ParseCommandLine(static_cast<int>(arg_pointers.size()), arg_pointers.data());
   ps::TuneMallocForLargeMessages();
   return ps::Main();
 }

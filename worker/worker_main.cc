@@ -19,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/env_flags.h"
 #include "common/files.h"
 #include "common/json_writer.h"
 #include "common/logging.h"
@@ -213,7 +214,7 @@ int Main() {
 }  // namespace
 }  // namespace ps
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv, char** envp) {
   absl::SetProgramUsageMessage(
       "Worker of the parameter server: trains a model on its shard of the data.\n"
       "Usage: ps-worker --servers=HOST:PORT [flags]");
@@ -224,7 +225,13 @@ int main(int argc, char** argv) {
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
-  absl::ParseCommandLine(argc, argv);
+  // PS_<FLAG>=value in the environment (containers) sets --<flag>; the command line wins.
+  std::vector<std::string> args =
+      ps::ArgsWithEnvironment(std::vector<std::string>(argv, argv + argc), ps::Strings(envp),
+                              ps::DefinedFlagNames(), {{"JOB_COMPLETION_INDEX", "rank"}});
+  std::vector<char*> arg_pointers;
+  for (std::string& arg : args) arg_pointers.push_back(arg.data());
+  absl::ParseCommandLine(static_cast<int>(arg_pointers.size()), arg_pointers.data());
   ps::TuneMallocForLargeMessages();
   return ps::Main();
 }
