@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the project needs to build, test and run the demo
 # (clang-14 and its runtime for the sanitized build and the fuzzer, openssl for the TLS tests,
-# prometheus for promtool, which checks the metrics endpoint).
+# prometheus for promtool, which checks the metrics endpoint, docker-compose to check
+# docker-compose.yml).
 # Idempotent: does nothing (and needs no network) when everything is already there.
 set -euo pipefail
 
@@ -11,7 +12,7 @@ packages=(
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf
-  clang-14 libclang-rt-14-dev openssl prometheus
+  clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml
 )
 
 missing=()

@@ -50,6 +50,9 @@ ABSL_FLAG(bool, quiet, false, "No progress lines (errors and the summary still p
 ABSL_FLAG(bool, evaluate_only, false,
           "Do not train: pull the current model and evaluate it on the test set.");
 ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
+ABSL_FLAG(bool, health_check, false,
+          "Do not train: exit 0 if every server in --servers answers Status (it has loaded its "
+          "model), 1 otherwise. For container health checks.");
 ABSL_FLAG(std::string, update_encoding, "",
           "Override the server's update encoding (fp32, qsgd, sign) if the server allows it.");
 ABSL_FLAG(int, bits, 0, "Override the server's qsgd bits (2..8); 0 = the server's.");
@@ -108,6 +111,16 @@ absl::Status EvaluateOnly(ShardedClient* client) {
       .Add("server_bytes_received", status.wire().bytes_received())
       .Add("server_bytes_sent", status.wire().bytes_sent());
   return WriteSummary(summary);
+}
+
+absl::Status HealthCheck(ShardedClient* client) {
+  for (size_t i = 0; i < client->num_shards(); ++i) {
+    PS_ASSIGN_OR_RETURN(v1::StatusResponse status, client->shard(i)->Status());
+    std::printf("server %zu: shard %u of %u, version %llu, %d members\n", i, status.shard_index(),
+                status.shard_count(), static_cast<unsigned long long>(status.version()),
+                status.members_size());
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Train(ShardedClient* client, const TrainerOptions& options) {
@@ -202,8 +215,9 @@ int Main() {
   options.overrides.update_encoding = absl::GetFlag(FLAGS_update_encoding);
   options.overrides.bits = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_bits)));
   options.overrides.bits_policy = absl::GetFlag(FLAGS_bits_policy);
-  const absl::Status status = absl::GetFlag(FLAGS_evaluate_only) ? EvaluateOnly(client->get())
-                                                                 : Train(client->get(), options);
+  const absl::Status status = absl::GetFlag(FLAGS_health_check)    ? HealthCheck(client->get())
+                              : absl::GetFlag(FLAGS_evaluate_only) ? EvaluateOnly(client->get())
+                                                                   : Train(client->get(), options);
   if (!status.ok()) {
     std::fprintf(stderr, "ps-worker: %s\n", status.ToString().c_str());
     return 1;
