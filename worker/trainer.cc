@@ -252,9 +252,14 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       for (size_t i = 0; i < num_shards; ++i) behind |= which[i] = versions[i] <= have[i];
       if (!behind) {
         if (!sync || num_shards == 1) return absl::OkStatus();
+        // Shards pulled in full (have 0: just joined or re-joined) have no round to match.
         uint64_t most = 0;
-        for (size_t i = 0; i < num_shards; ++i) most = std::max(most, versions[i] - have[i]);
-        for (size_t i = 0; i < num_shards; ++i) behind |= which[i] = versions[i] - have[i] < most;
+        for (size_t i = 0; i < num_shards; ++i) {
+          if (have[i] > 0) most = std::max(most, versions[i] - have[i]);
+        }
+        for (size_t i = 0; i < num_shards; ++i) {
+          behind |= which[i] = have[i] > 0 && versions[i] - have[i] < most;
+        }
         if (!behind) return absl::OkStatus();
         if (absl::Now() - since > options_.pull_wait) {
           LogWarning(absl::StrCat(prefix_, "server shards are at different rounds; going on"));
