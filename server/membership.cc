@@ -57,13 +57,17 @@ absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_r
   return m;
 }
 
+absl::Status NotAMemberError(uint64_t id) {
+  return absl::NotFoundError(
+      absl::StrCat("worker id ", id,
+                   " is not a member (it never joined, left, or its lease expired); Join again"));
+}
+
 absl::Status Membership::Touch(uint64_t id) {
   absl::MutexLock lock(&mu_);
   auto it = members_.find(id);
   if (it == members_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("worker id ", id,
-                     " is not a member (it never joined, left, or its lease expired); Join again"));
+    return NotAMemberError(id);
   }
   it->second.last_seen = clock_->Now();
   return absl::OkStatus();
@@ -74,9 +78,7 @@ absl::Status Membership::CheckIdentity(uint64_t id, const std::string& identity)
   absl::MutexLock lock(&mu_);
   auto it = members_.find(id);
   if (it == members_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("worker id ", id,
-                     " is not a member (it never joined, left, or its lease expired); Join again"));
+    return NotAMemberError(id);
   }
   if (it->second.identity != identity) {
     return absl::PermissionDeniedError(absl::StrCat("worker id ", id,

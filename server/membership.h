@@ -26,6 +26,9 @@ struct Member {
   uint64_t join_serial = 0;
 };
 
+// NOT_FOUND for a worker id that is not a member: the client should join again.
+absl::Status NotAMemberError(uint64_t id);
+
 // Thread-safe. Each member holds one of the ranks 0..max_workers-1 (its data shard). A member that
 // is not heard from within the lease is dropped by ExpireLeases.
 class Membership {

@@ -242,7 +242,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
             service->TakeBuffer()) {
     absl::StatusOr<std::string> identity = service_->Admit(*context);
     if (!identity.ok()) {
-      Finish(ToGrpcStatus(identity.status()));
+      FinishCall(ToGrpcStatus(identity.status()));
       return;
     }
     identity_ = *std::move(identity);
@@ -262,7 +262,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
 
   void OnCancel() override { cancelled_ = true; }
   void OnDone() override {
-    if (counted_) --service_->active_pushes_;
+    if (counted_.exchange(false)) --service_->active_pushes_;
     service_->ReturnBuffer(assembly_.TakeBuffer());
     delete this;
   }
@@ -272,9 +272,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
   absl::Status AcceptHeader(const v1::UpdateHeader& header) {
     if (absl::Status s = service_->CheckIdentity(header.worker_id(), identity_); !s.ok()) return s;
     if (!service_->membership_->IsMember(header.worker_id())) {
-      return absl::NotFoundError(absl::StrCat("worker id ", header.worker_id(),
-                                              " is not a member (never joined, left, or its lease "
-                                              "expired); Join again"));
+      return NotAMemberError(header.worker_id());
     }
     const int limit = service_->options_.max_concurrent_pushes;
     if (++service_->active_pushes_ > limit) {
@@ -291,7 +289,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
   void OnStreamEnd() {
     if (cancelled_) {
       // A stream cancelled halfway is never applied, even if every byte had arrived.
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "push cancelled by the client"));
+      FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "push cancelled by the client"));
       return;
     }
     if (absl::Status s = assembly_.Finish(); !s.ok()) return Refuse(s);
@@ -315,7 +313,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
           "event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"", update.worker_id,
           update.base_version, absl::StatusCodeToString(result.status().code()),
           result.status().message()));
-      Finish(ToGrpcStatus(result.status()));
+      FinishCall(ToGrpcStatus(result.status()));
       return;
     }
     service_->wire_.raw_bytes_received += header.num_elements() * sizeof(float);
@@ -324,14 +322,21 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
                                        : v1::PushAck::RESULT_APPLIED);
     ack_->set_version(result->version);
     service_->wire_.bytes_sent += ack_->ByteSizeLong();
-    Finish(grpc::Status::OK);
+    FinishCall(grpc::Status::OK);
   }
 
   void Refuse(const absl::Status& status) {
     ++service_->refused_at_stream_;
     LogWarning(absl::StrFormat("event=push_refused peer=%s code=%s msg=\"%s\"", context_->peer(),
                                absl::StatusCodeToString(status.code()), status.message()));
-    Finish(ToGrpcStatus(status));
+    FinishCall(ToGrpcStatus(status));
+  }
+
+  // Frees the push's place under max_concurrent_pushes before the client hears the outcome, so
+  // that its next push never finds the place still taken.
+  void FinishCall(const grpc::Status& status) {
+    if (counted_.exchange(false)) --service_->active_pushes_;
+    Finish(status);
   }
 
   ParameterServerService* const service_;
@@ -340,7 +345,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<v1::U
   std::string identity_;
   v1::UpdateChunk chunk_;
   PushAssembly assembly_;
-  bool counted_ = false;  // holds one of the max_concurrent_pushes places
+  std::atomic<bool> counted_{false};  // holds one of the max_concurrent_pushes places
   std::atomic<bool> cancelled_{false};
 };
 
@@ -360,8 +365,9 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
         have_version_(request->have_version()),
         accept_(request->accept_encodings().begin(), request->accept_encodings().end()) {
     ++service_->active_pulls_;
+    counted_ = true;
     if (absl::Status s = Check(*context, *request); !s.ok()) {
-      Finish(ToGrpcStatus(s));
+      FinishCall(ToGrpcStatus(s));
       return;
     }
     absl::Duration wait =
@@ -379,7 +385,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "pull stream broken"));
+      FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "pull stream broken"));
       return;
     }
     NextChunk();
@@ -387,15 +393,21 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
 
   void OnCancel() override {
     if (service_->wait_list_->Cancel(this)) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "pull cancelled while waiting"));
+      FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "pull cancelled while waiting"));
     }
   }
   void OnDone() override {
-    --service_->active_pulls_;
+    if (counted_.exchange(false)) --service_->active_pulls_;
     delete this;
   }
 
  private:
+  // Frees the pull's place under max_pending_pulls before the client hears the outcome.
+  void FinishCall(const grpc::Status& status) {
+    if (counted_.exchange(false)) --service_->active_pulls_;
+    Finish(status);
+  }
+
   absl::Status Check(const grpc::CallbackServerContext& context, const v1::PullRequest& request) {
     absl::StatusOr<std::string> identity = service_->Admit(context);
     if (!identity.ok()) return identity.status();
@@ -508,7 +520,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
     } else if (++segment_ < segments_.size()) {
       StartSegment();
     } else {
-      Finish(grpc::Status::OK);
+      FinishCall(grpc::Status::OK);
     }
   }
 
@@ -522,6 +534,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   std::vector<ByteRange> ranges_;
   size_t next_range_ = 0;
   v1::ModelChunk chunk_;
+  std::atomic<bool> counted_{false};  // holds one of the max_pending_pulls places
 };
 
 grpc::ServerWriteReactor<v1::ModelChunk>* ParameterServerService::Pull(
