@@ -10,19 +10,27 @@
 
 namespace ps {
 
+struct EnvironmentArgs {
+  std::vector<std::string> args;
+  // PS_ variables that name no flag of this binary (a typo, or meant for the other binary): the
+  // mains warn about them rather than fail, since orchestrators add PS_ variables of their own
+  // (Kubernetes service links for a Service named ps-server: PS_SERVER_SERVICE_HOST, ...).
+  std::vector<std::string> unknown_variables;
+};
+
 // `argv` with --flag=value inserted after argv[0] for every variable in `environment`
 // ("NAME=value" strings) named PS_<NAME> where <name> in lower case is in `known_flags`, and for
 // every alias (another variable name mapped to a flag, e.g. JOB_COMPLETION_INDEX -> rank) that is
 // set. An explicit PS_ variable beats an alias.
-std::vector<std::string> ArgsWithEnvironment(
-    const std::vector<std::string>& argv, const std::vector<std::string>& environment,
-    const std::vector<std::string>& known_flags,
-    const std::map<std::string, std::string>& aliases = {});
+EnvironmentArgs ArgsWithEnvironment(const std::vector<std::string>& argv,
+                                    const std::vector<std::string>& environment,
+                                    const std::vector<std::string>& known_flags,
+                                    const std::map<std::string, std::string>& aliases = {});
 
-// The flags the running binary defines (absl's registry).
-std::vector<std::string> DefinedFlagNames();
-// main()'s envp as strings.
-std::vector<std::string> Strings(char** null_terminated);
+// What a main calls instead of absl::ParseCommandLine: parses argv with envp's PS_ variables (and
+// `aliases`) as flags, as above, and logs a warning naming each PS_ variable that is no flag.
+void ParseCommandLineWithEnvironment(int argc, char** argv, char** envp,
+                                     const std::map<std::string, std::string>& aliases = {});
 
 }  // namespace ps
 

@@ -7,7 +7,6 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
@@ -417,11 +416,7 @@ int main(int argc, char** argv, char** envp) {
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   // PS_<FLAG>=value in the environment (containers) sets --<flag>; the command line wins.
-  std::vector<std::string> args = ps::ArgsWithEnvironment(
-      std::vector<std::string>(argv, argv + argc), ps::Strings(envp), ps::DefinedFlagNames(), {});
-  std::vector<char*> arg_pointers;
-  for (std::string& arg : args) arg_pointers.push_back(arg.data());
-  absl::ParseCommandLine(static_cast<int>(arg_pointers.size()), arg_pointers.data());
+  ps::ParseCommandLineWithEnvironment(argc, argv, envp);
   ps::TuneMallocForLargeMessages();
   return ps::Main();
 }
