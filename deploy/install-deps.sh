@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages the project needs to build, test and run the demo
 # (clang-14 and its runtime for the sanitized build and the fuzzer, openssl for the TLS tests,
 # prometheus for promtool, which checks the metrics endpoint, docker-compose to check
-# docker-compose.yml).
+# docker-compose.yml, node and npm to validate the Kubernetes manifests, iproute2 for the tests
+# with several hosts in network namespaces).
 # Idempotent: does nothing (and needs no network) when everything is already there.
 set -euo pipefail
 
@@ -12,8 +13,15 @@ packages=(
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
   zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf
-  clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml
+  clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2
 )
+# Node.js may come from elsewhere (NodeSource ships npm inside its nodejs, which Debian's npm
+# conflicts with): Debian's only when there is no node at all.
+command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
+# kubectl (for `kubectl kustomize`) is not in Debian 12: it comes from Kubernetes' own apt
+# repository (pkgs.k8s.io). Without it tests/k8s_test.py reports itself skipped.
+command -v kubectl >/dev/null ||
+  echo "install-deps: kubectl not found; install it from pkgs.k8s.io to test deploy/k8s" >&2
 
 missing=()
 for p in "${packages[@]}"; do
