@@ -1,0 +1,180 @@
+#!/usr/bin/python3
+"""Several hosts: the pods of the base Kubernetes manifests (2 server shards, 3 workers) run with
+their own commands and settings, each in its own network namespace with its own 10.77.0.x
+address, joined by a bridge; every worker's link is limited to 100 Mbit/s each way by tbf. The
+workers reach the shards by their StatefulSet DNS names (ps-server-0.ps-server:50051) through an
+/etc/hosts that only this test's private mount namespace sees.
+
+Run 1: training reaches the accuracy target.
+Run 2: once a third of the rounds are done, one worker's link is cut. The servers close rounds
+at the deadline without it, drop it when its lease runs out, and the run finishes: the other
+workers reach the target and no round waited longer than the lease plus the deadline. The cut-off
+worker gives up with an error instead of hanging.
+
+Must run inside tests/netns_run.sh (ctest does that): it refuses to run anywhere else.
+Usage: netns_run.sh multihost_test.py BUILD_DIR SOURCE_DIR
+"""
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import manifests  # noqa: E402
+from harness.cluster import Cluster, server_settings  # noqa: E402
+from harness.netns import Network, bind_hosts_file  # noqa: E402
+from harness.procs import fail, wait_until  # noqa: E402
+
+BUILD = os.path.abspath(sys.argv[1])
+SOURCE = os.path.abspath(sys.argv[2])
+BINARIES = {"ps-server": os.path.join(BUILD, "server", "ps-server"),
+            "ps-worker": os.path.join(BUILD, "worker", "ps-worker")}
+ACCURACY_TARGET = 0.83
+WORKER_LINK_MBIT = 100
+
+
+def seconds(duration):
+    """A flag duration such as 20s or 1m30s, in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
+
+
+def scrape(address, name):
+    """A sample of the metric `name` (any labels) from the Prometheus endpoint at address:9100."""
+    with urllib.request.urlopen("http://%s:9100/metrics" % address, timeout=5) as r:
+        m = re.search(r"^%s(?:\{[^}]*\})? (\S+)$" % re.escape(name), r.read().decode(), re.M)
+    if not m:
+        fail("no %s in the metrics of %s" % (name, address))
+    return float(m.group(1))
+
+
+def build_network(objects, work):
+    sts, service = server_settings(objects)
+    net = Network()
+    pods = manifests.pods(objects)
+    names = {}
+    for number, pod in enumerate(pods):
+        is_server = pod.workload == sts["metadata"]["name"]
+        net.add_host(pod.name, 10 + number, None if is_server else WORKER_LINK_MBIT)
+        if is_server:
+            names["%s.%s" % (pod.name, service["metadata"]["name"])] = pod.name
+    hosts = os.path.join(work, "hosts")
+    net.hosts_file(hosts, names)
+    bind_hosts_file(hosts)
+    for pod in pods:
+        for server in names.values():
+            net.check_route(pod.name, net.hosts[server])
+        net.check_route(None, net.hosts[pod.name])
+    print("network: %s; worker links %d Mbit/s each way (tbf)" %
+          (", ".join("%s %s" % (h, a) for h, a in net.hosts.items()), WORKER_LINK_MBIT))
+    return net
+
+
+def new_cluster(objects, net, work):
+    def launch(pod, argv, env, log_path):
+        return net.run(pod.name, argv, log_path, env=env)
+
+    def replacements(pod):  # only the volumes: names and addresses are the manifests' own
+        return [(m["mountPath"], os.path.join(work, pod.name, m["name"]))
+                for m in pod.container.get("volumeMounts", [])]
+    os.makedirs(work)
+    return Cluster(objects, BINARIES, work, launch, replacements)
+
+
+def run_all_links(objects, net, work):
+    cluster = new_cluster(objects, net, work)
+    start = time.time()
+    try:
+        cluster.start_servers(["--exit_when_done"])
+        cluster.wait_healthy()
+        cluster.start_workers(["--quiet"])
+        cluster.wait(cluster.workers, 600)
+        cluster.wait(cluster.servers, 60)
+        results = [cluster.summary(p) for p in cluster.workers]
+        shards = [cluster.summary(p) for p in cluster.servers]
+    finally:
+        cluster.stop()
+    accuracy = min(r["test_accuracy"] for r in results)
+    print("run 1 (all links up): %.1f s, test accuracy %.4f, shard versions %s, %.1f MB up "
+          "and %.1f MB down per worker" %
+          (time.time() - start, accuracy, [s["version"] for s in shards],
+           max(r["bytes_sent"] for r in results) / 1e6,
+           max(r["bytes_received"] for r in results) / 1e6))
+    if accuracy < ACCURACY_TARGET:
+        fail("run 1: accuracy %.4f below %.2f" % (accuracy, ACCURACY_TARGET))
+    if len(set(s["version"] for s in shards)) != 1:
+        fail("run 1: shards ended at different versions")
+
+
+def run_with_cut_link(objects, net, work):
+    cluster = new_cluster(objects, net, work)
+    server_env = cluster.servers[0].env
+    lease, deadline = seconds(server_env["PS_LEASE"]), seconds(server_env["PS_ROUND_DEADLINE"])
+    worker_env = cluster.workers[0].env
+    give_up = seconds(worker_env["PS_RPC_TIMEOUT"]) + 10 + 15  # + the pull wait + slack
+    victim, survivors = cluster.workers[-1], cluster.workers[:-1]
+    shard0 = net.hosts[cluster.servers[0].name]
+    start = time.time()
+    try:
+        cluster.start_servers(["--exit_when_done"])
+        cluster.wait_healthy()
+        cluster.start_workers(["--quiet"])
+        # A third of the run: 10 epochs of 60,000 examples, 3 workers x 8 steps x 32 a round.
+        total = int(server_env["PS_EPOCHS"]) * 60000 // (
+            int(server_env["PS_NUM_WORKERS"]) * int(server_env["PS_LOCAL_STEPS"]) *
+            int(server_env.get("PS_BATCH_SIZE", "32")))
+        wait_until(lambda: scrape(shard0, "ps_model_version") >= total // 3, 300,
+                   "a third of the rounds")
+        cut_version = scrape(shard0, "ps_model_version")
+        net.cut(victim.name)
+        cut_at = time.time()
+        print("run 2: cut the link of %s at version %d of about %d" %
+              (victim.name, cut_version, total))
+        cluster.wait(survivors, 600)
+        cluster.wait(cluster.servers, 120)
+        finished = time.time()
+        victim_code = cluster.procs[victim.name].wait(max(1, give_up - (time.time() - cut_at)),
+                                                      victim.name + " after its link was cut")
+        victim_error = [line for line in cluster.procs[victim.name].text().splitlines()
+                        if line.startswith("ps-worker: ")]
+        results = [cluster.summary(p) for p in survivors]
+        shards = [cluster.summary(p) for p in cluster.servers]
+        logs = [cluster.procs[p.name].text() for p in cluster.servers]
+    finally:
+        cluster.stop()
+    accuracy = min(r["test_accuracy"] for r in results)
+    max_wait = max(s["max_round_wait_ms"] for s in shards) / 1000
+    print("run 2 (a link cut): finished %.1f s after the cut, %.1f s in all; survivors' test "
+          "accuracy %.4f; shard versions %s; rounds closed by deadline %s; longest round %.1f s "
+          "(lease %.0f s + deadline %.0f s); %s exited %d %.1f s after the cut: %s" %
+          (finished - cut_at, finished - start, accuracy, [s["version"] for s in shards],
+           [s["rounds_closed_by_deadline"] for s in shards], max_wait, lease, deadline,
+           victim.name, victim_code, time.time() - cut_at,
+           victim_error[-1] if victim_error else "(no error message)"))
+    if accuracy < ACCURACY_TARGET:
+        fail("run 2: accuracy %.4f below %.2f" % (accuracy, ACCURACY_TARGET))
+    if max_wait > lease + deadline:
+        fail("run 2: a round waited %.1f s, more than lease + deadline" % max_wait)
+    for log in logs:
+        if "event=lease_expired" not in log:
+            fail("run 2: a shard never dropped the cut-off worker (no event=lease_expired)")
+    if victim_code == 0 or not victim_error:
+        fail("run 2: the cut-off worker should exit with an error message, not %d" % victim_code)
+
+
+def main():
+    objects = manifests.render(os.path.join(SOURCE, "deploy", "k8s", "base"))
+    work = tempfile.mkdtemp(prefix="ps_multihost_")
+    try:
+        net = build_network(objects, work)
+        run_all_links(objects, net, os.path.join(work, "run1"))
+        run_with_cut_link(objects, net, os.path.join(work, "run2"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
