@@ -123,9 +123,10 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitAsync(const Update& update, uint6
         update.base_version, version, tau, options_.max_staleness));
   }
   const double s = StalenessWeight(tau, options_.staleness_exponent);
+  const double k = std::max(options_.num_workers, 1);
   const double weight = update.kind == v1::UPDATE_KIND_GRADIENT
-                            ? -options_.server_learning_rate * s
-                            : s / std::max(options_.num_workers, 1);
+                            ? -options_.server_step.At(static_cast<double>(version - 1) / k) * s
+                            : s / k;
   // Validate before Apply: a refused update must not cost a version.
   if (absl::Status s = ValidatePayload(update.encoding, update.payload, store_->size()); !s.ok()) {
     return s;
@@ -184,7 +185,8 @@ void Aggregator::CloseRoundIfComplete() {
 void Aggregator::CloseRound() {
   const double inv_weight = 1.0 / round_weight_;
   const bool gradient = options_.update_kind == v1::UPDATE_KIND_GRADIENT;
-  const float lr = options_.server_learning_rate;
+  const float lr =
+      gradient ? options_.server_step.At(static_cast<double>(store_->version() - 1)) : 0.0f;
   const double* sum = round_sum_.data();  // read under mu_, which the lambda runs under
   store_->Apply([&](absl::Span<float> model) {
     for (size_t i = 0; i < model.size(); ++i) {

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/metrics.h"
+#include "common/step_size.h"
 #include "ps/v1/ps.pb.h"
 #include "server/membership.h"
 #include "server/parameter_store.h"
@@ -25,9 +26,11 @@ struct AggregatorOptions {
   v1::AggregationMode mode = v1::AGGREGATION_MODE_SYNC;
   v1::UpdateKind update_kind = v1::UPDATE_KIND_MODEL_DELTA;
   int num_workers = 1;  // K: async weights are 1/K, staleness is measured in K-version rounds
-  double staleness_exponent = 0.5;    // a in s(tau) = tau^-a for tau > 1
-  double max_staleness = 4.0;         // rounds; older async updates are refused
-  float server_learning_rate = 0.1f;  // applied to gradients (update_kind GRADIENT)
+  double staleness_exponent = 0.5;  // a in s(tau) = tau^-a for tau > 1
+  double max_staleness = 4.0;       // rounds; older async updates are refused
+  // Gradient mode: the server's step size at its step t, which the version tells (sync: a
+  // version per step; async: a round of K updates per step), so a resumed server goes on with it.
+  StepSchedule server_step{v1::LEARNING_RATE_SCHEDULE_CONSTANT, 0.1f};
   // Sync rounds that never hang (ALGORITHMS.md section 6).
   int backup_workers = 0;  // b: close at the first num_workers - b updates
   absl::Duration round_deadline = absl::InfiniteDuration();  // counted from the first update

@@ -42,7 +42,7 @@ class AggregatorTest : public ::testing::Test {
     options.num_workers = k;
     options.staleness_exponent = 0.5;
     options.max_staleness = 4.0;
-    options.server_learning_rate = 0.5f;
+    options.server_step.base = 0.5f;
     options.clock = &clock_;
     if (customize) customize(&options);
     aggregator_ = std::make_unique<Aggregator>(options, store_.get(), membership_.get());
@@ -100,6 +100,32 @@ TEST_F(AggregatorTest, SyncGradientRoundStepsAgainstTheAverageGradient) {
   ASSERT_TRUE(Push(ids_[0], 1, 1, {2.0f}, v1::UPDATE_KIND_GRADIENT).ok());
   ASSERT_TRUE(Push(ids_[1], 1, 1, {4.0f}, v1::UPDATE_KIND_GRADIENT).ok());
   EXPECT_EQ(Model(), (std::vector<float>{1.0f - 0.5f * 3.0f}));
+}
+
+TEST_F(AggregatorTest, SyncGradientStepsFollowTheServersScheduleOneStepPerRound) {
+  // Cosine over 4 steps from 0.5: steps 0, 1, 2 take 0.5, 0.5 (1 + cos(pi/4)) / 2, 0.25.
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f}, 2, v1::UPDATE_KIND_GRADIENT, [](AggregatorOptions* o) {
+    o->server_step = StepSchedule{v1::LEARNING_RATE_SCHEDULE_COSINE, 0.5f, 0.0f, 4};
+  });
+  float expected = 0.0f;
+  for (uint64_t step = 0; step < 3; ++step) {
+    ASSERT_TRUE(Push(ids_[0], step + 1, 1, {1.0f}, v1::UPDATE_KIND_GRADIENT).ok());
+    ASSERT_TRUE(Push(ids_[1], step + 1, 1, {1.0f}, v1::UPDATE_KIND_GRADIENT).ok());
+    expected -= static_cast<float>(0.25 * (1 + std::cos(M_PI * step / 4)));
+    EXPECT_NEAR(Model()[0], expected, 1e-6) << "after step " << step;
+  }
+}
+
+TEST_F(AggregatorTest, AsyncGradientStepsCountRoundsOfKUpdates) {
+  // K = 2, inverse_time decay 1 per round from 0.5: updates 1 and 2 (versions 1, 2: t = 0, 0.5)
+  // step with 0.5 and 0.5 / 1.5.
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f}, 2, v1::UPDATE_KIND_GRADIENT, [](AggregatorOptions* o) {
+    o->server_step = StepSchedule{v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME, 0.5f, 1.0f, 0};
+  });
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}, v1::UPDATE_KIND_GRADIENT).ok());
+  EXPECT_FLOAT_EQ(Model()[0], -0.5f);
+  ASSERT_TRUE(Push(ids_[1], 2, 1, {1.0f}, v1::UPDATE_KIND_GRADIENT).ok());
+  EXPECT_FLOAT_EQ(Model()[0], -0.5f - 0.5f / 1.5f);
 }
 
 TEST_F(AggregatorTest, SyncRoundWithOneWorkerReproducesItsUpdateBitForBit) {

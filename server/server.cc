@@ -75,6 +75,13 @@ absl::Status ServerOptions::Validate() const {
   if (!(server_learning_rate > 0)) {
     return bad("server_learning_rate", server_learning_rate, "must be > 0");
   }
+  if (t.update_kind() == v1::UPDATE_KIND_GRADIENT &&
+      t.lr_schedule() == v1::LEARNING_RATE_SCHEDULE_COSINE && t.rounds() == 0) {
+    return absl::InvalidArgumentError(
+        "lr_schedule = cosine with update = gradient needs rounds > 0: the server applies the "
+        "step size over the run and does not know the data set's size; set rounds, or "
+        "lr_schedule = inverse_time or constant");
+  }
   if (lease <= absl::ZeroDuration()) return absl::InvalidArgumentError("lease must be > 0");
   if (chunk_bytes < 1024 || chunk_bytes > kDefaultChunkBytes || chunk_bytes % 4 != 0) {
     return bad("chunk_bytes", chunk_bytes, "must be a multiple of 4 in [1024, 1048576]");
@@ -277,7 +284,8 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   aggregator_options.num_workers = k;
   aggregator_options.staleness_exponent = options.staleness_exponent;
   aggregator_options.max_staleness = options.max_staleness;
-  aggregator_options.server_learning_rate = options.server_learning_rate;
+  aggregator_options.server_step = StepSchedule{config.lr_schedule(), options.server_learning_rate,
+                                                config.lr_decay(), config.rounds()};
   aggregator_options.backup_workers = static_cast<int>(config.backup_workers());
   aggregator_options.round_deadline = config.round_deadline_ms() > 0
                                           ? absl::Milliseconds(config.round_deadline_ms())

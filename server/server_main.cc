@@ -86,7 +86,9 @@ ABSL_FLAG(int, shard_index, 0, "This server's shard of the model's key range.");
 ABSL_FLAG(int, shard_count, 1, "Number of server shards the model is split over.");
 ABSL_FLAG(double, staleness_exponent, 0.5, "async: weight s(tau) = tau^-a for tau > 1 round.");
 ABSL_FLAG(double, max_staleness, 4.0, "async: updates more than this many rounds old are refused.");
-ABSL_FLAG(double, server_learning_rate, 0.1, "gradient mode: the server's step size.");
+ABSL_FLAG(double, server_learning_rate, 0.1,
+          "gradient mode: the server's initial step size; it follows --lr_schedule (cosine over "
+          "--rounds, which gradient mode then needs).");
 ABSL_FLAG(absl::Duration, lease, absl::Seconds(30), "A worker silent for this long is dropped.");
 ABSL_FLAG(absl::Duration, max_pull_wait, absl::Seconds(30),
           "Longest a Pull long-polls before answering 'unchanged'.");

@@ -32,7 +32,9 @@ class DurabilityTest : public ::testing::Test {
 
   // Joins (once per client) and pushes one update of `value` everywhere on the current version.
   void Push(ParameterServer* server, PsClient* client, float value) {
-    if (client->worker_id() == 0) ASSERT_TRUE(client->Join().ok());
+    if (client->worker_id() == 0) {
+      ASSERT_TRUE(client->Join().ok());
+    }
     // Values that vary, so that a quantized downlink cannot represent them exactly.
     std::vector<float> update(server->Model().values->size());
     for (size_t i = 0; i < update.size(); ++i) update[i] = value * static_cast<float>(i % 7 + 1);

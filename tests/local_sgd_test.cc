@@ -1,4 +1,5 @@
 // Local SGD through a real server: the K = 1, H = 1 special case and the sync averaging step.
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -13,6 +14,28 @@ using testing::ConnectShards;
 using testing::SmallServerOptions;
 using testing::StartServer;
 
+// One worker trained against a server with `options` on the first 1000 training images.
+TrainerOptions OneWorkerOptions() {
+  TrainerOptions trainer_options;
+  trainer_options.data.fashion_mnist_dir = testing::kFashionMnistDir;
+  trainer_options.data.train_limit = 1000;
+  trainer_options.data.test_limit = 100;
+  trainer_options.quiet = true;
+  return trainer_options;
+}
+
+absl::StatusOr<TrainingResult> TrainOneWorker(const ParameterServer& server) {
+  auto client = ConnectShards({&server});
+  Trainer trainer(OneWorkerOptions(), client.get());
+  return trainer.Run();
+}
+
+size_t Differing(const std::vector<float>& a, const std::vector<float>& b) {
+  size_t differing = a.size() == b.size() ? 0 : std::max(a.size(), b.size());
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) differing += a[i] != b[i];
+  return differing;
+}
+
 TEST(LocalSgd, OneWorkerOneLocalStepIsExactlyPlainMiniBatchSgd) {
   if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
   ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 1, 1);
@@ -22,15 +45,9 @@ TEST(LocalSgd, OneWorkerOneLocalStepIsExactlyPlainMiniBatchSgd) {
   options.model_seed = 3;
   auto server = StartServer(options);
   ASSERT_NE(server, nullptr);
-  auto client = ConnectShards({server.get()});
-  TrainerOptions trainer_options;
-  trainer_options.data.fashion_mnist_dir = testing::kFashionMnistDir;
-  trainer_options.data.train_limit = 1000;
-  trainer_options.data.test_limit = 100;
-  trainer_options.quiet = true;
-  Trainer trainer(trainer_options, client.get());
-  absl::StatusOr<TrainingResult> result = trainer.Run();
+  absl::StatusOr<TrainingResult> result = TrainOneWorker(*server);
   ASSERT_TRUE(result.ok()) << result.status();
+  const TrainerOptions trainer_options = OneWorkerOptions();
 
   // The reference: plain mini-batch SGD, same data, same batches, same schedule, same start.
   const v1::TrainingConfig& config = options.training;
@@ -46,18 +63,51 @@ TEST(LocalSgd, OneWorkerOneLocalStepIsExactlyPlainMiniBatchSgd) {
   (*model)->Initialize(options.model_seed, absl::MakeSpan(x));
   RowMatrix bx;
   std::vector<int32_t> by;
+  const StepSchedule schedule = WorkerSchedule(config, config.rounds());
   for (uint64_t t = 0; t < config.rounds(); ++t) {
     sampler.Next(&bx, &by);
     (*model)->LossAndGradient(x, bx, by, absl::MakeSpan(grad));
-    const float lr = LearningRate(config, t, config.rounds());
+    const float lr = schedule.At(t);
     for (size_t i = 0; i < x.size(); ++i) x[i] -= lr * grad[i];
   }
-  ASSERT_EQ(result->final_model.size(), x.size());
-  size_t differing = 0;
-  for (size_t i = 0; i < x.size(); ++i) differing += result->final_model[i] != x[i];
-  EXPECT_EQ(differing, 0u) << "parameters differ from plain SGD";
+  EXPECT_EQ(Differing(result->final_model, x), 0u) << "parameters differ from plain SGD";
   EXPECT_EQ(server->Model().values->at(7), x[7]);
   EXPECT_EQ(result->final_version, config.rounds() + 1);
+}
+
+TEST(LocalSgd, GradientModeStepsWithTheServersScheduleExactlyLikeOneLocalStep) {
+  // K = 1: a gradient the server steps with its cosine schedule, and the step -lr_t g the worker
+  // took with the same schedule, are the same arithmetic x - lr_t g, step for step.
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 1, 1);
+  options.training.set_rounds(40);
+  options.training.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_COSINE);
+  options.training.set_learning_rate(0.05f);
+  options.server_learning_rate = 0.05f;
+  auto delta_server = StartServer(options);
+  ASSERT_NE(delta_server, nullptr);
+  absl::StatusOr<TrainingResult> local_sgd = TrainOneWorker(*delta_server);
+  ASSERT_TRUE(local_sgd.ok()) << local_sgd.status();
+  options.training.set_update_kind(v1::UPDATE_KIND_GRADIENT);
+  auto gradient_server = StartServer(options);
+  ASSERT_NE(gradient_server, nullptr);
+  absl::StatusOr<TrainingResult> gradient = TrainOneWorker(*gradient_server);
+  ASSERT_TRUE(gradient.ok()) << gradient.status();
+  EXPECT_EQ(Differing(gradient->final_model, local_sgd->final_model), 0u);
+  EXPECT_EQ(Differing(*gradient_server->Model().values, gradient->final_model), 0u)
+      << "the server holds what the worker ended with";
+}
+
+TEST(LocalSgd, GradientModeWithACosineScheduleNeedsTheRunLength) {
+  ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 1, 1);
+  options.training.set_update_kind(v1::UPDATE_KIND_GRADIENT);
+  options.training.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_COSINE);
+  options.training.set_rounds(0);
+  const absl::Status s = options.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("needs rounds > 0"), absl::string_view::npos) << s;
+  options.training.set_rounds(100);
+  EXPECT_TRUE(options.Validate().ok());
 }
 
 TEST(LocalSgd, AfterASyncRoundEveryWorkerHoldsTheAverageOfTheLocalModels) {

@@ -81,19 +81,8 @@ EvalResult Evaluate(const Model& model, absl::Span<const float> params, const Da
   return result;
 }
 
-float LearningRate(const v1::TrainingConfig& config, uint64_t t, uint64_t total_steps) {
-  const float lr = config.learning_rate();
-  switch (config.lr_schedule()) {
-    case v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME:
-      return lr / (1.0f + config.lr_decay() * static_cast<float>(t));
-    case v1::LEARNING_RATE_SCHEDULE_COSINE:
-      if (total_steps == 0) return lr;
-      return lr * 0.5f *
-             (1.0f +
-              std::cos(static_cast<float>(M_PI) * std::min<float>(1.0f, float(t) / total_steps)));
-    default:
-      return lr;
-  }
+StepSchedule WorkerSchedule(const v1::TrainingConfig& config, uint64_t total_steps) {
+  return StepSchedule{config.lr_schedule(), config.learning_rate(), config.lr_decay(), total_steps};
 }
 
 uint64_t RoundsFor(const v1::TrainingConfig& config, int64_t total_train_examples) {
@@ -180,6 +169,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   const uint64_t rounds = RoundsFor(config, total_examples);
   const uint32_t h = config.update_kind() == v1::UPDATE_KIND_GRADIENT ? 1 : config.local_steps();
   const uint64_t total_steps = rounds * h;
+  const StepSchedule schedule = WorkerSchedule(config, total_steps);
   BatchSampler sampler(&train, static_cast<int>(config.batch_size()),
                        SamplerSeed(config.data_seed(), joined.rank()));
   Progress(absl::StrFormat(
@@ -322,7 +312,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       for (uint32_t step = 0; step < h; ++step) {
         sampler.Next(&batch_x, &batch_y);
         round_loss += model->LossAndGradient(local, batch_x, batch_y, absl::MakeSpan(grad));
-        const float lr = LearningRate(config, round * h + step, total_steps);
+        const float lr = schedule.At(round * h + step);
         for (size_t i = 0; i < d; ++i) {
           delta[i] -= lr * grad[i];
           local[i] = global[i] + delta[i];
@@ -391,10 +381,9 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
           round + 1, rounds, versions[0], loss_sum / loss_count,
           eval_now ? absl::StrFormat(" test_loss %.4f test_acc %.4f", eval.loss, eval.accuracy)
                    : "",
-          LearningRate(config, (round + 1) * h, total_steps), compressors[0].last_bits(),
-          Megabytes(wire.bytes_sent), Megabytes(wire.raw_bytes_sent),
-          Megabytes(wire.bytes_received), Megabytes(wire.raw_bytes_received),
-          absl::ToDoubleSeconds(absl::Now() - start)));
+          schedule.At((round + 1) * h), compressors[0].last_bits(), Megabytes(wire.bytes_sent),
+          Megabytes(wire.raw_bytes_sent), Megabytes(wire.bytes_received),
+          Megabytes(wire.raw_bytes_received), absl::ToDoubleSeconds(absl::Now() - start)));
       last_progress = absl::Now();
       result.final_train_loss = loss_sum / loss_count;
       loss_sum = 0.0;

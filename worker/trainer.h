@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/step_size.h"
 #include "ps/v1/ps.pb.h"
 #include "worker/compression.h"
 #include "worker/data/dataset.h"
@@ -37,8 +38,8 @@ struct EvalResult {
 };
 EvalResult Evaluate(const Model& model, absl::Span<const float> params, const Dataset& data);
 
-// The step size at global step t of T.
-float LearningRate(const v1::TrainingConfig& config, uint64_t t, uint64_t total_steps);
+// The workers' step-size schedule over a run of total_steps local steps.
+StepSchedule WorkerSchedule(const v1::TrainingConfig& config, uint64_t total_steps);
 // Rounds each worker runs: config.rounds, or enough for config.epochs passes by all workers.
 uint64_t RoundsFor(const v1::TrainingConfig& config, int64_t total_train_examples);
 

@@ -7,18 +7,13 @@
 namespace ps {
 namespace {
 
-TEST(LearningRate, FollowsEachSchedule) {
+TEST(WorkerSchedule, TakesTheConfiguredScheduleOverTheRun) {
   v1::TrainingConfig c;
   c.set_learning_rate(0.4f);
-  c.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_CONSTANT);
-  EXPECT_FLOAT_EQ(LearningRate(c, 1000, 2000), 0.4f);
-  c.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME);
-  c.set_lr_decay(0.01f);
-  EXPECT_FLOAT_EQ(LearningRate(c, 100, 0), 0.2f);
   c.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_COSINE);
-  EXPECT_FLOAT_EQ(LearningRate(c, 0, 100), 0.4f);
-  EXPECT_NEAR(LearningRate(c, 50, 100), 0.2f, 1e-6);
-  EXPECT_NEAR(LearningRate(c, 100, 100), 0.0f, 1e-6);
+  const StepSchedule s = WorkerSchedule(c, 100);
+  EXPECT_FLOAT_EQ(s.At(0), 0.4f);
+  EXPECT_NEAR(s.At(50), 0.2f, 1e-6);
 }
 
 TEST(RoundsFor, DerivesRoundsFromEpochsOverAllWorkers) {
