@@ -80,7 +80,8 @@ final = json.load(open(f"{out}/final.json"))
 up, up_raw = server['bytes_received'], server['raw_bytes_received']
 down, down_raw = server['bytes_sent'], server['raw_bytes_sent']
 print(f"demo: {server['mode']} Local SGD, K={server['K']}, H={server['H']}, "
-      f"updates {server['update_encoding']} ({server['bits_policy']} bits), pulls {server['pull_encoding']}; "
+      f"updates {server['update_encoding']} ({server['bits_policy']} bits), pulls {server['pull_encoding']}"
+      + (f" (dqsgd bits, mean {server['mean_pull_bits']:.1f})" if server['pull_bits_policy'] == 'dqsgd' else "") + "; "
       f"{server['updates_applied']} updates applied ({server['updates_refused_stale']} refused as stale)")
 print(f"demo: bytes up {up / 1e6:.1f} MB (fp32 would be {up_raw / 1e6:.1f} MB, {up_raw / up:.1f}x less), "
       f"down {down / 1e6:.1f} MB (fp32 {down_raw / 1e6:.1f} MB, {down_raw / down:.1f}x less), "

@@ -1,6 +1,7 @@
 #include "server/parameter_store.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include "common/codec.h"
@@ -17,6 +18,12 @@ ParameterStore::ParameterStore(std::vector<float> initial, const StoreOptions& o
   current_.values = downlink_compressed() && broadcast.size() == size_
                         ? std::make_shared<std::vector<float>>(std::move(broadcast))
                         : true_model_;
+  if (options.downlink_dqsgd.has_value()) downlink_bits_.emplace(*options.downlink_dqsgd);
+}
+
+double ParameterStore::mean_downlink_bits() const {
+  const uint64_t deltas = downlink_deltas_.load();
+  return deltas == 0 ? 0.0 : static_cast<double>(downlink_bits_sum_.load()) / deltas;
 }
 
 StoreState ParameterStore::State() const {
@@ -85,8 +92,15 @@ uint64_t ParameterStore::Apply(absl::FunctionRef<void(absl::Span<float>)> change
       for (size_t i = 0; i < size_; ++i) delta_scratch_[i] = (*next)[i] - (*base.values)[i];
       v1::EncodingParams encoding = options_.downlink;
       encoding.set_seed(version * 0x9E3779B97F4A7C15ull + 0x5eed);
+      if (downlink_bits_.has_value()) {
+        double norm2 = 0.0;
+        for (float v : delta_scratch_) norm2 += double{v} * v;
+        encoding.set_bits(downlink_bits_->Choose(std::sqrt(norm2), 0, 0));
+      }
       auto payload = std::make_shared<std::string>();
       if (EncodeInto(encoding, delta_scratch_, payload.get()).ok()) {
+        downlink_bits_sum_ += encoding.bits();
+        ++downlink_deltas_;
         std::shared_ptr<std::vector<float>> broadcast = CopyOf(*base.values, &spare_broadcast_);
         // Our own encoding of finite values: valid by construction.
         DecodeAccumulateValidated(encoding, *payload, 1.0f, absl::MakeSpan(*broadcast));

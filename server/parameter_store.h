@@ -3,10 +3,12 @@
 #ifndef PS_SERVER_PARAMETER_STORE_H_
 #define PS_SERVER_PARAMETER_STORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "common/dq_sgd.h"
 #include "ps/v1/ps.pb.h"
 
 namespace ps {
@@ -41,6 +44,10 @@ struct StoreOptions {
   // QSGD: each new version also produces a quantized delta of the broadcast model. Anything else:
   // the downlink is not compressed.
   v1::EncodingParams downlink;
+  // With QSGD: each delta's bits by DQ-SGD's rule from its norm (with error feedback, the norm of
+  // x - x_b) against the first deltas' norms, instead of downlink.bits(). The run's length is
+  // not known here, so the bits follow the norm only (as with dq_alpha = 1).
+  std::optional<DqSgdOptions> downlink_dqsgd;
   size_t max_delta_chain = 8;    // deltas kept for workers a few versions behind
   uint64_t initial_version = 1;  // > 1 when resuming from a checkpoint
 };
@@ -71,6 +78,8 @@ class ParameterStore {
   StoreState State() const;
   size_t size() const { return size_; }
   bool downlink_compressed() const { return options_.downlink.encoding() == v1::ENCODING_QSGD; }
+  // Bits per coordinate of the downlink deltas so far, averaged (0 before the first one).
+  double mean_downlink_bits() const;
 
   // Copies the current model, lets `change` modify the copy, then publishes it as version + 1
   // (with the new broadcast model and delta when the downlink is compressed). Returns the version.
@@ -93,6 +102,9 @@ class ParameterStore {
   std::shared_ptr<std::vector<float>> spare_true_ ABSL_GUARDED_BY(apply_mu_);
   std::shared_ptr<std::vector<float>> spare_broadcast_ ABSL_GUARDED_BY(apply_mu_);
   std::vector<float> delta_scratch_ ABSL_GUARDED_BY(apply_mu_);
+  std::optional<DqSgdBitChooser> downlink_bits_ ABSL_GUARDED_BY(apply_mu_);
+  std::atomic<uint64_t> downlink_bits_sum_{0};
+  std::atomic<uint64_t> downlink_deltas_{0};
 
   mutable absl::Mutex mu_;
   ModelSnapshot current_ ABSL_GUARDED_BY(mu_);

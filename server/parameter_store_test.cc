@@ -75,5 +75,28 @@ TEST(ParameterStore, ApplyingTheDeltaChainReproducesTheBroadcastModelBitForBit) 
   EXPECT_NE(x, xb) << "4 bits cannot be lossless here";
 }
 
+TEST(ParameterStore, DqSgdDownlinkDeltasTakeTheirBitsFromTheirNorm) {
+  StoreOptions options = FourBitDownlink();
+  DqSgdOptions dq;  // bucket 64: c = 16, beta = 4
+  dq.variance_constant = 16;
+  options.downlink_dqsgd = dq;
+  ParameterStore store(std::vector<float>(256, 0.0f), options);
+  // A constant change is exactly representable, so each delta is the change itself (no residual).
+  auto step = [&](float c) {
+    store.Apply([&](absl::Span<float> m) {
+      for (float& x : m) x += c;
+    });
+    return store.Snapshot().deltas.back().encoding.bits();
+  };
+  for (int i = 0; i < 5; ++i) {
+    // The first five set the reference norm; ratio 1: s = ceil(sqrt(16 / 4)) = 2, 3 bits.
+    EXPECT_EQ(step(1.0f), 3u);
+  }
+  EXPECT_EQ(step(8.0f), 6u) << "ratio 8: s = ceil(sqrt(16 * 64 / 4)) = 16, 1 + ceil(log2 17)";
+  EXPECT_EQ(step(0.25f), 2u) << "ratio 1/4: s = ceil(sqrt(16 / 16 / 4)) = 1";
+  EXPECT_DOUBLE_EQ(store.mean_downlink_bits(), (5 * 3 + 6 + 2) / 7.0);
+  EXPECT_EQ(*store.Snapshot().values, *store.TrueModel()) << "no residual was left behind";
+}
+
 }  // namespace
 }  // namespace ps

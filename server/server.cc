@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "common/chunking.h"
 #include "common/codec.h"
+#include "common/dq_sgd.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -53,17 +54,22 @@ absl::Status ServerOptions::Validate() const {
                                                      " is not among the allowed encodings"));
     }
   }
-  if (t.bits_policy() == v1::BITS_POLICY_DQSGD &&
-      (t.min_bits() < 2 || t.max_bits() > 8 || t.min_bits() > t.max_bits() || !(t.dq_beta() > 0) ||
-       !(t.dq_alpha() > 0) || t.dq_alpha() > 1)) {
-    return absl::InvalidArgumentError(
-        "dqsgd needs 2 <= min_bits <= max_bits <= 8, dq_beta > 0 and 0 < dq_alpha <= 1");
+  if ((t.bits_policy() == v1::BITS_POLICY_DQSGD || t.pull_bits_policy() == v1::BITS_POLICY_DQSGD) &&
+      (t.min_bits() < 2 || t.max_bits() > 8 || t.min_bits() > t.max_bits() || !(t.dq_beta() > 0))) {
+    return absl::InvalidArgumentError("dqsgd needs 2 <= min_bits <= max_bits <= 8 and dq_beta > 0");
+  }
+  // Only updates use alpha: the downlink does not know how long the run is.
+  if (t.bits_policy() == v1::BITS_POLICY_DQSGD && (!(t.dq_alpha() > 0) || t.dq_alpha() > 1)) {
+    return bad("dq_alpha", t.dq_alpha(), "dqsgd needs 0 < dq_alpha <= 1");
   }
   const v1::EncodingParams& pull = t.pull_encoding();
   if (pull.encoding() == v1::ENCODING_QSGD) {
     PS_RETURN_IF_ERROR(ValidateEncodingParams(pull));
   } else if (pull.encoding() != v1::ENCODING_UNSPECIFIED && pull.encoding() != v1::ENCODING_FP32) {
     return absl::InvalidArgumentError("pull encoding must be fp32 or qsgd");
+  }
+  if (t.pull_bits_policy() == v1::BITS_POLICY_DQSGD && pull.encoding() != v1::ENCODING_QSGD) {
+    return absl::InvalidArgumentError("pull_bits_policy = dqsgd needs pull_encoding = qsgd");
   }
   if (shard_count < 1 || shard_index >= shard_count) {
     return absl::InvalidArgumentError(
@@ -246,6 +252,10 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   std::vector<float> shard, broadcast;
   StoreOptions store_options;
   store_options.downlink = config.pull_encoding();
+  if (config.pull_bits_policy() == v1::BITS_POLICY_DQSGD) {
+    store_options.downlink_dqsgd =
+        DqSgdOptionsFromConfig(config, config.pull_encoding().bucket_size());
+  }
   if (resumed.has_value()) {
     const v1::CheckpointHeader& h = resumed->checkpoint.header;
     shard = std::move(resumed->checkpoint.model);

@@ -78,7 +78,11 @@ ABSL_FLAG(bool, error_feedback, true,
 ABSL_FLAG(std::string, pull_encoding, "fp32",
           "How new versions go to workers: fp32 (the full model) or qsgd (quantized deltas of the "
           "broadcast model with error feedback; workers too far behind get the full model).");
-ABSL_FLAG(int, pull_bits, 4, "qsgd pulls: bits per coordinate (2..8).");
+ABSL_FLAG(int, pull_bits, 4,
+          "qsgd pulls: bits per coordinate (2..8), for --pull_bits_policy=fixed.");
+ABSL_FLAG(std::string, pull_bits_policy, "fixed",
+          "qsgd pulls: fixed (--pull_bits), or dqsgd (each delta's bits from its norm against the "
+          "first deltas', within --min_bits..--max_bits with --dq_beta).");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the initial model.");
 ABSL_FLAG(std::string, init_model, "",
           "Start from this raw little-endian float32 file (the whole model) instead of --seed.");
@@ -195,6 +199,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
       Pick<v1::Encoding>("pull_encoding", absl::GetFlag(FLAGS_pull_encoding),
                          {{"fp32", v1::ENCODING_FP32}, {"qsgd", v1::ENCODING_QSGD}});
   if (!pull_encoding.ok()) return pull_encoding.status();
+  auto pull_policy =
+      Pick<v1::BitsPolicy>("pull_bits_policy", absl::GetFlag(FLAGS_pull_bits_policy),
+                           {{"fixed", v1::BITS_POLICY_FIXED}, {"dqsgd", v1::BITS_POLICY_DQSGD}});
+  if (!pull_policy.ok()) return pull_policy.status();
   v1::EncodingParams* update = t.mutable_update_encoding();
   update->set_encoding(*update_encoding);
   if (*update_encoding != v1::ENCODING_FP32)
@@ -215,6 +223,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
     t.mutable_pull_encoding()->set_bucket_size(absl::GetFlag(FLAGS_bucket_size));
     t.mutable_pull_encoding()->set_scaling(v1::QUANT_SCALING_MAX_ABS);
   }
+  t.set_pull_bits_policy(*pull_policy);
   auto non_negative = [](const char* flag, int64_t v) -> absl::Status {
     if (v < 0)
       return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 0, got ", v));
@@ -365,6 +374,8 @@ int Main() {
       .Add("bits_policy", t.bits_policy() == v1::BITS_POLICY_DQSGD ? "dqsgd" : "fixed")
       .Add("error_feedback", t.error_feedback())
       .Add("pull_encoding", EncodingName(t.pull_encoding()))
+      .Add("pull_bits_policy", t.pull_bits_policy() == v1::BITS_POLICY_DQSGD ? "dqsgd" : "fixed")
+      .Add("mean_pull_bits", status.mean_pull_bits())
       .Add("version", status.version())
       .Add("rounds", status.rounds_completed())
       .Add("updates_applied", status.updates_applied())

@@ -190,6 +190,7 @@ v1::StatusResponse ParameterServerService::BuildStatus() const {
   status.set_updates_refused_invalid(stats.refused_invalid + refused_at_stream_);
   status.set_updates_duplicate(stats.duplicate);
   status.set_rounds_completed(stats.rounds_completed);
+  status.set_mean_pull_bits(store_->mean_downlink_bits());
   status.set_last_train_loss(stats.last_train_loss);
   status.set_rounds_closed_complete(stats.rounds_closed_complete);
   status.set_rounds_closed_by_quorum(stats.rounds_closed_by_quorum);

@@ -1,5 +1,6 @@
 // Quantized messages both ways through a real server: the compressed pull leaves every worker with
 // the server's broadcast model bit for bit, and training with quantized updates keeps its accuracy.
+#include <cmath>
 #include <cstdio>
 #include <vector>
 
@@ -23,9 +24,15 @@ v1::EncodingParams Qsgd(uint32_t bits) {
   return p;
 }
 
-TEST(CompressedPull, EveryWorkerEndsOnTheBroadcastModelBitForBit) {
+class CompressedPull : public ::testing::TestWithParam<v1::BitsPolicy> {};
+
+TEST_P(CompressedPull, EveryWorkerEndsOnTheBroadcastModelBitForBit) {
   ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_ASYNC, 3, 1);
   *options.training.mutable_pull_encoding() = Qsgd(3);
+  options.training.set_pull_bits_policy(GetParam());
+  options.training.set_min_bits(2);
+  options.training.set_max_bits(8);
+  options.training.set_dq_beta(4.0f);
   auto server = StartServer(options);
   ASSERT_NE(server, nullptr);
   const size_t d = server->Model().values->size();
@@ -42,8 +49,10 @@ TEST(CompressedPull, EveryWorkerEndsOnTheBroadcastModelBitForBit) {
   // Worker 0 pushes every step and pulls every step (one delta), worker 1 pulls every third step
   // (a chain of deltas), worker 2 only at the end (more than the chain holds: the full model).
   for (int step = 1; step <= 30; ++step) {
+    // Sizes that vary from step to step, so that DQ-SGD picks varying bits.
     std::vector<float> delta(d);
-    for (size_t i = 0; i < d; ++i) delta[i] = 1e-3f * static_cast<float>((i * step) % 13) - 6e-3f;
+    const float scale = 1e-3f * static_cast<float>(1 << (step % 4));
+    for (size_t i = 0; i < d; ++i) delta[i] = scale * (static_cast<float>((i * step) % 13) - 6);
     ASSERT_TRUE(clients[0]->Push(v1::UPDATE_KIND_MODEL_DELTA, version[0], 32, delta, 0.0).ok());
     for (int k : {0, 1}) {
       if (k == 1 && step % 3 != 0) continue;
@@ -60,7 +69,21 @@ TEST(CompressedPull, EveryWorkerEndsOnTheBroadcastModelBitForBit) {
   EXPECT_NE(*server->TrueModel(), *server->Model().values) << "3-bit deltas are lossy";
   // Workers 0 and 1 got quantized deltas: far fewer bytes than a full model per pull.
   EXPECT_LT(clients[0]->wire().payload_bytes_received * 4, clients[0]->wire().raw_bytes_received);
+  const double mean_bits = server->GetStatus().mean_pull_bits();
+  if (GetParam() == v1::BITS_POLICY_FIXED) {
+    EXPECT_EQ(mean_bits, 3.0);
+  } else {
+    EXPECT_GT(mean_bits, 2.0);
+    EXPECT_LT(mean_bits, 8.0);
+    EXPECT_NE(mean_bits, std::round(mean_bits)) << "DQ-SGD chose different bits for the deltas";
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(BitsPolicies, CompressedPull,
+                         ::testing::Values(v1::BITS_POLICY_FIXED, v1::BITS_POLICY_DQSGD),
+                         [](const auto& info) {
+                           return info.param == v1::BITS_POLICY_FIXED ? "FixedBits" : "DqSgdBits";
+                         });
 
 struct Outcome {
   double accuracy = 0;    // the server's final model on the test subset

@@ -9,24 +9,10 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "common/dq_sgd.h"
 #include "ps/v1/ps.pb.h"
 
 namespace ps {
-
-struct DqSgdOptions {
-  uint32_t min_bits = 2;
-  uint32_t max_bits = 8;
-  double beta = 4.0;   // relative error budget
-  double alpha = 1.0;  // contraction per message (1: non-convex, bits follow the norm only)
-  double variance_constant = 128.0;  // c in V <= c ||g||^2 / s^2: bucket / 4 for max-abs scaling
-  int reference_messages = 5;        // ||g_ref|| = mean norm of the first messages
-};
-
-// DQ-SGD's bit width for message n of N (ALGORITHMS.md section 7, with Bq = beta N ||g_ref||^2):
-//   s = ceil(sqrt(alpha^(N-1-n) * c * ||g||^2 / (beta * ||g_ref||^2))),  b = 1 + ceil(log2(s + 1)),
-// clamped to [min_bits, max_bits].
-uint32_t DqSgdBits(const DqSgdOptions& options, double norm, double reference_norm, uint64_t n,
-                   uint64_t total);
 
 // Encodes a worker's updates. Not thread-safe; one per worker.
 class UpdateCompressor {
@@ -48,14 +34,12 @@ class UpdateCompressor {
  private:
   v1::EncodingParams base_;
   v1::BitsPolicy policy_;
-  DqSgdOptions dq_;
+  DqSgdBitChooser dq_;
   bool error_feedback_;
   uint64_t seed_;
   std::vector<float> residual_;
   std::vector<float> corrected_;  // update + residual
   std::vector<float> decoded_;
-  double reference_norm_sum_ = 0.0;
-  int reference_count_ = 0;
   uint32_t last_bits_ = 32;
 };
 
