@@ -2,7 +2,8 @@
 # End-to-end with the real binaries as separate processes on loopback: ps-server and three
 # ps-worker processes train softmax regression on a Fashion-MNIST subset (sync and async), the
 # server exits by itself when the workers are done (--exit_when_done), and both write JSON
-# summaries that must agree. Also: bad flags exit 2 with a message, --help lists the flags.
+# summaries that must agree, and learning curves (--eval_log). Also: bad flags exit 2 with a
+# message, --help lists the flags.
 # Usage: processes_test.sh BUILD_DIR
 set -euo pipefail
 build=$(cd "$1" && pwd)
@@ -42,7 +43,7 @@ for mode in sync async; do
   for k in 0 1 2; do
     "$worker" --servers="127.0.0.1:$(cat "$work/port")" --name="w$k" --train_limit=15000 \
       --test_limit=2000 --summary_json="$work/worker-$mode-$k.json" \
-      >"$work/worker-$mode-$k.log" 2>&1 &
+      --eval_log="$work/eval-$mode-$k.jsonl" >"$work/worker-$mode-$k.log" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || fail "a $mode worker failed: $(tail -5 "$work"/worker-$mode-*.log)"; done
@@ -65,6 +66,15 @@ if mode == "sync":
     assert len({w["test_accuracy"] for w in workers}) == 1, "sync workers must end on one model"
 else:
     assert server["updates_applied"] + server["updates_refused_stale"] == 3 * rounds, server
+# --eval_log: every eval_every = 20 rounds and at the end, in order; the last is the summary's.
+for k, w in enumerate(workers):
+    curve = [json.loads(l) for l in open(f"{work}/eval-{mode}-{k}.jsonl")]
+    assert [c["round"] for c in curve] == [20, 40, 60, 79], curve
+    for a, b in zip(curve, curve[1:]):
+        assert b["elapsed_s"] > a["elapsed_s"] and b["bytes_sent"] > a["bytes_sent"], (a, b)
+        assert b["eval_s"] > a["eval_s"] and a["eval_s"] < a["elapsed_s"], (a, b)
+    assert curve[-1]["test_accuracy"] == w["test_accuracy"], (curve[-1], w)
+    assert curve[-1]["bytes_sent"] <= w["bytes_sent"], (curve[-1], w)
 best = max(w["test_accuracy"] for w in workers)
 assert best >= 0.80, f"test accuracy {best}"
 sent = sum(w["bytes_sent"] for w in workers)

@@ -287,8 +287,29 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   absl::Time last_progress = absl::Now();
   double loss_sum = 0.0;
   uint64_t loss_count = 0;
+  double eval_seconds = 0.0;
+  // Evaluates `global` on the test set and tells options_.on_eval.
+  auto evaluate = [&](uint64_t round, double train_loss) {
+    const absl::Time eval_start = absl::Now();
+    const EvalResult eval = Evaluate(*model, global, test);
+    eval_seconds += absl::ToDoubleSeconds(absl::Now() - eval_start);
+    if (options_.on_eval) {
+      EvalRecord record;
+      record.round = round;
+      record.rounds = rounds;
+      record.version = versions[0];
+      record.elapsed_s = absl::ToDoubleSeconds(absl::Now() - start);
+      record.eval_s = eval_seconds;
+      record.train_loss = train_loss;
+      record.test = eval;
+      record.wire = client_->wire();
+      options_.on_eval(record);
+    }
+    return eval;
+  };
 
   const uint64_t first_round = sync ? round_of(oldest_version()) : 0;
+  uint64_t rounds_done = first_round;
   if (first_round > 0) {
     Progress(absl::StrFormat("the run is at version %d: starting at round %d of %d",
                              oldest_version(), first_round + 1, rounds));
@@ -352,6 +373,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     }
     PS_RETURN_IF_ERROR(pull_all(have));
     ++result.rounds;
+    rounds_done = round + 1;
     if (sync && rejoins_before != result.rejoins) {
       // Re-joined, possibly a server that resumed from an older checkpoint: follow its schedule,
       // so that rounds lost with the server are run again.
@@ -363,7 +385,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
         config.eval_every() > 0 && (round + 1) % config.eval_every() == 0 && round + 1 < rounds;
     EvalResult eval;
     if (eval_now) {
-      eval = Evaluate(*model, global, test);
+      eval = evaluate(round + 1, loss_sum / std::max<uint64_t>(loss_count, 1));
       v1::EvalReport report;
       report.set_version(versions[0]);
       report.set_test_loss(eval.loss);
@@ -402,7 +424,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     if (!last[i].ok() && !absl::IsNotFound(last[i].status())) return last[i].status();
   }
   const uint64_t version = versions[0];
-  result.final_test = Evaluate(*model, global, test);
+  result.final_test = evaluate(rounds_done, result.final_train_loss);
   result.final_version = version;
   v1::EvalReport report;
   report.set_version(version);

@@ -58,6 +58,18 @@ struct CompressionOverrides {
 // Applies `overrides` to the server's `config`; INVALID_ARGUMENT when the server does not allow it.
 absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingConfig* config);
 
+// One test-set evaluation during a run (TrainerOptions::on_eval).
+struct EvalRecord {
+  uint64_t round = 0;  // rounds done when evaluated
+  uint64_t rounds = 0;
+  uint64_t version = 0;     // of shard 0
+  double elapsed_s = 0.0;   // since Run() started
+  double eval_s = 0.0;      // of elapsed_s, spent evaluating (this one included)
+  double train_loss = 0.0;  // mean over the rounds since the previous evaluation
+  EvalResult test;
+  ClientWireStats wire;  // bytes so far
+};
+
 struct TrainerOptions {
   DataOptions data;
   CompressionOverrides overrides;
@@ -66,6 +78,8 @@ struct TrainerOptions {
   bool quiet = false;  // no progress lines
   // Set (by a signal) to stop after the current round's push: the worker then leaves cleanly.
   const std::atomic<bool>* stop = nullptr;
+  // Called after every test-set evaluation: every eval_every rounds, and the final one.
+  std::function<void(const EvalRecord&)> on_eval;
 };
 
 struct TrainingResult {

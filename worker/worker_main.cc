@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,6 +52,9 @@ ABSL_FLAG(bool, quiet, false, "No progress lines (errors and the summary still p
 ABSL_FLAG(bool, evaluate_only, false,
           "Do not train: pull the current model and evaluate it on the test set.");
 ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
+ABSL_FLAG(std::string, eval_log, "",
+          "Append one JSON line per test-set evaluation here (round, version, elapsed and "
+          "evaluation seconds, test loss and accuracy, bytes so far): the learning curve.");
 ABSL_FLAG(bool, health_check, false,
           "Do not train: exit 0 if every server in --servers answers Status (it has loaded its "
           "model), 1 otherwise. For container health checks.");
@@ -122,7 +128,32 @@ absl::Status HealthCheck(ShardedClient* client) {
   return absl::OkStatus();
 }
 
-absl::Status Train(ShardedClient* client, const TrainerOptions& options) {
+// Appends `record` to the --eval_log file as one JSON line.
+void WriteEvalLine(std::FILE* log, const EvalRecord& record) {
+  JsonObject line;
+  line.Add("round", record.round)
+      .Add("rounds", record.rounds)
+      .Add("version", record.version)
+      .Add("elapsed_s", record.elapsed_s)
+      .Add("eval_s", record.eval_s)
+      .Add("train_loss", record.train_loss)
+      .Add("test_loss", record.test.loss)
+      .Add("test_accuracy", record.test.accuracy)
+      .Add("bytes_sent", record.wire.bytes_sent)
+      .Add("bytes_received", record.wire.bytes_received);
+  std::fprintf(log, "%s\n", line.ToString().c_str());
+  std::fflush(log);
+}
+
+absl::Status Train(ShardedClient* client, TrainerOptions options) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> eval_log(nullptr, &std::fclose);
+  if (const std::string path = absl::GetFlag(FLAGS_eval_log); !path.empty()) {
+    eval_log.reset(std::fopen(path.c_str(), "a"));
+    if (eval_log == nullptr) {
+      return absl::NotFoundError(absl::StrCat("--eval_log=", path, ": ", std::strerror(errno)));
+    }
+    options.on_eval = [log = eval_log.get()](const EvalRecord& r) { WriteEvalLine(log, r); };
+  }
   Trainer trainer(options, client);
   PS_ASSIGN_OR_RETURN(TrainingResult r, trainer.Run());
   JsonObject summary;
