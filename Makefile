@@ -8,12 +8,16 @@ BUILD_TYPE ?= Release
 JOBS ?= 2
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build demo test sanitize-build sanitize-test bench compression-table clean
+.PHONY: all deps bench-deps build demo test sanitize-build sanitize-test bench compression-table \
+	time-to-accuracy clean
 
 all: build
 
 deps:
 	./deploy/install-deps.sh
+
+bench-deps:
+	./deploy/install-deps.sh --bench
 
 $(BUILD_DIR)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS)
@@ -45,8 +49,12 @@ bench: build
 	./bench/run_push_pull.sh $(BUILD_DIR)
 	$(BUILD_DIR)/bench/ps_codec_bench --benchmark_min_time=0.3 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 
-compression-table: build
+compression-table: build bench-deps
 	./bench/compression_table.sh $(BUILD_DIR)
+
+# Workers behind 100 Mbit/s links in network namespaces (needs root): bench/results/time_to_accuracy.*
+time-to-accuracy: build bench-deps
+	tests/netns_run.sh /usr/bin/python3 bench/time_to_accuracy.py $(BUILD_DIR) --repeats 3
 
 clean:
 	rm -rf $(BUILD_DIR) $(SAN_DIR)

@@ -4,6 +4,7 @@
 # prometheus for promtool, which checks the metrics endpoint, docker-compose to check
 # docker-compose.yml, node and npm to validate the Kubernetes manifests, iproute2 for the tests
 # with several hosts in network namespaces).
+# With --bench also what the benchmarks' plots need (python3-matplotlib).
 # Idempotent: does nothing (and needs no network) when everything is already there.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ packages=(
   zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf
   clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2
 )
+if [ "${1:-}" = "--bench" ]; then packages+=(python3-matplotlib); fi
 # Node.js may come from elsewhere (NodeSource ships npm inside its nodejs, which Debian's npm
 # conflicts with): Debian's only when there is no node at all.
 command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)

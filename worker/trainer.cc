@@ -288,6 +288,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   double loss_sum = 0.0;
   uint64_t loss_count = 0;
   double eval_seconds = 0.0;
+  const double train_start_s = absl::ToDoubleSeconds(absl::Now() - start);
   // Evaluates `global` on the test set and tells options_.on_eval.
   auto evaluate = [&](uint64_t round, double train_loss) {
     const absl::Time eval_start = absl::Now();
@@ -299,6 +300,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       record.rounds = rounds;
       record.version = versions[0];
       record.elapsed_s = absl::ToDoubleSeconds(absl::Now() - start);
+      record.train_start_s = train_start_s;
       record.eval_s = eval_seconds;
       record.train_loss = train_loss;
       record.test = eval;

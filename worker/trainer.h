@@ -62,10 +62,11 @@ absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingC
 struct EvalRecord {
   uint64_t round = 0;  // rounds done when evaluated
   uint64_t rounds = 0;
-  uint64_t version = 0;     // of shard 0
-  double elapsed_s = 0.0;   // since Run() started
-  double eval_s = 0.0;      // of elapsed_s, spent evaluating (this one included)
-  double train_loss = 0.0;  // mean over the rounds since the previous evaluation
+  uint64_t version = 0;        // of shard 0
+  double elapsed_s = 0.0;      // since Run() started
+  double train_start_s = 0.0;  // of elapsed_s, before the first round (join, data, first pull)
+  double eval_s = 0.0;         // of elapsed_s, spent evaluating (this one included)
+  double train_loss = 0.0;     // mean over the rounds since the previous evaluation
   EvalResult test;
   ClientWireStats wire;  // bytes so far
 };

@@ -53,8 +53,9 @@ ABSL_FLAG(bool, evaluate_only, false,
           "Do not train: pull the current model and evaluate it on the test set.");
 ABSL_FLAG(std::string, summary_json, "", "Write a JSON run summary here at exit.");
 ABSL_FLAG(std::string, eval_log, "",
-          "Append one JSON line per test-set evaluation here (round, version, elapsed and "
-          "evaluation seconds, test loss and accuracy, bytes so far): the learning curve.");
+          "Append one JSON line per test-set evaluation here (round, version, seconds elapsed, "
+          "before the first round and evaluating, test loss and accuracy, bytes so far): the "
+          "learning curve.");
 ABSL_FLAG(bool, health_check, false,
           "Do not train: exit 0 if every server in --servers answers Status (it has loaded its "
           "model), 1 otherwise. For container health checks.");
@@ -135,6 +136,7 @@ void WriteEvalLine(std::FILE* log, const EvalRecord& record) {
       .Add("rounds", record.rounds)
       .Add("version", record.version)
       .Add("elapsed_s", record.elapsed_s)
+      .Add("train_start_s", record.train_start_s)
       .Add("eval_s", record.eval_s)
       .Add("train_loss", record.train_loss)
       .Add("test_loss", record.test.loss)
