@@ -73,6 +73,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
     const ServerSecurityOptions& options) {
   std::unique_ptr<Authenticator> auth(new Authenticator());
+  auth->require_tls_ = options.tls();
   auth->require_client_cert_ = options.tls() && !options.tls_client_ca_file.empty();
   if (options.tokens_file.empty()) return auth;
   PS_ASSIGN_OR_RETURN(std::string contents, ReadSmallFile(options.tokens_file));
@@ -104,8 +105,20 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(
 
 absl::StatusOr<std::string> Authenticator::Authenticate(
     const grpc::ServerContextBase& context) const {
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (require_tls_) {
+    bool tls = false;
+    if (auth != nullptr) {
+      for (const grpc::string_ref& v : auth->FindPropertyValues("transport_security_type")) {
+        tls |= v == "ssl";
+      }
+    }
+    if (!tls) {
+      return absl::UnauthenticatedError(
+          "this server takes calls over TLS only (a plaintext port is for health checks)");
+    }
+  }
   if (require_client_cert_) {
-    std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
     if (auth == nullptr || !auth->IsPeerAuthenticated()) {
       return absl::UnauthenticatedError(
           "a client certificate signed by the server's --tls_client_ca is required (mutual TLS)");

@@ -48,7 +48,8 @@ class Authenticator {
       const ServerSecurityOptions& options);
 
   // The caller's identity: its token's name, or "" when tokens are off.
-  // UNAUTHENTICATED: no token or an unknown one, or (mTLS) no verified client certificate.
+  // UNAUTHENTICATED: no token or an unknown one, (mTLS) no verified client certificate, or (TLS)
+  // a call that did not come over TLS (a plaintext health-check port serves health checks only).
   absl::StatusOr<std::string> Authenticate(const grpc::ServerContextBase& context) const;
 
   bool tokens_required() const { return !identity_by_token_.empty(); }
@@ -56,6 +57,7 @@ class Authenticator {
  private:
   Authenticator() = default;
   std::map<std::string, std::string> identity_by_token_;
+  bool require_tls_ = false;
   bool require_client_cert_ = false;
 };
 

@@ -114,6 +114,10 @@ absl::Status ServerOptions::Validate() const {
     return absl::InvalidArgumentError("checkpoint intervals need a checkpoint directory");
   }
   PS_RETURN_IF_ERROR(ValidateSecurity(security, listen_address));
+  // Without TLS the health port serves everything, so it is held to the same rule.
+  if (!security.tls() && !health_listen_address.empty()) {
+    PS_RETURN_IF_ERROR(ValidateSecurity(security, health_listen_address));
+  }
   return CreateModel(ModelSpecFromConfig(t)).status();
 }
 
@@ -232,18 +236,27 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.listen_address, credentials, &server->port_);
+  if (!options.health_listen_address.empty()) {
+    // Plaintext, for probes that cannot speak TLS: Authenticate refuses ps.v1 calls that arrive
+    // without TLS when TLS is on, so this port serves health checks and reflection only.
+    builder.AddListeningPort(options.health_listen_address, grpc::InsecureServerCredentials(),
+                             &server->health_port_);
+  }
   builder.RegisterService(server->service_.get());
   // One chunk plus its header, never more: models of any size travel as many chunks.
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr || server->port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.listen_address,
-                     " (address in use, or not an address of this host?)"));
+  if (server->server_ == nullptr || server->port_ == 0 ||
+      (!options.health_listen_address.empty() && server->health_port_ == 0)) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen_address,
+        options.health_listen_address.empty() ? "" : " and " + options.health_listen_address,
+        " (address in use, or not an address of this host?)"));
   }
   server->SetServing(false);
-  LogInfo(absl::StrFormat("event=loading port=%d", server->port_));
+  LogInfo(
+      absl::StrFormat("event=loading port=%d health_port=%d", server->port_, server->health_port_));
   if (options.on_loading) options.on_loading(server->port_);
 
   PS_ASSIGN_OR_RETURN(

@@ -30,6 +30,10 @@ namespace ps {
 
 struct ServerOptions {
   std::string listen_address = "127.0.0.1:0";
+  // A second, plaintext port for grpc.health.v1 (and reflection) only, for probes that cannot
+  // speak TLS (Kubernetes' gRPC probes); with TLS, parameter-server calls on it are refused.
+  // "" = none.
+  std::string health_listen_address;
   // Handed to every worker at Join; also fixes the model's shape.
   v1::TrainingConfig training;
   uint64_t model_seed = 1;
@@ -75,6 +79,8 @@ class ParameterServer {
 
   // The port actually bound (useful with port 0).
   int port() const { return port_; }
+  // The health-check port actually bound; 0 without health_listen_address.
+  int health_port() const { return health_port_; }
   // The metrics endpoint's port; 0 when metrics are off.
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   // The Prometheus text exposition of this server's state.
@@ -117,6 +123,7 @@ class ParameterServer {
   std::unique_ptr<MetricsEndpoint> metrics_;
   const absl::Time started_ = absl::Now();
   int port_ = 0;
+  int health_port_ = 0;
 
   // Checkpoints: written by the housekeeping thread and at shutdown, one at a time.
   mutable absl::Mutex checkpoint_mu_;

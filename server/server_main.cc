@@ -24,6 +24,9 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
           "host:port to listen on; port 0 lets the kernel pick one (see --port_file). Use "
           "0.0.0.0:PORT to accept workers from other machines.");
+ABSL_FLAG(std::string, health_listen, "",
+          "host:port of a second, plaintext port that serves grpc.health.v1 (and reflection) only, "
+          "for probes that cannot speak TLS, such as Kubernetes' gRPC probes; \"\" = none.");
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound port is written to this file once listening.");
 ABSL_FLAG(
@@ -156,6 +159,7 @@ absl::StatusOr<Enum> Pick(absl::string_view flag, absl::string_view value,
 absl::StatusOr<ServerOptions> OptionsFromFlags() {
   ServerOptions o;
   o.listen_address = absl::GetFlag(FLAGS_listen);
+  o.health_listen_address = absl::GetFlag(FLAGS_health_listen);
   v1::TrainingConfig& t = o.training;
   auto mode = Pick<v1::AggregationMode>(
       "mode", absl::GetFlag(FLAGS_mode),

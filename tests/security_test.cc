@@ -2,6 +2,7 @@
 // are made for this test with openssl.
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "server/auth.h"
 #include "tests/test_support.h"
@@ -54,9 +56,10 @@ printf 'alice aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\nbob   bbbbbbbbbbbbbbbbbbbbbbbbbb
   }
   static std::string File(const std::string& name) { return Dir() + "/" + name; }
 
-  void Start(const ServerSecurityOptions& security) {
+  void Start(const ServerSecurityOptions& security, const std::string& health_listen = "") {
     ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_ASYNC, 3, 1);
     options.security = security;
+    options.health_listen_address = health_listen;
     server_ = testing::StartServer(options);
     ASSERT_NE(server_, nullptr);
   }
@@ -251,6 +254,54 @@ TEST(SecurityOptions, LoopbackAddresses) {
   EXPECT_FALSE(IsLoopbackAddress("[::]:5"));
   EXPECT_FALSE(IsLoopbackAddress("10.0.0.1:5"));
   EXPECT_FALSE(IsLoopbackAddress("ps-0.ps:5"));
+}
+
+TEST_F(SecurityTest, APlaintextHealthPortAnswersHealthChecksAndNoParameterServerCall) {
+  ServerSecurityOptions s;
+  s.tls_cert_file = File("server.pem");
+  s.tls_key_file = File("server.key");
+  Start(s, "127.0.0.1:0");
+  ASSERT_NE(server_->health_port(), 0);
+  auto plain = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->health_port()),
+                                   grpc::InsecureChannelCredentials());
+  grpc::health::v1::HealthCheckResponse health;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::health::v1::HealthCheckRequest request;
+    auto stub = grpc::health::v1::Health::NewStub(plain);
+    ASSERT_TRUE(stub->Check(&context, request, &health).ok());
+  }
+  EXPECT_EQ(health.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  auto ps = v1::ParameterServer::NewStub(plain);
+  for (int call = 0; call < 2; ++call) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status status;
+    if (call == 0) {
+      v1::StatusResponse response;
+      status = ps->Status(&context, v1::StatusRequest(), &response);
+    } else {
+      v1::JoinRequest request;
+      request.set_worker_name("plaintext");
+      v1::JoinResponse response;
+      status = ps->Join(&context, request, &response);
+    }
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    EXPECT_THAT(status.error_message(), HasSubstr("TLS only"));
+  }
+  EXPECT_TRUE(server_->GetStatus().members().empty());
+  EXPECT_TRUE(Client("", true, "")->Join().ok()) << "the TLS port serves as before";
+}
+
+TEST(SecurityOptions, APlaintextHealthPortOnANonLoopbackAddressNeedsTlsOrAllowPlaintext) {
+  ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 1, 1);
+  options.health_listen_address = "0.0.0.0:0";
+  EXPECT_THAT(std::string(options.Validate().message()),
+              HasSubstr("refusing to listen on 0.0.0.0:0 without TLS"));
+  options.security.allow_plaintext = true;
+  EXPECT_TRUE(options.Validate().ok());
 }
 
 }  // namespace
