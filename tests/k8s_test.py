@@ -66,7 +66,8 @@ def check_objects(where, objects):
         if int(pod.env.get("PS_SHARD_COUNT", "1")) != shards:
             fail("%s: PS_SHARD_COUNT %s but %d replicas" % (where, pod.env.get("PS_SHARD_COUNT"),
                                                            shards))
-        if int(pod.env["PS_NUM_WORKERS"]) != job["spec"]["completions"]:
+        # Fewer completions than workers: the rest run outside the cluster.
+        if int(pod.env["PS_NUM_WORKERS"]) < job["spec"]["completions"]:
             fail("%s: PS_NUM_WORKERS %s but the Job has %d completions" %
                  (where, pod.env["PS_NUM_WORKERS"], job["spec"]["completions"]))
         mounts = {m["mountPath"] for m in pod.container.get("volumeMounts", [])}
@@ -76,10 +77,20 @@ def check_objects(where, objects):
         if flag(pod.argv, "listen") != "0.0.0.0:%d" % ports["grpc"]:
             fail("%s: --listen %s is not the grpc port %d" % (where, flag(pod.argv, "listen"),
                                                               ports["grpc"]))
+        # Probes go to the plaintext health port when there is one (the kubelet's gRPC probes
+        # cannot speak TLS), else to the gRPC port.
+        probe_port = ports.get("health", ports["grpc"])
+        if "health" in ports and flag(pod.argv, "health_listen") != "0.0.0.0:%d" % probe_port:
+            fail("%s: --health_listen is not the health port %d" % (where, probe_port))
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             grpc = pod.container.get(probe, {}).get("grpc")
-            if grpc is None or grpc["port"] != ports["grpc"]:
-                fail("%s: %s is not a gRPC probe on the gRPC port" % (where, probe))
+            if grpc is None or grpc["port"] != probe_port:
+                fail("%s: %s is not a gRPC probe on port %d" % (where, probe, probe_port))
+        external = [o for o in objects if o["kind"] == "Service" and
+                    o["spec"].get("type") in ("LoadBalancer", "NodePort")]
+        if external and not (flag(pod.argv, "tls_cert") and flag(pod.argv, "tokens_file")):
+            fail("%s: servers reachable from outside the cluster (%s) need TLS and tokens" %
+                 (where, [o["metadata"]["name"] for o in external]))
     if job["spec"].get("completionMode") != "Indexed" or (
             job["spec"]["parallelism"] != job["spec"]["completions"]):
         fail("%s: the workers must be an Indexed Job that runs all of them at once" % where)
@@ -124,6 +135,7 @@ def local_replacements(objects, ports, work):
         if pod.name in ports:
             out.append(("0.0.0.0:50051", "127.0.0.1:%d" % ports[pod.name]))
         out.append(("0.0.0.0:9100", "127.0.0.1:0"))
+        out.append(("0.0.0.0:50052", "127.0.0.1:0"))
         for mount in pod.container.get("volumeMounts", []):
             out.append((mount["mountPath"], os.path.join(work, pod.name, mount["name"])))
         return out
@@ -134,12 +146,48 @@ def launch_local(pod, argv, env, log_path):
     return Proc(argv, log_path, env=env)
 
 
-def run_base(objects, work):
-    """The whole training run of the base manifests, as local processes."""
+def make_secrets(folder, workers):
+    """The Secrets the overlays mount, made the way the README says: a CA and a server
+    certificate (for the shards' names, and 127.0.0.1 where this test runs them) with openssl,
+    the servers' token list and one token file per worker."""
+    os.makedirs(folder)
+    script = """set -e
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key ca.key
+openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=ps-ca 2>/dev/null
+key server.key
+openssl req -new -key server.key -out server.csr -subj /CN=ps-server 2>/dev/null
+printf 'subjectAltName=DNS:*.ps-server,DNS:localhost,IP:127.0.0.1\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+  -days 2 -extfile server.ext 2>/dev/null
+"""
+    subprocess.run(["bash", "-c", script], cwd=folder, check=True)
+    read = lambda name: open(os.path.join(folder, name), "rb").read()  # noqa: E731
+    tokens = {"worker-%d" % i: os.urandom(16).hex().encode() for i in range(workers)}
+    return {
+        "ps-tls": {name: read(name) for name in ("ca.pem", "server.pem", "server.key")},
+        "ps-server-tokens": {"tokens": b"".join(b"%s %s\n" % (n.encode(), t)
+                                                for n, t in tokens.items())},
+        "ps-worker-tokens": tokens,
+    }
+
+
+def new_local_cluster(objects, work, secrets):
+    """The pods of `objects` on loopback, with `secrets` where they mount them."""
     sts, _ = server_settings(objects)
     ports = {"%s-%d" % (sts["metadata"]["name"], i): free_port()
              for i in range(sts["spec"]["replicas"])}
-    cluster = Cluster(objects, BINARIES, work, launch_local, local_replacements(objects, ports, work))
+    replacements = local_replacements(objects, ports, work)
+    cluster = Cluster(objects, BINARIES, work, launch_local, replacements)
+    for pod in cluster.servers + cluster.workers:
+        manifests.fill_secret_volumes(
+            pod, lambda mount, pod=pod: os.path.join(work, pod.name, mount["name"]), secrets)
+    return cluster
+
+
+def run_base(objects, work, secrets):
+    """The whole training run of the base manifests, as local processes."""
+    cluster = new_local_cluster(objects, work, secrets)
     try:
         cluster.start_servers(["--exit_when_done"])
         cluster.wait_healthy()
@@ -168,13 +216,11 @@ def run_base(objects, work):
                                                                  s["version"]))
 
 
-def start_servers_of(where, objects, work):
-    """Every server of an overlay starts with its settings and passes the workers' health
-    check; SIGTERM then stops each with exit 0."""
-    sts, _ = server_settings(objects)
-    ports = {"%s-%d" % (sts["metadata"]["name"], i): free_port()
-             for i in range(sts["spec"]["replicas"])}
-    cluster = Cluster(objects, BINARIES, work, launch_local, local_replacements(objects, ports, work))
+def start_servers_of(where, objects, work, secrets):
+    """Every server of an overlay starts with its settings and passes the workers' own health
+    check (over TLS and with a token where the overlay says so); SIGTERM then stops each with
+    exit 0."""
+    cluster = new_local_cluster(objects, work, secrets)
     try:
         cluster.start_servers()
         cluster.wait_healthy()
@@ -196,6 +242,7 @@ def main():
         glob.glob(os.path.join(k8s, "overlays", "*")))
     work = tempfile.mkdtemp(prefix="ps_k8s_")
     try:
+        secrets = make_secrets(os.path.join(work, "secrets"), workers=4)
         rendered = {}
         for path in kustomizations:
             where = os.path.relpath(path, SOURCE)
@@ -209,9 +256,9 @@ def main():
             folder = os.path.join(work, where.replace("/", "_"))
             os.makedirs(folder)
             if where.endswith("base"):
-                run_base(objects, folder)
+                run_base(objects, folder, secrets)
             else:
-                start_servers_of(where, objects, folder)
+                start_servers_of(where, objects, folder, secrets)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

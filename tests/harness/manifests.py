@@ -68,11 +68,12 @@ def one(objects, kind, name):
 class Pod:
     """One pod of a workload: its name, index, container spec, argv and environment."""
 
-    def __init__(self, workload, index, name, container, env):
+    def __init__(self, workload, index, name, container, volumes, env):
         self.workload = workload  # the StatefulSet's or Job's name
         self.index = index
         self.name = name
         self.container = container
+        self.volumes = volumes  # the pod's volumes, by name
         self.env = env
         self.argv = [expand(a, env) for a in container.get("command", []) +
                      container.get("args", [])]
@@ -92,6 +93,27 @@ class Pod:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         env.update({k: fix(v) for k, v in self.env.items()})
         return argv, env
+
+
+def fill_secret_volumes(pod, folder_of_mount, secrets):
+    """Writes what each Secret volume of `pod` holds (its items, or all keys) into the folder its
+    mount maps to here. `secrets`: Secret name -> {key: bytes}."""
+    for mount in pod.container.get("volumeMounts", []):
+        secret = pod.volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            continue
+        if secret["secretName"] not in secrets:
+            fail("pod %s mounts Secret %s, which the test does not make" %
+                 (pod.name, secret["secretName"]))
+        data = secrets[secret["secretName"]]
+        items = secret.get("items") or [{"key": k, "path": k} for k in data]
+        folder = folder_of_mount(mount)
+        os.makedirs(folder, exist_ok=True)
+        for item in items:
+            if item["key"] not in data:
+                fail("Secret %s has no key %s" % (secret["secretName"], item["key"]))
+            with open(os.path.join(folder, item["path"]), "wb") as f:
+                f.write(data[item["key"]])
 
 
 def expand(value, env):
@@ -159,5 +181,6 @@ def pods(objects):
                 env["JOB_COMPLETION_INDEX"] = str(i)
             env.update(_container_env(containers[0], config_maps,
                                       {"name": pod_name, "labels": labels}))
-            out.append(Pod(name, i, pod_name, containers[0], env))
+            volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+            out.append(Pod(name, i, pod_name, containers[0], volumes, env))
     return out
