@@ -8,9 +8,7 @@ Usage: compose_test.py BUILD_DIR SOURCE_DIR
 """
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,21 +16,13 @@ import time
 
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness.procs import fail, free_port  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1])
 SOURCE = os.path.abspath(sys.argv[2])
 BINARIES = {"ps-server": os.path.join(BUILD, "server", "ps-server"),
             "ps-worker": os.path.join(BUILD, "worker", "ps-worker")}
-
-
-def fail(message):
-    print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():

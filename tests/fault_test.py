@@ -12,8 +12,6 @@ import random
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,44 +23,8 @@ WORKER = os.path.join(BUILD, "worker", "ps-worker")
 DATA = "/usr/share/datasets/fashion-mnist"
 random.seed(20261122)
 
-
-def fail(message):
-    print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    """A child process whose stdout and stderr go to a log file."""
-
-    def __init__(self, argv, log_path):
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.popen = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def text(self):
-        with open(self.log_path) as f:
-            return f.read()
-
-    def alive(self):
-        return self.popen.poll() is None
-
-    def kill9(self):
-        self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait()
-
-    def wait(self, timeout, what):
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            fail("%s did not finish within %ds; log %s:\n%s" %
-                 (what, timeout, self.log_path, self.text()[-3000:]))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness.procs import Proc, fail, free_port  # noqa: E402
 
 
 class Run:
@@ -107,9 +69,7 @@ class Run:
             print("kept", self.work)
             return
         for p in self.procs:
-            if p.alive():
-                p.popen.kill()
-                p.popen.wait()
+            p.stop()
         shutil.rmtree(self.work, ignore_errors=True)
 
 

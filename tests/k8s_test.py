@@ -187,17 +187,7 @@ def new_local_cluster(objects, work, secrets):
 
 def run_base(objects, work, secrets):
     """The whole training run of the base manifests, as local processes."""
-    cluster = new_local_cluster(objects, work, secrets)
-    try:
-        cluster.start_servers(["--exit_when_done"])
-        cluster.wait_healthy()
-        cluster.start_workers(["--quiet"])
-        cluster.wait(cluster.workers, 600)
-        cluster.wait(cluster.servers, 60)
-        results = [cluster.summary(p) for p in cluster.workers]
-        shards = [cluster.summary(p) for p in cluster.servers]
-    finally:
-        cluster.stop()
+    results, shards = new_local_cluster(objects, work, secrets).run_to_end()
     accuracy = min(r["test_accuracy"] for r in results)
     versions = [s["version"] for s in shards]
     print("k8s base: %d shards, %d workers (ranks %s), test accuracy %.4f, shard versions %s, "

@@ -17,10 +17,8 @@ import urllib.request
 BUILD = os.path.abspath(sys.argv[1])
 DATA = "/usr/share/datasets/fashion-mnist"
 
-
-def fail(message):
-    print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness.procs import fail  # noqa: E402
 
 
 def wait_for_file(path, what, proc):

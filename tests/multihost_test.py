@@ -85,18 +85,8 @@ def new_cluster(objects, net, work):
 
 
 def run_all_links(objects, net, work):
-    cluster = new_cluster(objects, net, work)
     start = time.time()
-    try:
-        cluster.start_servers(["--exit_when_done"])
-        cluster.wait_healthy()
-        cluster.start_workers(["--quiet"])
-        cluster.wait(cluster.workers, 600)
-        cluster.wait(cluster.servers, 60)
-        results = [cluster.summary(p) for p in cluster.workers]
-        shards = [cluster.summary(p) for p in cluster.servers]
-    finally:
-        cluster.stop()
+    results, shards = new_cluster(objects, net, work).run_to_end()
     accuracy = min(r["test_accuracy"] for r in results)
     print("run 1 (all links up): %.1f s, test accuracy %.4f, shard versions %s, %.1f MB up "
           "and %.1f MB down per worker" %

@@ -72,6 +72,20 @@ class Cluster:
                 fail("%s exited with %d, expected %d; log:\n%s" %
                      (pod.name, code, expect_code, self.procs[pod.name].text()[-3000:]))
 
+    def run_to_end(self, timeout=600):
+        """Servers (--exit_when_done), then workers once healthy; waits for all of them to exit 0
+        and returns the workers' and the servers' summaries."""
+        try:
+            self.start_servers(["--exit_when_done"])
+            self.wait_healthy()
+            self.start_workers(["--quiet"])
+            self.wait(self.workers, timeout)
+            self.wait(self.servers, 60)
+            return ([self.summary(p) for p in self.workers],
+                    [self.summary(p) for p in self.servers])
+        finally:
+            self.stop()
+
     def summary(self, pod):
         with open(self.summary_path(pod)) as f:
             return json.load(f)

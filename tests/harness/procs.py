@@ -1,5 +1,6 @@
 """Child processes with their output in log files, for end-to-end tests and benchmarks."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,10 @@ class Proc:
     def signal(self, sig):
         if self.alive():
             self.popen.send_signal(sig)
+
+    def kill9(self):
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait()
 
     def wait(self, timeout, what):
         """The exit code; fails the test (with the log's end) if it takes longer than timeout."""
