@@ -17,12 +17,11 @@ import time
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness.procs import fail, free_port  # noqa: E402
+from harness.procs import binaries, fail, free_port  # noqa: E402
 
 BUILD = os.path.abspath(sys.argv[1])
+BINARIES = binaries(BUILD)
 SOURCE = os.path.abspath(sys.argv[2])
-BINARIES = {"ps-server": os.path.join(BUILD, "server", "ps-server"),
-            "ps-worker": os.path.join(BUILD, "worker", "ps-worker")}
 
 
 def main():

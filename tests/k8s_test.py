@@ -21,12 +21,11 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import manifests  # noqa: E402
 from harness.cluster import Cluster, server_settings  # noqa: E402
-from harness.procs import Proc, fail, free_port  # noqa: E402
+from harness.procs import Proc, binaries, fail, free_port  # noqa: E402
 
 BUILD = os.path.abspath(sys.argv[1])
+BINARIES = binaries(BUILD)
 SOURCE = os.path.abspath(sys.argv[2])
-BINARIES = {"ps-server": os.path.join(BUILD, "server", "ps-server"),
-            "ps-worker": os.path.join(BUILD, "worker", "ps-worker")}
 ACCURACY_TARGET = 0.82
 
 

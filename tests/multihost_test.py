@@ -26,12 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import manifests  # noqa: E402
 from harness.cluster import Cluster, server_settings  # noqa: E402
 from harness.netns import Network, bind_hosts_file  # noqa: E402
-from harness.procs import fail, wait_until  # noqa: E402
+from harness.procs import binaries, fail, wait_until  # noqa: E402
 
 BUILD = os.path.abspath(sys.argv[1])
+BINARIES = binaries(BUILD)
 SOURCE = os.path.abspath(sys.argv[2])
-BINARIES = {"ps-server": os.path.join(BUILD, "server", "ps-server"),
-            "ps-worker": os.path.join(BUILD, "worker", "ps-worker")}
 ACCURACY_TARGET = 0.83
 WORKER_LINK_MBIT = 100
 

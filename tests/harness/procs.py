@@ -7,6 +7,12 @@ import sys
 import time
 
 
+def binaries(build_dir):
+    """The two binaries of a build folder, by the names containers and manifests run them as."""
+    return {"ps-server": os.path.join(build_dir, "server", "ps-server"),
+            "ps-worker": os.path.join(build_dir, "worker", "ps-worker")}
+
+
 def fail(message):
     print("FAIL: " + message, file=sys.stderr)
     sys.exit(1)
