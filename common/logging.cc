@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -19,6 +20,11 @@ void Write(const char* level, absl::string_view message) {
 }
 
 }  // namespace
+
+std::string LogSafe(absl::string_view text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return absl::CHexEscape(text);
+  return absl::StrCat(absl::CHexEscape(text.substr(0, max_bytes)), "...(", text.size(), " bytes)");
+}
 
 void LogInfo(absl::string_view message) { Write("I", message); }
 void LogWarning(absl::string_view message) { Write("W", message); }

@@ -224,6 +224,11 @@ RoundEnd Aggregator::FinishOpenRound() {
   return end;
 }
 
+void Aggregator::Forget(uint64_t worker_id) {
+  absl::MutexLock lock(&mu_);
+  last_sequence_.erase(worker_id);
+}
+
 void Aggregator::RestoreCounters(uint64_t rounds_completed, uint64_t applied) {
   absl::MutexLock lock(&mu_);
   stats_.rounds_completed = rounds_completed;

@@ -100,6 +100,9 @@ class Aggregator {
   // Sync mode, at shutdown: closes the open round with what it has if that is at least
   // min_quorum updates, else drops it. Later submits are refused with UNAVAILABLE.
   RoundEnd FinishOpenRound();
+  // Drops what is kept per worker (its last sequence number) for a worker that is no longer a
+  // member: its pushes are refused with NOT_FOUND from now on, so no retry needs it.
+  void Forget(uint64_t worker_id);
   // Counters carried over from a checkpoint.
   void RestoreCounters(uint64_t rounds_completed, uint64_t applied);
 

@@ -14,18 +14,15 @@ absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_r
                                         const std::string& identity,
                                         std::vector<Member>* replaced) {
   absl::MutexLock lock(&mu_);
-  if (!identity.empty()) {
-    for (auto it = members_.begin(); it != members_.end();) {
-      if (it->second.identity != identity) {
-        ++it;
-        continue;
-      }
-      if (replaced != nullptr) replaced->push_back(it->second);
-      it = members_.erase(it);
-    }
-  }
+  // A member with the same identity is the same worker restarted: its rank is free for this
+  // Join, but it is removed only once the Join is sure to succeed.
+  auto same_worker = [&identity](const Member& m) {
+    return !identity.empty() && m.identity == identity;
+  };
   std::set<int> taken;
-  for (const auto& [id, m] : members_) taken.insert(m.rank);
+  for (const auto& [id, m] : members_) {
+    if (!same_worker(m)) taken.insert(m.rank);
+  }
   int rank = requested_rank;
   if (rank >= max_workers_ || rank < -1) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -44,6 +41,14 @@ absl::StatusOr<Member> Membership::Join(const std::string& name, int requested_r
           "all %d worker ranks are taken; start the server with a larger --num_workers",
           max_workers_));
     }
+  }
+  for (auto it = members_.begin(); it != members_.end();) {
+    if (!same_worker(it->second)) {
+      ++it;
+      continue;
+    }
+    if (replaced != nullptr) replaced->push_back(it->second);
+    it = members_.erase(it);
   }
   Member m;
   m.id = next_id_++;

@@ -41,7 +41,7 @@ class Membership {
   // ALREADY_EXISTS when the requested rank is held by a live member.
   // A non-empty `identity` replaces any member that joined with the same identity: that is the
   // same worker restarted, and waiting out its old lease would only stall the rounds. The replaced
-  // members are appended to `replaced` when given.
+  // members are appended to `replaced` when given. A refused Join changes nothing.
   absl::StatusOr<Member> Join(const std::string& name, int requested_rank,
                               const std::string& identity = "",
                               std::vector<Member>* replaced = nullptr);

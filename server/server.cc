@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -105,6 +106,16 @@ absl::Status ServerOptions::Validate() const {
   }
   if (max_concurrent_pushes < 0) return bad("max_concurrent_pushes", max_concurrent_pushes, ">= 0");
   if (max_pending_pulls < 0) return bad("max_pending_pulls", max_pending_pulls, "must be >= 0");
+  if (idle_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("idle_timeout must be > 0");
+  }
+  if (max_streams_per_connection < 4) {
+    return bad("max_streams_per_connection", max_streams_per_connection,
+               "must be >= 4 (a worker has a push, a pull and a heartbeat in flight)");
+  }
+  if (transport_max_threads < 4) {
+    return bad("transport_max_threads", transport_max_threads, "must be >= 4");
+  }
   if (checkpoint_keep < 1) return bad("checkpoint_keep", checkpoint_keep, "must be >= 1");
   if (checkpoint_every < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("checkpoint interval must be >= 0");
@@ -194,6 +205,33 @@ absl::StatusOr<std::optional<LoadedCheckpoint>> ParameterServer::LoadCheckpoint(
   return loaded;
 }
 
+namespace {
+
+// Bounds on what one client can make the gRPC transport hold: memory and threads (a resource
+// quota), streams per connection, and no compressed requests at all (a small gzip message could
+// otherwise inflate to far more than the message limit before it is refused; our clients never
+// compress: quantized payloads do not compress).
+void ApplyTransportLimits(const ServerOptions& options, const ServiceOptions& service,
+                          grpc::ServerBuilder* builder) {
+  const uint64_t shard_bytes = (service.shard_end - service.shard_begin) * sizeof(float);
+  grpc::ResourceQuota quota("ps-server");
+  quota.Resize(options.transport_memory_bytes > 0 ? options.transport_memory_bytes
+                                                  : (uint64_t{256} << 20) + 2 * shard_bytes);
+  quota.SetMaxThreads(options.transport_max_threads);
+  builder->SetResourceQuota(quota);
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_streams_per_connection);
+  builder->AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET,
+                              1 << GRPC_COMPRESS_NONE);
+  // Keepalive: workers ping every 20 s or so, also during long-polls with no data in flight;
+  // answering them (rather than GOAWAY "too many pings") lets a worker tell a dead link from a
+  // slow round.
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
     const ServerOptions& options) {
   PS_RETURN_IF_ERROR(options.Validate());
@@ -222,6 +260,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
       options.max_concurrent_pushes > 0 ? options.max_concurrent_pushes : 2 * k + 4;
   service_options.max_pending_pulls =
       options.max_pending_pulls > 0 ? options.max_pending_pulls : 4 * k + 16;
+  service_options.idle_timeout = options.idle_timeout;
   service_options.add_status = [s = server.get()](v1::StatusResponse* status) {
     s->AddDurabilityStatus(status);
   };
@@ -230,8 +269,9 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   // the model (a large checkpoint takes a while): orchestrators see the process alive but not
   // ready.
   server->pool_ = std::make_unique<ThreadPool>(options.threads);
-  server->service_ = std::make_unique<ParameterServerService>(service_options, server->pool_.get(),
-                                                              server->auth_.get());
+  server->handler_ = std::make_unique<ServiceHandler>(service_options);
+  server->service_ = std::make_unique<ParameterServerService>(
+      server->handler_.get(), server->pool_.get(), server->auth_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -243,6 +283,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
                              &server->health_port_);
   }
   builder.RegisterService(server->service_.get());
+  ApplyTransportLimits(options, service_options, &builder);
   // One chunk plus its header, never more: models of any size travel as many chunks.
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -322,7 +363,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
     server->aggregator_->RestoreCounters(resumed->checkpoint.header.rounds_completed(),
                                          resumed->checkpoint.header.updates_applied());
   }
-  server->service_->Attach(server->store_.get(), server->membership_.get(),
+  server->handler_->Attach(server->store_.get(), server->membership_.get(),
                            server->aggregator_.get(), server->wait_list_.get());
   server->housekeeping_ = std::thread([s = server.get()] { s->Housekeeping(); });
   if (!options.metrics_listen.empty()) {
@@ -359,7 +400,7 @@ std::string ParameterServer::RenderMetrics() const {
   const Labels shard = {{"shard", absl::StrCat(options_.shard_index)}};
   m.Gauge("ps_model_version", "Current model version of this shard.", s.version(), shard)
       .Gauge("ps_model_parameters", "Parameters of this shard.",
-             static_cast<double>(service_->options().shard_end - service_->options().shard_begin),
+             static_cast<double>(handler_->options().shard_end - handler_->options().shard_begin),
              shard)
       .Counter("ps_rounds_total", "Versions published (sync rounds closed, or async updates).",
                s.rounds_completed())
@@ -391,7 +432,7 @@ std::string ParameterServer::RenderMetrics() const {
              aggregator_->round_wait())
       .Histo("ps_pull_wait_seconds",
              "How long pulls waited for a newer version (the barrier, in sync mode).",
-             service_->pull_wait());
+             handler_->pull_wait());
   for (const auto& [direction, wire, payload, raw] :
        std::vector<std::tuple<std::string, uint64_t, uint64_t, uint64_t>>{
            {"in", w.bytes_received(), w.payload_bytes_received(), w.raw_bytes_received()},
@@ -455,9 +496,12 @@ void ParameterServer::Housekeeping() {
   while (!stop_housekeeping_.WaitForNotificationWithTimeout(interval)) {
     std::vector<Member> expired = membership_->ExpireLeases();
     for (const Member& m : expired) {
-      LogWarning(absl::StrFormat("event=lease_expired worker_id=%d rank=%d name=%s lease_ms=%d",
-                                 m.id, m.rank, m.name, absl::ToInt64Milliseconds(options_.lease)));
+      LogWarning(absl::StrFormat("event=lease_expired worker_id=%d rank=%d name=\"%s\" lease_ms=%d",
+                                 m.id, m.rank, LogSafe(m.name),
+                                 absl::ToInt64Milliseconds(options_.lease)));
+      aggregator_->Forget(m.id);
     }
+    service_->CancelIdleCalls();
     aggregator_->MaybeCloseRound();
     if (!options_.checkpoint_dir.empty()) {
       bool due = false;
@@ -497,9 +541,9 @@ absl::Status ParameterServer::Checkpoint() {
   h.set_version(state.version);
   h.set_shard_index(options_.shard_index);
   h.set_shard_count(options_.shard_count);
-  h.set_model_size(service_->options().model_size);
-  h.set_shard_begin(service_->options().shard_begin);
-  h.set_shard_end(service_->options().shard_end);
+  h.set_model_size(handler_->options().model_size);
+  h.set_shard_begin(handler_->options().shard_begin);
+  h.set_shard_end(handler_->options().shard_end);
   h.set_has_broadcast(state.broadcast != nullptr);
   *h.mutable_config() = options_.training;
   h.set_created_unix_ms(absl::ToUnixMillis(start));

@@ -23,6 +23,7 @@
 #include "server/membership.h"
 #include "server/parameter_store.h"
 #include "server/service.h"
+#include "server/service_handler.h"
 #include "server/version_wait_list.h"
 #include "worker/models/model.h"
 
@@ -50,6 +51,14 @@ struct ServerOptions {
   // Limits on what clients control (RESOURCE_EXHAUSTED past them); 0 = derived from num_workers.
   int max_concurrent_pushes = 0;
   int max_pending_pulls = 0;
+  // A push that receives nothing, or a pull whose client reads nothing, for this long is
+  // cancelled (CANCELLED) and frees its place under the limits above.
+  absl::Duration idle_timeout = absl::Seconds(60);
+  // gRPC transport bounds: memory (0 = 256 MiB + twice the shard's bytes) and threads of its
+  // resource quota, and concurrent streams per client connection.
+  uint64_t transport_memory_bytes = 0;
+  int transport_max_threads = 256;
+  int max_streams_per_connection = 32;
   // Durability: checkpoints in checkpoint_dir every N versions and/or every T, and at shutdown;
   // the newest valid one is resumed from at start. "" = no checkpoints.
   std::string checkpoint_dir;
@@ -93,7 +102,7 @@ class ParameterServer {
   // Writes a checkpoint of the current version now (if there is a newer one than the last).
   absl::Status Checkpoint();
 
-  v1::StatusResponse GetStatus() const { return service_->BuildStatus(); }
+  v1::StatusResponse GetStatus() const { return handler_->BuildStatus(); }
   // What workers hold (the broadcast model), and the model the aggregator updates; the same unless
   // the downlink is compressed.
   ModelSnapshot Model() const { return store_->Snapshot(); }
@@ -118,6 +127,7 @@ class ParameterServer {
   std::unique_ptr<Aggregator> aggregator_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<ServiceHandler> handler_;
   std::unique_ptr<ParameterServerService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsEndpoint> metrics_;

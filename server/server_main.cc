@@ -122,6 +122,12 @@ ABSL_FLAG(int, max_concurrent_pushes, 0,
           "Pushes received at once (each holds a shard-sized buffer); 0 = 2 * num_workers + 4.");
 ABSL_FLAG(int, max_pending_pulls, 0,
           "Pulls waiting or streaming at once; 0 = 4 * num_workers + 16.");
+ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(60),
+          "A push that receives nothing, or a pull whose client reads nothing, for this long is "
+          "cancelled and frees its place.");
+ABSL_FLAG(uint64_t, transport_memory_mb, 0,
+          "Memory the gRPC transport may hold (resource quota); 0 = 256 + twice the shard's MB.");
+ABSL_FLAG(int, max_streams_per_connection, 32, "Concurrent HTTP/2 streams one connection may open.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (chain): turns TLS on.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
@@ -294,6 +300,9 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
   o.max_concurrent_pushes = absl::GetFlag(FLAGS_max_concurrent_pushes);
   o.max_pending_pulls = absl::GetFlag(FLAGS_max_pending_pulls);
+  o.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
+  o.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_mb) << 20;
+  o.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
   o.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   o.security.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

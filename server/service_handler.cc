@@ -1,0 +1,347 @@
+#include "server/service_handler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace ps {
+
+void WireCounters::ToProto(v1::WireCounters* out) const {
+  out->set_bytes_received(bytes_received);
+  out->set_bytes_sent(bytes_sent);
+  out->set_payload_bytes_received(payload_bytes_received);
+  out->set_payload_bytes_sent(payload_bytes_sent);
+  out->set_raw_bytes_received(raw_bytes_received);
+  out->set_raw_bytes_sent(raw_bytes_sent);
+}
+
+ServiceHandler::ServiceHandler(const ServiceOptions& options)
+    : options_(options),
+      push_rules_{options.model_size, options.shard_begin, options.shard_end, options.chunk_bytes,
+                  std::vector<int>(options.training.allowed_encodings().begin(),
+                                   options.training.allowed_encodings().end())} {}
+
+void ServiceHandler::Attach(ParameterStore* store, Membership* membership, Aggregator* aggregator,
+                            VersionWaitList* wait_list) {
+  components_ = Components{store, membership, aggregator, wait_list};
+  ready_.store(true, std::memory_order_release);
+}
+
+absl::StatusOr<const ServiceHandler::Components*> ServiceHandler::Ready() const {
+  if (!ready_.load(std::memory_order_acquire)) {
+    return absl::UnavailableError("the server is loading its model; retry shortly");
+  }
+  return &components_;
+}
+
+void ServiceHandler::NoteAuthRefused(absl::string_view peer, const absl::Status& status) {
+  ++refused_auth_;
+  LogWarning(absl::StrFormat("event=auth_refused peer=%s code=%s msg=\"%s\"", LogSafe(peer),
+                             absl::StatusCodeToString(status.code()), LogSafe(status.message())));
+}
+
+absl::Status ServiceHandler::CheckIdentity(const Components& c, uint64_t id,
+                                           const Caller& caller) {
+  absl::Status s = c.membership->CheckIdentity(id, caller.identity);
+  if (s.code() == absl::StatusCode::kPermissionDenied) {
+    ++refused_auth_;
+    LogWarning(absl::StrFormat("event=auth_refused identity=%s worker_id=%d msg=\"%s\"",
+                               LogSafe(caller.identity), id, LogSafe(s.message())));
+  }
+  return s;
+}
+
+absl::StatusOr<v1::JoinResponse> ServiceHandler::Join(const Caller& caller,
+                                                      const v1::JoinRequest& request) {
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  if (request.worker_name().size() > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("worker_name is %d bytes; at most 256", request.worker_name().size()));
+  }
+  // Unset means any free rank; so does -1 (clients written before the field had presence).
+  const int rank = request.has_requested_rank() ? request.requested_rank() : -1;
+  std::vector<Member> replaced;
+  absl::StatusOr<Member> member =
+      c->membership->Join(request.worker_name(), rank, caller.identity, &replaced);
+  if (!member.ok()) {
+    LogWarning(absl::StrFormat("event=join_refused name=\"%s\" peer=%s code=%s msg=\"%s\"",
+                               LogSafe(request.worker_name()), LogSafe(caller.peer),
+                               absl::StatusCodeToString(member.status().code()),
+                               LogSafe(member.status().message())));
+    return member.status();
+  }
+  for (const Member& old : replaced) {
+    LogInfo(absl::StrFormat("event=member_replaced worker_id=%d rank=%d identity=%s", old.id,
+                            old.rank, LogSafe(old.identity)));
+  }
+  v1::JoinResponse response;
+  response.set_worker_id(member->id);
+  response.set_rank(member->rank);
+  response.set_lease_ms(absl::ToInt64Milliseconds(c->membership->lease()));
+  response.set_model_size(options_.model_size);
+  response.set_shard_begin(options_.shard_begin);
+  response.set_shard_end(options_.shard_end);
+  response.set_shard_index(options_.shard_index);
+  response.set_shard_count(options_.shard_count);
+  response.set_version(c->store->version());
+  *response.mutable_config() = options_.training;
+  response.set_max_chunk_bytes(static_cast<uint32_t>(options_.chunk_bytes));
+  LogInfo(absl::StrFormat("event=join worker_id=%d rank=%d name=\"%s\" peer=%s members=%d",
+                          member->id, member->rank, LogSafe(member->name), LogSafe(caller.peer),
+                          c->membership->size()));
+  return response;
+}
+
+absl::Status ServiceHandler::CheckEval(const Components& c, const v1::EvalReport& eval) const {
+  if (!std::isfinite(eval.test_loss()) || eval.test_loss() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval.test_loss is ", eval.test_loss(), "; it must be finite and >= 0"));
+  }
+  if (!(eval.test_accuracy() >= 0 && eval.test_accuracy() <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval.test_accuracy is ", eval.test_accuracy(), "; it must be in [0, 1]"));
+  }
+  const uint64_t version = c.store->version();
+  if (eval.version() == 0 || eval.version() > version) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "eval.version is %d, not a version this shard has published (current version %d)",
+        eval.version(), version));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::HeartbeatResponse> ServiceHandler::Heartbeat(
+    const Caller& caller, const v1::HeartbeatRequest& request) {
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  PS_RETURN_IF_ERROR(CheckIdentity(*c, request.worker_id(), caller));
+  if (request.has_eval()) PS_RETURN_IF_ERROR(CheckEval(*c, request.eval()));
+  PS_RETURN_IF_ERROR(c->membership->Touch(request.worker_id()));
+  if (request.has_eval()) {
+    absl::MutexLock lock(&mu_);
+    if (request.eval().version() >= last_eval_.version()) last_eval_ = request.eval();
+  }
+  v1::HeartbeatResponse response;
+  response.set_version(c->store->version());
+  return response;
+}
+
+absl::Status ServiceHandler::Leave(const Caller& caller, const v1::LeaveRequest& request) {
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  PS_RETURN_IF_ERROR(CheckIdentity(*c, request.worker_id(), caller));
+  PS_RETURN_IF_ERROR(c->membership->Leave(request.worker_id()));
+  c->aggregator->Forget(request.worker_id());
+  LogInfo(absl::StrFormat("event=leave worker_id=%d members=%d", request.worker_id(),
+                          c->membership->size()));
+  return absl::OkStatus();
+}
+
+void ServiceHandler::CloseRoundIfDue() {
+  if (absl::StatusOr<const Components*> c = Ready(); c.ok()) (*c)->aggregator->MaybeCloseRound();
+}
+
+absl::StatusOr<v1::StatusResponse> ServiceHandler::Status(const Caller& caller) {
+  PS_RETURN_IF_ERROR(Ready().status());
+  return BuildStatus();
+}
+
+v1::StatusResponse ServiceHandler::BuildStatus() const {
+  v1::StatusResponse status;
+  status.set_mode(options_.training.mode());
+  status.set_model_size(options_.model_size);
+  status.set_shard_index(options_.shard_index);
+  status.set_shard_count(options_.shard_count);
+  *status.mutable_config() = options_.training;
+  status.set_updates_refused_limit(refused_limit_);
+  status.set_calls_refused_auth(refused_auth_);
+  status.set_calls_cancelled_idle(cancelled_idle_);
+  status.set_pushes_in_progress(std::max(0, active_pushes_.load()));
+  status.set_pulls_in_progress(std::max(0, active_pulls_.load()));
+  wire_.ToProto(status.mutable_wire());
+  absl::StatusOr<const Components*> ready = Ready();
+  if (!ready.ok()) return status;
+  const Components& c = **ready;
+  status.set_version(c.store->version());
+  const absl::Time now = absl::Now();
+  for (const Member& m : c.membership->Members()) {
+    v1::MemberStatus* out = status.add_members();
+    out->set_worker_id(m.id);
+    out->set_name(m.name);
+    out->set_rank(m.rank);
+    out->set_last_seen_ms_ago(std::max<int64_t>(0, absl::ToInt64Milliseconds(now - m.last_seen)));
+    out->set_updates_accepted(m.updates_accepted);
+  }
+  const AggregatorStats stats = c.aggregator->stats();
+  status.set_updates_applied(stats.applied);
+  status.set_updates_refused_stale(stats.refused_stale);
+  status.set_updates_refused_invalid(stats.refused_invalid + refused_at_stream_);
+  status.set_updates_duplicate(stats.duplicate);
+  status.set_rounds_completed(stats.rounds_completed);
+  status.set_mean_pull_bits(c.store->mean_downlink_bits());
+  status.set_last_train_loss(stats.last_train_loss);
+  status.set_rounds_closed_complete(stats.rounds_closed_complete);
+  status.set_rounds_closed_by_quorum(stats.rounds_closed_by_quorum);
+  status.set_rounds_closed_by_deadline(stats.rounds_closed_by_deadline);
+  status.set_rounds_abandoned(stats.rounds_abandoned);
+  status.set_updates_late_dropped(stats.late_dropped);
+  status.set_updates_late_folded(stats.late_folded);
+  status.set_max_round_wait_ms(absl::ToInt64Milliseconds(stats.max_round_wait));
+  status.set_last_round_wait_ms(absl::ToInt64Milliseconds(stats.last_round_wait));
+  if (options_.add_status) options_.add_status(&status);
+  absl::MutexLock lock(&mu_);
+  *status.mutable_last_eval() = last_eval_;
+  return status;
+}
+
+absl::StatusOr<CallSlot> ServiceHandler::AdmitPush(const Caller& caller,
+                                                   const v1::UpdateHeader& header) {
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  PS_RETURN_IF_ERROR(CheckIdentity(*c, header.worker_id(), caller));
+  if (!c->membership->IsMember(header.worker_id())) return NotAMemberError(header.worker_id());
+  const int limit = options_.max_concurrent_pushes;
+  CallSlot slot(&active_pushes_);
+  if (++active_pushes_ > limit) {
+    ++refused_limit_;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%d pushes are already being received (limit --max_concurrent_pushes); retry later",
+        limit));
+  }
+  return slot;
+}
+
+absl::StatusOr<SubmitResult> ServiceHandler::SubmitPush(const v1::UpdateHeader& header,
+                                                        absl::string_view payload) {
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  Update update;
+  update.worker_id = header.worker_id();
+  update.sequence = header.sequence();
+  update.kind = header.kind();
+  update.base_version = header.base_version();
+  update.sample_count = header.sample_count();
+  update.encoding = header.encoding();
+  update.payload = payload;
+  update.train_loss = header.train_loss();
+  absl::StatusOr<SubmitResult> result = c->aggregator->Submit(update);
+  if (!result.ok()) {
+    LogWarning(absl::StrFormat(
+        "event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"", update.worker_id,
+        update.base_version, absl::StatusCodeToString(result.status().code()),
+        LogSafe(result.status().message())));
+    return result;
+  }
+  wire_.raw_bytes_received += header.num_elements() * sizeof(float);
+  return result;
+}
+
+void ServiceHandler::NoteRefusedPush(const Caller& caller, const absl::Status& status) {
+  ++refused_at_stream_;
+  LogWarning(absl::StrFormat("event=push_refused peer=%s code=%s msg=\"%s\"", LogSafe(caller.peer),
+                             absl::StatusCodeToString(status.code()), LogSafe(status.message())));
+}
+
+absl::StatusOr<PullAdmission> ServiceHandler::AdmitPull(const Caller& caller,
+                                                        const v1::PullRequest& request) {
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  PullAdmission admission;
+  admission.slot = CallSlot(&active_pulls_);
+  const int limit = options_.max_pending_pulls;
+  if (++active_pulls_ > limit) {
+    ++refused_limit_;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%d pulls are already waiting or streaming (limit --max_pending_pulls); retry later",
+        limit));
+  }
+  if (request.worker_id() != 0) {
+    PS_RETURN_IF_ERROR(CheckIdentity(*c, request.worker_id(), caller));
+    PS_RETURN_IF_ERROR(c->membership->Touch(request.worker_id()));
+  }
+  const auto& accept = request.accept_encodings();
+  if (!accept.empty() &&
+      std::find(accept.begin(), accept.end(), v1::ENCODING_FP32) == accept.end()) {
+    return absl::InvalidArgumentError(
+        "accept_encodings must include ENCODING_FP32 (full models are always sent as FP32)");
+  }
+  // A client that claims a version from the future (say, after the server restarted without
+  // its state) gets the current model rather than a wait that might never end.
+  admission.have_version =
+      request.have_version() > c->store->version() ? 0 : request.have_version();
+  admission.deadline =
+      absl::Now() + std::min(absl::Milliseconds(request.max_wait_ms()), options_.max_pull_wait);
+  return admission;
+}
+
+bool ServiceHandler::WaitForNewer(uint64_t have_version, absl::Time deadline,
+                                  VersionWaitList::Waiter* waiter) {
+  absl::StatusOr<const Components*> c = Ready();
+  return c.ok() && (*c)->wait_list->WaitForNewer(have_version, deadline, waiter);
+}
+
+bool ServiceHandler::CancelWait(VersionWaitList::Waiter* waiter) {
+  absl::StatusOr<const Components*> c = Ready();
+  return c.ok() && (*c)->wait_list->Cancel(waiter);
+}
+
+namespace {
+
+// Deltas reach a client that holds a version the chain starts at or after, and that can decode.
+bool CanSendDeltas(const ModelSnapshot& snapshot, uint64_t have_version,
+                   const std::vector<int>& accept) {
+  if (have_version == 0 || snapshot.deltas.empty()) return false;
+  if (snapshot.deltas.front().base_version > have_version) return false;
+  const v1::Encoding e = snapshot.deltas.front().encoding.encoding();
+  return std::find(accept.begin(), accept.end(), e) != accept.end();
+}
+
+}  // namespace
+
+PullPlan ServiceHandler::PlanPull(uint64_t have_version, const std::vector<int>& accept,
+                                  absl::Time started) {
+  pull_wait_.Observe(absl::ToDoubleSeconds(absl::Now() - started));
+  PullPlan plan;
+  absl::StatusOr<const Components*> c = Ready();
+  if (!c.ok()) return plan;  // not reached: pulls are planned only once admitted
+  plan.snapshot = (*c)->store->Snapshot();
+  const ModelSnapshot& snapshot = plan.snapshot;
+  const uint64_t d = shard_size();
+  if (snapshot.version <= have_version) {
+    // Only possible when timed out (or shutting down): nothing newer to send.
+    PullSegment unchanged;
+    unchanged.header.set_kind(v1::ModelHeader::KIND_UNCHANGED);
+    unchanged.header.set_version(snapshot.version);
+    unchanged.header.set_num_elements(d);
+    plan.segments.push_back(unchanged);
+  } else if (CanSendDeltas(snapshot, have_version, accept)) {
+    for (const DownlinkDelta& delta : snapshot.deltas) {
+      if (delta.base_version < have_version) continue;
+      PullSegment s;
+      s.header.set_kind(v1::ModelHeader::KIND_DELTA);
+      s.header.set_version(delta.version);
+      s.header.set_base_version(delta.base_version);
+      *s.header.mutable_encoding() = delta.encoding;
+      s.header.set_num_elements(d);
+      s.header.set_payload_bytes(delta.payload->size());
+      s.data = delta.payload->data();
+      s.size = delta.payload->size();
+      plan.segments.push_back(s);
+    }
+    // What a plain pull would have sent: the model once, however many deltas make up the chain.
+    wire_.raw_bytes_sent += d * sizeof(float);
+  } else {
+    PullSegment full;
+    full.header.set_kind(v1::ModelHeader::KIND_FULL);
+    full.header.set_version(snapshot.version);
+    full.header.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+    full.header.set_num_elements(snapshot.values->size());
+    full.header.set_payload_bytes(snapshot.values->size() * sizeof(float));
+    full.data = reinterpret_cast<const char*>(snapshot.values->data());
+    full.size = full.header.payload_bytes();
+    plan.segments.push_back(full);
+    wire_.raw_bytes_sent += full.size;
+  }
+  return plan;
+}
+
+}  // namespace ps
