@@ -1,7 +1,9 @@
 #include "common/codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -65,19 +67,41 @@ inline uint32_t CodeAt(const unsigned char* codes, uint64_t i, uint32_t bits, ui
 
 float LoadScale(const char* payload, uint64_t j) { return LoadFloat(payload + j * sizeof(float)); }
 
-// Index of the first non-finite value of an fp32 payload, or -1.
-int64_t FirstNonFiniteFp32(absl::string_view payload) {
+// |x| as its bit pattern: for non-negative floats the integer order is the value order, with +Inf
+// above every finite value and NaN above +Inf, so an integer max (which vectorises) finds the
+// largest magnitude and tells a non-finite one.
+inline uint32_t AbsBits(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return bits & 0x7fffffffu;
+}
+
+float FromAbsBits(uint32_t bits) {
+  float x;
+  std::memcpy(&x, &bits, sizeof x);
+  return x;
+}
+
+// The largest |value| of an fp32 payload, and the index of its first non-finite value or -1.
+double Fp32MaxAbs(absl::string_view payload, int64_t* first_non_finite) {
   const int64_t n = static_cast<int64_t>(payload.size() / sizeof(float));
+  uint32_t max_abs_bits = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(LoadFloat(payload.data() + i * sizeof(float)))) return i;
+    max_abs_bits = std::max(max_abs_bits, AbsBits(LoadFloat(payload.data() + i * sizeof(float))));
   }
-  return -1;
+  *first_non_finite = -1;
+  if (max_abs_bits >= 0x7f800000u) {  // rare: find which one, for the message
+    for (int64_t i = 0; i < n && *first_non_finite < 0; ++i) {
+      if (!std::isfinite(LoadFloat(payload.data() + i * sizeof(float)))) *first_non_finite = i;
+    }
+  }
+  return FromAbsBits(max_abs_bits);
 }
 
 }  // namespace
 
 absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view payload,
-                             uint64_t num_elements) {
+                             uint64_t num_elements, double* max_abs) {
   auto expected = EncodedSize(params, num_elements);
   if (!expected.ok()) return expected.status();
   if (payload.size() != *expected) {
@@ -86,17 +110,21 @@ absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view
                         EncodingName(params), num_elements, *expected, payload.size()));
   }
   if (params.encoding() == v1::ENCODING_FP32) {
-    const int64_t bad = FirstNonFiniteFp32(payload);
+    int64_t bad;
+    const double m = Fp32MaxAbs(payload, &bad);
     if (bad >= 0) {
       return absl::InvalidArgumentError(
           absl::StrFormat("payload value %d is %f: NaN and Inf are refused", bad,
                           LoadFloat(payload.data() + bad * sizeof(float))));
     }
+    if (max_abs != nullptr) *max_abs = m;
     return absl::OkStatus();
   }
   // QSGD and SIGN: every decoded value is code * scale with |code| <= 1 in scale units, so finite,
   // non-negative scales are all there is to check.
+  // A decoded value is at most its bucket's scale in magnitude (QSGD: level <= levels).
   const uint64_t buckets = Buckets(num_elements, params.bucket_size());
+  double largest = 0.0;
   for (uint64_t j = 0; j < buckets; ++j) {
     const float m = LoadScale(payload.data(), j);
     if (!std::isfinite(m) || m < 0) {
@@ -104,7 +132,9 @@ absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view
           absl::StrFormat("%s payload: bucket %d has scale %f; scales must be finite and >= 0",
                           EncodingName(params), j, m));
     }
+    largest = std::max<double>(largest, m);
   }
+  if (max_abs != nullptr) *max_abs = largest;
   return absl::OkStatus();
 }
 
@@ -229,7 +259,7 @@ void EncodeSign(const v1::EncodingParams& params, absl::Span<const float> values
 // share it: SIGN is one bit per coordinate, code 1 = -scale, 0 = +scale.
 template <typename T>
 void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_view payload, T weight,
-                              absl::Span<T> out) {
+                              absl::Span<T> out, uint32_t* max_abs_bits = nullptr) {
   const bool sign_only = params.encoding() == v1::ENCODING_SIGN;
   const uint32_t bits = sign_only ? 1 : params.bits();
   const uint32_t bucket = params.bucket_size();
@@ -251,6 +281,17 @@ void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_vie
       const double magnitude = sign_only ? 1.0 : static_cast<double>(code & (sign_bit - 1));
       const double value = magnitude * scale / levels * static_cast<double>(weight);
       table[code] = static_cast<T>(code & sign_bit ? -value : value);
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (max_abs_bits != nullptr) {
+        uint32_t m = *max_abs_bits;
+        for (uint64_t i = begin; i < end; ++i) {
+          out[i] += table[CodeAt(codes, i, bits, mask)];
+          m = std::max(m, AbsBits(out[i]));
+        }
+        *max_abs_bits = m;
+        continue;
+      }
     }
     for (uint64_t i = begin; i < end; ++i) out[i] += table[CodeAt(codes, i, bits, mask)];
   }
@@ -386,9 +427,47 @@ absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_vie
   return DecodeAccumulateImpl(params, payload, weight, out);
 }
 
+float DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
+                                float weight, absl::Span<float> out) {
+  uint32_t max_abs_bits = 0;
+  if (params.encoding() == v1::ENCODING_FP32) {
+    const char* p = payload.data();
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i] += weight * LoadFloat(p + i * sizeof(float));
+      max_abs_bits = std::max(max_abs_bits, AbsBits(out[i]));
+    }
+  } else {
+    DecodeAccumulateBucketed(params, payload, weight, out, &max_abs_bits);
+  }
+  return FromAbsBits(max_abs_bits);
+}
+
 void DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
-                               float weight, absl::Span<float> out) {
+                               double weight, absl::Span<double> out) {
   DecodeAccumulateUnchecked(params, payload, weight, out);
+}
+
+float MaxAbs(absl::Span<const float> values) {
+  uint32_t max_abs_bits = 0;
+  for (float v : values) max_abs_bits = std::max(max_abs_bits, AbsBits(v));
+  return FromAbsBits(max_abs_bits);
+}
+
+absl::Status CheckStaysInRange(const v1::EncodingParams& params, absl::string_view payload,
+                               double step, absl::Span<const float> base) {
+  // The rare path (an update near float's range): decode in double, then compare.
+  std::vector<double> decoded(base.size(), 0.0);
+  DecodeAccumulateUnchecked(params, payload, step, absl::MakeSpan(decoded));
+  for (size_t i = 0; i < base.size(); ++i) {
+    const double after = base[i] + decoded[i];
+    if (!(std::abs(after) <= kMaxModelMagnitude)) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "applying this update would take model coordinate %d from %g to %g, past the largest "
+          "magnitude a coordinate may have (%g); nothing was applied",
+          i, base[i], after, kMaxModelMagnitude));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Decode(const v1::EncodingParams& params, absl::string_view payload,

@@ -37,9 +37,11 @@ absl::StatusOr<std::string> Encode(const v1::EncodingParams& params,
                                    absl::Span<const float> values);
 
 // OK iff `payload` is a well-formed encoding of `num_elements` finite values: the exact size, valid
-// parameters, no NaN or Inf. The decoders below run this first.
+// parameters, no NaN or Inf. The decoders below run this first. When OK and `max_abs` is given, it
+// gets a bound on |decode(payload)[i]| found in the same pass: the largest bucket scale for QSGD
+// and SIGN, the largest |value| for FP32.
 absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view payload,
-                             uint64_t num_elements);
+                             uint64_t num_elements, double* max_abs = nullptr);
 
 // Encode into `out`, reusing its capacity.
 absl::Status EncodeInto(const v1::EncodingParams& params, absl::Span<const float> values,
@@ -56,10 +58,28 @@ absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_vie
                               double weight, absl::Span<double> out);
 
 // DecodeAccumulate without the checks, for a payload that already passed ValidatePayload (so an
-// update can be validated before a version is spent on it, and decoded once after).
+// update can be validated before a version is spent on it, and decoded once after). Returns the
+// largest |out[i]| afterwards, computed in the same pass: +Inf or NaN when a sum overflowed.
 // REQUIRES: ValidatePayload(params, payload, out.size()).ok()
+float DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
+                                float weight, absl::Span<float> out);
+
+// The largest |value| a model coordinate may take: half of float's range, so that a difference or
+// an average of two coordinates never overflows. Updates that would go past it are refused.
+inline constexpr float kMaxModelMagnitude = 1.7e38f;
+
+// INVALID_ARGUMENT naming the first coordinate i where |base[i] + step * decode(payload)[i]|
+// (in double) exceeds kMaxModelMagnitude. REQUIRES: ValidatePayload(params, payload,
+// base.size()).ok()
+absl::Status CheckStaysInRange(const v1::EncodingParams& params, absl::string_view payload,
+                               double step, absl::Span<const float> base);
+
+// The same into a double accumulator (a sync round's sum).
 void DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
-                               float weight, absl::Span<float> out);
+                               double weight, absl::Span<double> out);
+
+// The largest |values[i]| (+Inf or NaN if one is not finite).
+float MaxAbs(absl::Span<const float> values);
 
 // out[i] = decode(payload)[i], with the same checks as DecodeAccumulate.
 absl::Status Decode(const v1::EncodingParams& params, absl::string_view payload,

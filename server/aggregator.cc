@@ -16,6 +16,7 @@ Aggregator::Aggregator(const AggregatorOptions& options, ParameterStore* store,
                        Membership* membership)
     : options_(options), store_(store), membership_(membership) {
   if (options_.mode == v1::AGGREGATION_MODE_SYNC) round_sum_.assign(store_->size(), 0.0);
+  model_max_abs_ = MaxAbs(*store_->TrueModel());
 }
 
 absl::StatusOr<SubmitResult> Aggregator::Submit(const Update& update) {
@@ -35,6 +36,14 @@ absl::StatusOr<SubmitResult> Aggregator::Submit(const Update& update) {
   if (update.sample_count == 0) {
     return invalid(absl::InvalidArgumentError("sample_count must be > 0"));
   }
+  // Before the duplicate check: a retry must be the same well-formed update, not any bytes.
+  double update_max_abs = 0.0;
+  if (absl::Status s =
+          ValidatePayload(update.encoding, update.payload, store_->size(), &update_max_abs);
+      !s.ok()) {
+    return invalid(s);
+  }
+  if (absl::Status s = CheckUpdateRatio(update, update_max_abs); !s.ok()) return invalid(s);
   auto last = last_sequence_.find(update.worker_id);
   if (last != last_sequence_.end() && update.sequence <= last->second) {
     ++stats_.duplicate;
@@ -47,7 +56,7 @@ absl::StatusOr<SubmitResult> Aggregator::Submit(const Update& update) {
   }
   absl::StatusOr<SubmitResult> result = options_.mode == v1::AGGREGATION_MODE_ASYNC
                                             ? SubmitAsync(update, version)
-                                            : SubmitSync(update, version);
+                                            : SubmitSync(update, version, update_max_abs);
   if (result.ok()) {
     last_sequence_[update.worker_id] = update.sequence;
     membership_->CountAcceptedUpdate(update.worker_id);
@@ -61,9 +70,44 @@ absl::StatusOr<SubmitResult> Aggregator::Submit(const Update& update) {
   return result;
 }
 
-absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64_t version) {
+double Aggregator::ServerStep() const {
+  return options_.update_kind == v1::UPDATE_KIND_GRADIENT
+             ? -options_.server_step.At(static_cast<double>(store_->version() - 1))
+             : 1.0;
+}
+
+absl::Status Aggregator::CheckUpdateRatio(const Update& update, double update_max_abs) const {
+  if (options_.max_update_ratio <= 0) return absl::OkStatus();
+  const double change = std::abs(ServerStep()) * update_max_abs;
+  const double allowed = options_.max_update_ratio * std::max(model_max_abs_, 1.0);
+  if (change <= allowed) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "the update would change a coordinate by up to %g, over --max_update_ratio %g times the "
+      "model's largest coordinate (%g, at least 1); nothing was applied",
+      change, options_.max_update_ratio, model_max_abs_));
+}
+
+absl::Status Aggregator::CheckRoundStaysInRange(const Update& update, double update_max_abs) {
+  // The round's average is a weighted mean of its updates (positive weights), so the model after
+  // the round stays in range when x + step * u_k does for every update u_k. Normally the bound
+  // proves it at once; only an update near float's range is checked coordinate by coordinate.
+  const double step = ServerStep();
+  if (model_max_abs_ + std::abs(step) * update_max_abs <= kMaxModelMagnitude) {
+    return absl::OkStatus();
+  }
+  return CheckStaysInRange(update.encoding, update.payload, step, *store_->TrueModel());
+}
+
+absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64_t version,
+                                                    double update_max_abs) {
+  if (update.base_version >= version && round_pushed_.count(update.worker_id) == 0) {
+    if (absl::Status s = CheckRoundStaysInRange(update, update_max_abs); !s.ok()) return s;
+  }
   if (update.base_version < version) {
-    if (options_.late_policy == v1::LATE_POLICY_FOLD) return FoldLate(update, version);
+    if (options_.late_policy == v1::LATE_POLICY_FOLD) {
+      if (absl::Status s = CheckRoundStaysInRange(update, update_max_abs); !s.ok()) return s;
+      return FoldLate(update, version);
+    }
     ++stats_.late_dropped;
     return absl::FailedPreconditionError(absl::StrFormat(
         "stale update: built on version %d, but the current version is %d (that round closed); "
@@ -75,13 +119,8 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64
         absl::StrFormat("worker %d already pushed an update for the round on version %d",
                         update.worker_id, version));
   }
-  // Validates the whole payload before adding: a bad update leaves the round sum untouched.
-  if (absl::Status s =
-          DecodeAccumulate(update.encoding, update.payload,
-                           static_cast<double>(update.sample_count), absl::MakeSpan(round_sum_));
-      !s.ok()) {
-    return s;
-  }
+  DecodeAccumulateValidated(update.encoding, update.payload,
+                            static_cast<double>(update.sample_count), absl::MakeSpan(round_sum_));
   if (round_pushed_.empty()) round_first_update_ = options_.clock->Now();
   round_weight_ += static_cast<double>(update.sample_count);
   round_pushed_.insert(update.worker_id);
@@ -102,11 +141,7 @@ absl::StatusOr<SubmitResult> Aggregator::FoldLate(const Update& update, uint64_t
   }
   const double weight =
       static_cast<double>(update.sample_count) * StalenessWeight(tau, options_.staleness_exponent);
-  if (absl::Status s =
-          DecodeAccumulate(update.encoding, update.payload, weight, absl::MakeSpan(round_sum_));
-      !s.ok()) {
-    return s;
-  }
+  DecodeAccumulateValidated(update.encoding, update.payload, weight, absl::MakeSpan(round_sum_));
   round_weight_ += weight;
   staleness_.Observe(tau);
   ++stats_.late_folded;
@@ -127,16 +162,28 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitAsync(const Update& update, uint6
   const double weight = update.kind == v1::UPDATE_KIND_GRADIENT
                             ? -options_.server_step.At(static_cast<double>(version - 1) / k) * s
                             : s / k;
-  // Validate before Apply: a refused update must not cost a version.
-  if (absl::Status s = ValidatePayload(update.encoding, update.payload, store_->size()); !s.ok()) {
-    return s;
-  }
-  staleness_.Observe(tau);
-  const uint64_t new_version = store_->Apply([&](absl::Span<float> model) {
-    DecodeAccumulateValidated(update.encoding, update.payload, static_cast<float>(weight), model);
+  // Applied to the next version's copy, which is published only if every coordinate stayed in
+  // range (checked in the same pass): a refused update costs no version and changes nothing.
+  float new_max_abs = 0.0f;
+  absl::StatusOr<uint64_t> new_version = store_->TryApply([&](absl::Span<float> model) {
+    const float max_abs = DecodeAccumulateValidated(update.encoding, update.payload,
+                                                    static_cast<float>(weight), model);
+    if (max_abs <= kMaxModelMagnitude) {
+      new_max_abs = max_abs;
+      return absl::OkStatus();
+    }
+    size_t i = 0;
+    while (i + 1 < model.size() && std::abs(model[i]) <= kMaxModelMagnitude) ++i;
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "applying this update (weight %g) would take model coordinate %d to %g, past the largest "
+        "magnitude a coordinate may have (%g); nothing was applied",
+        weight, i, model[i], kMaxModelMagnitude));
   });
+  if (!new_version.ok()) return new_version.status();
+  model_max_abs_ = new_max_abs;
+  staleness_.Observe(tau);
   ++stats_.rounds_completed;
-  return SubmitResult{/*duplicate=*/false, /*folded=*/false, new_version};
+  return SubmitResult{/*duplicate=*/false, /*folded=*/false, *new_version};
 }
 
 void Aggregator::MaybeCloseRound() {
@@ -188,12 +235,15 @@ void Aggregator::CloseRound() {
   const float lr =
       gradient ? options_.server_step.At(static_cast<double>(store_->version() - 1)) : 0.0f;
   const double* sum = round_sum_.data();  // read under mu_, which the lambda runs under
+  float max_abs = 0.0f;
   store_->Apply([&](absl::Span<float> model) {
     for (size_t i = 0; i < model.size(); ++i) {
       const float average = static_cast<float>(sum[i] * inv_weight);
       model[i] += gradient ? -lr * average : average;
     }
+    max_abs = MaxAbs(model);  // for the next round's range checks
   });
+  model_max_abs_ = max_abs;
   stats_.last_round_wait = options_.clock->Now() - round_first_update_;
   stats_.max_round_wait = std::max(stats_.max_round_wait, stats_.last_round_wait);
   round_wait_.Observe(absl::ToDoubleSeconds(stats_.last_round_wait));
@@ -233,6 +283,11 @@ void Aggregator::RestoreCounters(uint64_t rounds_completed, uint64_t applied) {
   absl::MutexLock lock(&mu_);
   stats_.rounds_completed = rounds_completed;
   stats_.applied = applied;
+}
+
+size_t Aggregator::tracked_workers() const {
+  absl::MutexLock lock(&mu_);
+  return last_sequence_.size();
 }
 
 AggregatorStats Aggregator::stats() const {

@@ -36,6 +36,9 @@ struct AggregatorOptions {
   absl::Duration round_deadline = absl::InfiniteDuration();  // counted from the first update
   int min_quorum = 1;  // updates a round needs before the deadline may close it
   v1::LatePolicy late_policy = v1::LATE_POLICY_DROP;
+  // > 0: an update whose largest coordinate change (times the server's step) exceeds this many
+  // times the model's largest |coordinate| (at least 1) is refused as INVALID_ARGUMENT. 0 = off.
+  double max_update_ratio = 0.0;
   Clock* clock = Clock::Real();
 };
 
@@ -89,7 +92,9 @@ class Aggregator {
   // Validates `update` completely before it changes anything: an error leaves the model and the
   // open round as they were.
   //   NOT_FOUND: the worker is not a member.   INVALID_ARGUMENT: wrong kind, no samples, a base
-  //   version from the future, a malformed payload.   FAILED_PRECONDITION: too stale (names both
+  //   version from the future, a malformed payload (also on a retry: it is validated before the
+  //   duplicate check), or an update that would take a model coordinate past
+  //   kMaxModelMagnitude (float's range / 2; see the README's "Bad input").   FAILED_PRECONDITION: too stale (names both
   //   versions), or a second update for the same sync round.
   // A sequence number at or below the worker's last accepted one is a retry: result.duplicate.
   absl::StatusOr<SubmitResult> Submit(const Update& update);
@@ -107,6 +112,8 @@ class Aggregator {
   void RestoreCounters(uint64_t rounds_completed, uint64_t applied);
 
   AggregatorStats stats() const;
+  // Workers whose last sequence number is kept (members that pushed).
+  size_t tracked_workers() const;
   // Staleness of every accepted update in rounds (0 for an on-time sync update), and how long sync
   // rounds waited from their first update to their close, in seconds.
   Histogram::Snapshot staleness() const { return staleness_.Get(); }
@@ -114,7 +121,16 @@ class Aggregator {
   const AggregatorOptions& options() const { return options_; }
 
  private:
-  absl::StatusOr<SubmitResult> SubmitSync(const Update& update, uint64_t version)
+  absl::StatusOr<SubmitResult> SubmitSync(const Update& update, uint64_t version,
+                                          double update_max_abs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The factor the server applies an update with: 1 for deltas, -lr_t for gradients (sync).
+  double ServerStep() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // INVALID_ARGUMENT past options_.max_update_ratio.
+  absl::Status CheckUpdateRatio(const Update& update, double update_max_abs) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // INVALID_ARGUMENT if the round's model could leave kMaxModelMagnitude with this update in it.
+  absl::Status CheckRoundStaysInRange(const Update& update, double update_max_abs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<SubmitResult> SubmitAsync(const Update& update, uint64_t version)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -133,6 +149,8 @@ class Aggregator {
   // reproduce a single update bit for bit. The weight is sample_count, times s(tau) when folded.
   std::vector<double> round_sum_ ABSL_GUARDED_BY(mu_);
   double round_weight_ ABSL_GUARDED_BY(mu_) = 0.0;
+  // The largest |x_i| of the current model, for the range and ratio checks of each update.
+  double model_max_abs_ ABSL_GUARDED_BY(mu_) = 0.0;
   std::set<uint64_t> round_pushed_ ABSL_GUARDED_BY(mu_);  // on-time updates; folded ones excluded
   absl::Time round_first_update_ ABSL_GUARDED_BY(mu_);
   // Members that joined after this serial (after the round opened) are not waited for.

@@ -1,6 +1,7 @@
 #include "server/aggregator.h"
 
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <limits>
@@ -378,6 +379,133 @@ TEST_F(AggregatorTest, AtShutdownTheOpenRoundClosesWithTheMinimumQuorumOrIsDropp
   EXPECT_EQ(aggregator_->FinishOpenRound(), RoundEnd::kAbandoned);
   EXPECT_EQ(Model(), (std::vector<float>{0.0f}));
   EXPECT_EQ(aggregator_->stats().rounds_abandoned, 1u);
+}
+
+// Issue 10, item 2: finite updates whose sum overflows must not poison the model.
+constexpr float kFloatMax = std::numeric_limits<float>::max();
+
+bool AllFinite(const std::vector<float>& v) {
+  for (float x : v) {
+    if (!std::isfinite(x)) return false;
+  }
+  return true;
+}
+
+TEST_F(AggregatorTest, AsyncPushesOfFloatMaxAreRefusedBeforeTheModelOverflows) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f, 1.0f, -1.0f}, 1);
+  const std::vector<float> before = Model();
+  auto r = Push(ids_[0], 1, 1, {kFloatMax, kFloatMax, kFloatMax});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("nothing was applied"));
+  EXPECT_EQ(Model(), before);
+  EXPECT_EQ(store_->version(), 1u) << "a refused update must not cost a version";
+  // Half of float's range is allowed; a second such push would go past it and is refused whole.
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1e38f, 1e38f, 1e38f}).ok());
+  const std::vector<float> after_first = Model();
+  r = Push(ids_[0], 2, 1, {1e38f, 1e38f, 1e38f});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("coordinate 0"));
+  EXPECT_EQ(Model(), after_first);
+  EXPECT_TRUE(AllFinite(Model()));
+  // Updates that bring the model back are fine.
+  EXPECT_TRUE(Push(ids_[0], 2, 1, {-1e38f, -1e38f, -1e38f}).ok());
+}
+
+TEST_F(AggregatorTest, SyncPushesOfFloatMaxAreRefusedAndTheRoundStaysUsable) {
+  Build(v1::AGGREGATION_MODE_SYNC, {0.0f, 1.0f}, 2);
+  auto r = Push(ids_[0], 1, 1, {kFloatMax, kFloatMax});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("coordinate 0"));
+  // The refused worker may still push for this round; the round closes as if nothing happened.
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {2.0f, 2.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {4.0f, 4.0f}).ok());
+  EXPECT_EQ(Model(), (std::vector<float>{3.0f, 4.0f}));
+}
+
+TEST_F(AggregatorTest, SyncUpdatesNearTheRangeAreCheckedCoordinateByCoordinate) {
+  // The bound (largest |x| + largest |u| = 2e38) is past the range, so each coordinate is checked:
+  // 1e38 + 0.6e38 and 0 + 1e38 stay in range; then 1e38 + 1e38 at coordinate 1 does not.
+  Build(v1::AGGREGATION_MODE_SYNC, {1e38f, 0.0f}, 1);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {0.6e38f, 1e38f}).ok());
+  const std::vector<float> after_first = Model();
+  EXPECT_EQ(after_first, (std::vector<float>{1e38f + 0.6e38f, 1e38f}));
+  auto r = Push(ids_[0], 2, 1, {0.0f, 1e38f});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("coordinate 1"));
+  EXPECT_EQ(Model(), after_first);
+}
+
+TEST_F(AggregatorTest, AQsgdPayloadWhoseScaleIsFloatMaxIsRefused) {
+  Build(v1::AGGREGATION_MODE_ASYNC, std::vector<float>(8, 0.0f), 1);
+  v1::EncodingParams qsgd;
+  qsgd.set_encoding(v1::ENCODING_QSGD);
+  qsgd.set_bits(4);
+  qsgd.set_bucket_size(8);
+  // Every code at the top level (7) with the positive sign: each value decodes to the scale.
+  std::string payload(sizeof(float), '\0');
+  std::memcpy(payload.data(), &kFloatMax, sizeof(float));
+  payload += std::string(4, static_cast<char>(0x77));
+  const std::vector<float> before = Model();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    Update u;
+    u.worker_id = ids_[0];
+    u.sequence = ++sequence_[ids_[0]];
+    u.kind = v1::UPDATE_KIND_MODEL_DELTA;
+    u.base_version = 1;
+    u.sample_count = 1;
+    u.encoding = qsgd;
+    u.payload = payload;
+    auto r = aggregator_->Submit(u);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  }
+  EXPECT_EQ(Model(), before);
+}
+
+TEST_F(AggregatorTest, UpdatesOverTheRatioBoundAreRefusedWhenItIsOn) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {2.0f, -4.0f}, 1, v1::UPDATE_KIND_MODEL_DELTA,
+        [](AggregatorOptions* o) { o->max_update_ratio = 10.0; });
+  EXPECT_TRUE(Push(ids_[0], 1, 1, {40.0f, 0.0f}).ok());  // 40 <= 10 * 4
+  auto r = Push(ids_[0], 2, 1, {0.0f, 500.0f});           // 500 > 10 * 42
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("--max_update_ratio"));
+  EXPECT_EQ(Model(), (std::vector<float>{42.0f, -4.0f}));
+}
+
+// Item 4: a retry is the same update, so a repeated sequence number with a bad payload is invalid.
+TEST_F(AggregatorTest, AReplayedSequenceNumberWithAGarbagePayloadIsInvalidNotADuplicate) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f, 0.0f}, 1);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f, 1.0f}).ok());
+  Update u;
+  u.worker_id = ids_[0];
+  u.sequence = sequence_[ids_[0]];  // the same sequence number again
+  u.kind = v1::UPDATE_KIND_MODEL_DELTA;
+  u.base_version = 1;
+  u.sample_count = 1;
+  u.encoding = Fp32Params();
+  const std::string garbage = "not four floats";
+  u.payload = garbage;
+  auto r = aggregator_->Submit(u);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  const std::string nan = Fp32Payload({0.0f, std::nanf("")});
+  u.payload = nan;
+  EXPECT_EQ(aggregator_->Submit(u).status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string good = Fp32Payload({1.0f, 1.0f});
+  u.payload = good;
+  ASSERT_TRUE(aggregator_->Submit(u).ok());
+  EXPECT_TRUE(aggregator_->Submit(u)->duplicate);
+}
+
+// Item 10: what is kept per worker does not grow with every id ever seen.
+TEST_F(AggregatorTest, ForgetDropsTheSequenceNumberOfAWorkerThatLeft) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f}, 2);
+  ASSERT_TRUE(Push(ids_[0], 1, 1, {1.0f}).ok());
+  ASSERT_TRUE(Push(ids_[1], 1, 1, {1.0f}).ok());
+  EXPECT_EQ(aggregator_->tracked_workers(), 2u);
+  ASSERT_TRUE(membership_->Leave(ids_[0]).ok());
+  aggregator_->Forget(ids_[0]);
+  EXPECT_EQ(aggregator_->tracked_workers(), 1u);
 }
 
 }  // namespace

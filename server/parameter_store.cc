@@ -68,6 +68,14 @@ void ParameterStore::Retire(std::shared_ptr<const std::vector<float>> old,
 }
 
 uint64_t ParameterStore::Apply(absl::FunctionRef<void(absl::Span<float>)> change) {
+  return *TryApply([&](absl::Span<float> model) {
+    change(model);
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<uint64_t> ParameterStore::TryApply(
+    absl::FunctionRef<absl::Status(absl::Span<float>)> change) {
   uint64_t version;
   {
     absl::MutexLock writer(&apply_mu_);
@@ -80,7 +88,10 @@ uint64_t ParameterStore::Apply(absl::FunctionRef<void(absl::Span<float>)> change
     }
     version = base.version + 1;
     std::shared_ptr<std::vector<float>> next = CopyOf(*base_true, &spare_true_);
-    change(absl::MakeSpan(*next));
+    if (absl::Status s = change(absl::MakeSpan(*next)); !s.ok()) {
+      spare_true_ = std::move(next);  // nothing published; the copy is reused next time
+      return s;
+    }
 
     ModelSnapshot published;
     published.version = version;

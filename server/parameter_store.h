@@ -14,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "common/dq_sgd.h"
@@ -84,6 +85,9 @@ class ParameterStore {
   // Copies the current model, lets `change` modify the copy, then publishes it as version + 1
   // (with the new broadcast model and delta when the downlink is compressed). Returns the version.
   uint64_t Apply(absl::FunctionRef<void(absl::Span<float>)> change);
+  // Apply for a change that can fail: when `change` returns an error, nothing is published (the
+  // version stays) and the error is returned.
+  absl::StatusOr<uint64_t> TryApply(absl::FunctionRef<absl::Status(absl::Span<float>)> change);
 
  private:
   // A vector of size_ holding a copy of `source`, reusing a retired one when there is one: a fresh

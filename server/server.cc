@@ -79,6 +79,9 @@ absl::Status ServerOptions::Validate() const {
   if (!(staleness_exponent >= 0))
     return bad("staleness_exponent", staleness_exponent, "must be >= 0");
   if (!(max_staleness > 0)) return bad("max_staleness", max_staleness, "must be > 0");
+  if (!(max_update_ratio >= 0) || !std::isfinite(max_update_ratio)) {
+    return bad("max_update_ratio", max_update_ratio, "must be >= 0 (0 = off)");
+  }
   if (!(server_learning_rate > 0)) {
     return bad("server_learning_rate", server_learning_rate, "must be > 0");
   }
@@ -348,6 +351,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   aggregator_options.num_workers = k;
   aggregator_options.staleness_exponent = options.staleness_exponent;
   aggregator_options.max_staleness = options.max_staleness;
+  aggregator_options.max_update_ratio = options.max_update_ratio;
   aggregator_options.server_step = StepSchedule{config.lr_schedule(), options.server_learning_rate,
                                                 config.lr_decay(), config.rounds()};
   aggregator_options.backup_workers = static_cast<int>(config.backup_workers());

@@ -43,6 +43,7 @@ struct ServerOptions {
   uint32_t shard_count = 1;
   double staleness_exponent = 0.5;
   double max_staleness = 4.0;
+  double max_update_ratio = 0.0;  // see AggregatorOptions; 0 = off
   float server_learning_rate = 0.1f;
   absl::Duration lease = absl::Seconds(30);
   absl::Duration max_pull_wait = absl::Seconds(30);

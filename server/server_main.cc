@@ -122,6 +122,9 @@ ABSL_FLAG(int, max_concurrent_pushes, 0,
           "Pushes received at once (each holds a shard-sized buffer); 0 = 2 * num_workers + 4.");
 ABSL_FLAG(int, max_pending_pulls, 0,
           "Pulls waiting or streaming at once; 0 = 4 * num_workers + 16.");
+ABSL_FLAG(double, max_update_ratio, 0.0,
+          "Refuse an update that would change a coordinate by more than this many times the "
+          "model's largest |coordinate| (at least 1); 0 = off.");
 ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(60),
           "A push that receives nothing, or a pull whose client reads nothing, for this long is "
           "cancelled and frees its place.");
@@ -301,6 +304,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.max_concurrent_pushes = absl::GetFlag(FLAGS_max_concurrent_pushes);
   o.max_pending_pulls = absl::GetFlag(FLAGS_max_pending_pulls);
   o.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
+  o.max_update_ratio = absl::GetFlag(FLAGS_max_update_ratio);
   o.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_mb) << 20;
   o.max_streams_per_connection = absl::GetFlag(FLAGS_max_streams_per_connection);
   o.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);

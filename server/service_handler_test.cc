@@ -1,0 +1,215 @@
+// The handler layer without sockets: every call before the model is loaded, and the protocol's
+// sharp edges (issue 10).
+#include "server/service_handler.h"
+
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/logging.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ps {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+ServiceOptions Options(int num_workers) {
+  ServiceOptions o;
+  o.training.set_mode(v1::AGGREGATION_MODE_ASYNC);
+  o.training.set_num_workers(num_workers);
+  o.training.add_allowed_encodings(v1::ENCODING_FP32);
+  o.model_size = 4;
+  o.shard_end = 4;
+  o.chunk_bytes = 1024;
+  return o;
+}
+
+v1::UpdateHeader Header(uint64_t worker_id) {
+  v1::UpdateHeader h;
+  h.set_worker_id(worker_id);
+  h.set_sequence(1);
+  h.set_kind(v1::UPDATE_KIND_MODEL_DELTA);
+  h.set_base_version(1);
+  h.set_sample_count(1);
+  h.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+  h.set_num_elements(4);
+  h.set_payload_bytes(16);
+  return h;
+}
+
+class ServiceHandlerTest : public ::testing::Test {
+ protected:
+  explicit ServiceHandlerTest(int num_workers = 2) : handler_(Options(num_workers)) {
+    store_ = std::make_unique<ParameterStore>(std::vector<float>(4, 0.0f));
+    membership_ = std::make_unique<Membership>(num_workers, absl::Seconds(30), &clock_);
+    AggregatorOptions aggregator;
+    aggregator.mode = v1::AGGREGATION_MODE_ASYNC;
+    aggregator.num_workers = num_workers;
+    aggregator.clock = &clock_;
+    aggregator_ = std::make_unique<Aggregator>(aggregator, store_.get(), membership_.get());
+    wait_list_ = std::make_unique<VersionWaitList>(1);
+  }
+  void Attach() {
+    handler_.Attach(store_.get(), membership_.get(), aggregator_.get(), wait_list_.get());
+  }
+  uint64_t JoinAs(const std::string& identity, int rank = -1) {
+    v1::JoinRequest join;
+    if (rank >= 0) join.set_requested_rank(rank);
+    absl::StatusOr<v1::JoinResponse> joined = handler_.Join({identity, "test"}, join);
+    EXPECT_TRUE(joined.ok()) << joined.status();
+    return joined.ok() ? joined->worker_id() : 0;
+  }
+
+  FakeClock clock_;
+  ServiceHandler handler_;
+  std::unique_ptr<ParameterStore> store_;
+  std::unique_ptr<Membership> membership_;
+  std::unique_ptr<Aggregator> aggregator_;
+  std::unique_ptr<VersionWaitList> wait_list_;
+};
+
+// Item 1: the process died with SIGSEGV on a Heartbeat while it loaded a large model.
+TEST_F(ServiceHandlerTest, EveryCallBeforeTheModelIsLoadedIsUnavailableNotACrash) {
+  const Caller caller{"", "test"};
+  auto expect_loading = [](const absl::Status& s) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+    EXPECT_THAT(s.message(), HasSubstr("loading"));
+  };
+  v1::HeartbeatRequest heartbeat;
+  heartbeat.set_worker_id(12345);
+  heartbeat.mutable_eval()->set_version(1);
+  expect_loading(handler_.Heartbeat(caller, heartbeat).status());
+  expect_loading(handler_.Join(caller, v1::JoinRequest()).status());
+  v1::LeaveRequest leave;
+  leave.set_worker_id(12345);
+  expect_loading(handler_.Leave(caller, leave));
+  expect_loading(handler_.Status(caller).status());
+  expect_loading(handler_.AdmitPush(caller, Header(12345)).status());
+  expect_loading(handler_.SubmitPush(Header(12345), std::string(16, '\0')).status());
+  expect_loading(handler_.AdmitPull(caller, v1::PullRequest()).status());
+  handler_.CloseRoundIfDue();
+  EXPECT_FALSE(handler_.WaitForNewer(0, absl::Now(), nullptr));
+  EXPECT_FALSE(handler_.CancelWait(nullptr));
+  EXPECT_EQ(handler_.BuildStatus().version(), 0u);
+
+  Attach();
+  EXPECT_TRUE(handler_.Status(caller).ok());
+  EXPECT_EQ(handler_.BuildStatus().version(), 1u);
+}
+
+// Item 10: proto3 made an unset requested_rank mean rank 0.
+TEST_F(ServiceHandlerTest, AJoinWithoutARequestedRankTakesAnyFreeRank) {
+  Attach();
+  JoinAs("", 0);
+  absl::StatusOr<v1::JoinResponse> second = handler_.Join({"", "test"}, v1::JoinRequest());
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->rank(), 1u);
+}
+
+// Item 10: a bad Join threw out the live member with the same identity and still failed.
+TEST_F(ServiceHandlerTest, ARefusedJoinDoesNotEvictTheLiveMemberWithTheSameIdentity) {
+  Attach();
+  const uint64_t alice = JoinAs("alice", 0);
+  v1::JoinRequest bad;
+  bad.set_requested_rank(7);  // out of range for two workers
+  EXPECT_EQ(handler_.Join({"alice", "test"}, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  v1::JoinRequest long_name;
+  long_name.set_worker_name(std::string(300, 'x'));
+  EXPECT_EQ(handler_.Join({"alice", "test"}, long_name).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(membership_->IsMember(alice));
+  // A good Join from the same identity does replace it (the worker restarted), on the same rank.
+  v1::JoinRequest again;
+  again.set_requested_rank(0);
+  absl::StatusOr<v1::JoinResponse> rejoined = handler_.Join({"alice", "test"}, again);
+  ASSERT_TRUE(rejoined.ok()) << rejoined.status();
+  EXPECT_FALSE(membership_->IsMember(alice));
+  EXPECT_EQ(rejoined->rank(), 0u);
+}
+
+// Item 5: NaN accuracy, Inf loss, accuracy 7 and version 2^64-1 were taken and stuck in Status.
+TEST_F(ServiceHandlerTest, EvaluationReportsThatCannotBeTrueAreRefused) {
+  Attach();
+  const uint64_t id = JoinAs("");
+  auto heartbeat = [&](double loss, double accuracy, uint64_t version) {
+    v1::HeartbeatRequest request;
+    request.set_worker_id(id);
+    request.mutable_eval()->set_test_loss(loss);
+    request.mutable_eval()->set_test_accuracy(accuracy);
+    request.mutable_eval()->set_version(version);
+    return handler_.Heartbeat({"", "test"}, request).status();
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const absl::Status& s :
+       {heartbeat(0.5, nan, 1), heartbeat(inf, 0.5, 1), heartbeat(0.5, 7, 1),
+        heartbeat(-1, 0.5, 1), heartbeat(0.5, 0.5, std::numeric_limits<uint64_t>::max()),
+        heartbeat(0.5, 0.5, 0)}) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_THAT(s.message(), HasSubstr("eval."));
+  }
+  EXPECT_EQ(handler_.BuildStatus().last_eval().version(), 0u) << "nothing bad was kept";
+  EXPECT_TRUE(heartbeat(0.4, 0.85, 1).ok());
+  EXPECT_DOUBLE_EQ(handler_.BuildStatus().last_eval().test_accuracy(), 0.85);
+}
+
+// Item 6: a worker name with a newline wrote a forged "E event=shutdown" line into the log.
+TEST_F(ServiceHandlerTest, AWorkerNameCannotForgeOrSplitALogLine) {
+  Attach();
+  v1::JoinRequest join;
+  join.set_worker_name(std::string("w\n2026-01-01T00:00:00.000Z E event=shutdown\0x", 47));
+  ::testing::internal::CaptureStderr();
+  ASSERT_TRUE(handler_.Join({"", "test"}, join).ok());
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+  EXPECT_THAT(log, HasSubstr("name=\"w\\n2026"));
+  EXPECT_THAT(log, HasSubstr("\\x00x"));
+  EXPECT_THAT(log, Not(HasSubstr("\nE event=shutdown")));
+}
+
+TEST(LogSafe, EscapesControlBytesAndBoundsTheLength) {
+  EXPECT_EQ(LogSafe("plain-name_1"), "plain-name_1");
+  EXPECT_EQ(LogSafe("a\nb\"c\\"), "a\\nb\\\"c\\\\");
+  EXPECT_EQ(LogSafe(std::string("\0\x7f\xff", 3)), "\\x00\\x7f\\xff");
+  EXPECT_EQ(LogSafe(std::string(200, 'a'), 4), "aaaa...(200 bytes)");
+}
+
+TEST_F(ServiceHandlerTest, PushPlacesAreHeldUntilReleased) {
+  ServiceOptions options = Options(2);
+  options.max_concurrent_pushes = 1;
+  ServiceHandler handler(options);
+  handler.Attach(store_.get(), membership_.get(), aggregator_.get(), wait_list_.get());
+  const uint64_t id = membership_->Join("w", -1)->id;
+  absl::StatusOr<CallSlot> first = handler.AdmitPush({"", "test"}, Header(id));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(handler.AdmitPush({"", "test"}, Header(id)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  first->Release();
+  EXPECT_TRUE(handler.AdmitPush({"", "test"}, Header(id)).ok());
+  EXPECT_EQ(handler.BuildStatus().pushes_in_progress(), 0u) << "the slot went with its owner";
+}
+
+TEST_F(ServiceHandlerTest, APullPlanIsTheFullModelOrUnchanged) {
+  Attach();
+  absl::StatusOr<PullAdmission> admitted = handler_.AdmitPull({"", "test"}, v1::PullRequest());
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  PullPlan full = handler_.PlanPull(admitted->have_version, {v1::ENCODING_FP32}, absl::Now());
+  ASSERT_EQ(full.segments.size(), 1u);
+  EXPECT_EQ(full.segments[0].header.kind(), v1::ModelHeader::KIND_FULL);
+  EXPECT_EQ(full.segments[0].size, 16u);
+  PullPlan same = handler_.PlanPull(1, {v1::ENCODING_FP32}, absl::Now());
+  EXPECT_EQ(same.segments[0].header.kind(), v1::ModelHeader::KIND_UNCHANGED);
+  v1::PullRequest future;
+  future.set_have_version(99);
+  EXPECT_EQ(handler_.AdmitPull({"", "test"}, future)->have_version, 0u);
+}
+
+}  // namespace
+}  // namespace ps
