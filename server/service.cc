@@ -152,8 +152,9 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     tracked_.context = context;
     service_->Track(&tracked_);
     absl::StatusOr<Caller> caller = service_->Authenticate(*context);
-    if (!caller.ok()) {
-      FinishCall(ToGrpcStatus(caller.status()));
+    absl::Status admitted = caller.ok() ? handler_->CheckReady() : caller.status();
+    if (!admitted.ok()) {
+      FinishCall(ToGrpcStatus(admitted));
       return;
     }
     caller_ = *std::move(caller);

@@ -351,5 +351,133 @@ TEST_F(BadInputTest, PullsBeyondThePendingLimitAreRefused) {
   for (auto& p : open) p->reader->Finish();
 }
 
+// Item 3: a client that sent every byte but never half-closed, then cancelled or ran out of time,
+// had its update applied while it saw CANCELLED or DEADLINE_EXCEEDED.
+TEST_F(BadInputTest, APushCancelledAfterEveryByteWithoutAHalfCloseIsNeverApplied) {
+  const auto chunks = Chunks(Header(), GoodPayload());
+  uint64_t payload_bytes = 0;
+  for (const auto& c : chunks) payload_bytes += c.data().size();
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    const uint64_t received = server_->GetStatus().wire().payload_bytes_received();
+    OpenPush push;
+    push.writer = stub_->Push(&push.context, &push.ack);
+    v1::UpdateChunk c;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      c = chunks[i];
+      if (i == 0) c.mutable_header()->set_sequence(++sequence_);
+      ASSERT_TRUE(push.writer->Write(c));
+    }
+    // Every byte reached the server before the cancel.
+    for (int wait = 0; wait < 500 && server_->GetStatus().wire().payload_bytes_received() <
+                                         received + payload_bytes;
+         ++wait) {
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    push.context.TryCancel();
+    EXPECT_EQ(push.writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+    for (int wait = 0; wait < 500 && server_->GetStatus().pushes_in_progress() > 0; ++wait) {
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    ASSERT_EQ(*server_->Model().values, before_) << "attempt " << attempt << " was applied";
+  }
+  EXPECT_EQ(server_->GetStatus().updates_applied(), 0u);
+  ExpectUnchangedAndStillServing();
+}
+
+TEST_F(BadInputTest, APushPastItsDeadlineWithoutAHalfCloseIsNeverApplied) {
+  const auto chunks = Chunks(Header(), GoodPayload());
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    OpenPush push;
+    push.context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+    push.writer = stub_->Push(&push.context, &push.ack);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      v1::UpdateChunk c = chunks[i];
+      if (i == 0) c.mutable_header()->set_sequence(++sequence_);
+      ASSERT_TRUE(push.writer->Write(c));
+    }
+    EXPECT_EQ(push.writer->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+    for (int wait = 0; wait < 500 && server_->GetStatus().pushes_in_progress() > 0; ++wait) {
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    ASSERT_EQ(*server_->Model().values, before_) << "attempt " << attempt << " was applied";
+  }
+  ExpectUnchangedAndStillServing();
+}
+
+// Item 8: 12 stalled pushes held every push place, and 8 pulls that never read every pull place.
+TEST(IdleCalls, AStalledPushIsCancelledAndFreesItsPlace) {
+  ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_ASYNC, 2, 1);
+  options.max_concurrent_pushes = 2;
+  options.idle_timeout = absl::Milliseconds(300);
+  options.lease = absl::Seconds(2);  // housekeeping (which cancels) runs every lease / 4
+  auto server = testing::StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto client = testing::Connect(*server);
+  ASSERT_TRUE(client->Join().ok());
+  auto stub = v1::ParameterServer::NewStub(
+      grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  std::vector<std::unique_ptr<OpenPush>> stalled;
+  for (int i = 0; i < 2; ++i) {
+    stalled.push_back(std::make_unique<OpenPush>());
+    stalled.back()->writer = stub->Push(&stalled.back()->context, &stalled.back()->ack);
+    v1::UpdateChunk first;
+    v1::UpdateHeader* h = first.mutable_header();
+    h->set_worker_id(client->worker_id());
+    h->set_sequence(100 + i);
+    h->set_kind(v1::UPDATE_KIND_MODEL_DELTA);
+    h->set_base_version(1);
+    h->set_sample_count(1);
+    h->mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+    h->set_num_elements(server->GetStatus().model_size());
+    h->set_payload_bytes(h->num_elements() * 4);
+    first.set_data(std::string(1024, '\0'));
+    ASSERT_TRUE(stalled.back()->writer->Write(first));
+  }
+  for (auto& p : stalled) {
+    EXPECT_EQ(p->writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_EQ(server->GetStatus().calls_cancelled_idle(), 2u);
+  EXPECT_EQ(server->GetStatus().pushes_in_progress(), 0u);
+  // The places are free again: a real push goes through.
+  std::vector<float> delta(server->GetStatus().model_size(), 0.0f);
+  auto pushed = client->Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 1, delta, 0.0);
+  EXPECT_TRUE(pushed.ok()) << pushed.status();
+}
+
+TEST(IdleCalls, APullWhoseClientNeverReadsIsCancelledAndFreesItsPlace) {
+  // A model far larger than what HTTP/2 flow control and the sockets buffer, so that the
+  // server's writes stall while the client does not read.
+  ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_ASYNC, 2, 1);
+  options.training.set_input_dim(2000000);  // 20M parameters, 80 MB
+  options.max_pending_pulls = 2;
+  options.idle_timeout = absl::Milliseconds(300);
+  options.lease = absl::Seconds(2);
+  auto server = testing::StartServer(options);
+  ASSERT_NE(server, nullptr);
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(8 << 20);
+  auto stub = v1::ParameterServer::NewStub(
+      grpc::CreateCustomChannel(server->address(), grpc::InsecureChannelCredentials(), args));
+  struct Unread {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReader<v1::ModelChunk>> reader;
+  };
+  std::vector<std::unique_ptr<Unread>> unread;
+  for (int i = 0; i < 2; ++i) {
+    unread.push_back(std::make_unique<Unread>());
+    unread.back()->reader = stub->Pull(&unread.back()->context, v1::PullRequest());
+  }
+  for (int wait = 0; wait < 1000 && server->GetStatus().calls_cancelled_idle() < 2; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(server->GetStatus().calls_cancelled_idle(), 2u);
+  for (int wait = 0; wait < 500 && server->GetStatus().pulls_in_progress() > 0; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(server->GetStatus().pulls_in_progress(), 0u);
+  for (auto& p : unread) p->context.TryCancel();
+  for (auto& p : unread) p->reader->Finish();
+}
+
 }  // namespace
 }  // namespace ps

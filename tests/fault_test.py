@@ -6,81 +6,20 @@ Usage: fault_test.py BUILD_DIR {worker_kill|server_kill|checkpoint_kill}
 Prints the numbers it measured (for the issue notes) and exits non-zero on the first failure.
 """
 import glob
-import json
 import os
 import random
-import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
 BUILD = os.path.abspath(sys.argv[1])
 SCENARIO = sys.argv[2]
-SERVER = os.path.join(BUILD, "server", "ps-server")
-WORKER = os.path.join(BUILD, "worker", "ps-worker")
-DATA = "/usr/share/datasets/fashion-mnist"
 random.seed(20261122)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness.procs import Proc, fail, free_port  # noqa: E402
-
-
-class Run:
-    def __init__(self):
-        self.work = tempfile.mkdtemp(prefix="ps_fault_")
-        self.port = free_port()
-        self.procs = []
-        self.count = 0
-
-    def server(self, flags):
-        self.count += 1
-        p = Proc([SERVER, "--listen=127.0.0.1:%d" % self.port] + flags,
-                 os.path.join(self.work, "server-%d.log" % self.count))
-        self.procs.append(p)
-        deadline = time.time() + 30
-        while "event=listening" not in p.text():
-            if not p.alive():
-                if self.count == 1 and "cannot listen" in p.text():
-                    # Another test took the free port first (ctest runs tests in parallel).
-                    self.port = free_port()
-                    self.count = 0
-                    return self.server(flags)
-                fail("server exited with %s:\n%s" % (p.popen.returncode, p.text()))
-            if time.time() > deadline:
-                fail("server did not start listening:\n" + p.text())
-            time.sleep(0.02)
-        return p
-
-    def worker(self, rank, flags, name):
-        p = Proc([WORKER, "--servers=127.0.0.1:%d" % self.port, "--rank=%d" % rank,
-                  "--name=%s" % name, "--summary_json=%s" % self.path(name + ".json"),
-                  "--progress_every=5s"] + flags,
-                 self.path(name + ".log"))
-        self.procs.append(p)
-        return p
-
-    def path(self, name):
-        return os.path.join(self.work, name)
-
-    def close(self):
-        if os.environ.get("KEEP"):
-            print("kept", self.work)
-            return
-        for p in self.procs:
-            p.stop()
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-def summary(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def resumed_version(log):
-    m = re.search(r"event=resumed path=\S+ version=(\d+)", log)
-    return int(m.group(1)) if m else None
+from harness.loopback import (DATA, Run, checkpoint_files, checkpoint_temporaries,  # noqa: E402
+                              checkpoints_written, have_data, resumed_version, summary)
+from harness.procs import fail  # noqa: E402
 
 
 def worker_kill(run):
@@ -146,8 +85,7 @@ def server_kill(run):
     workers = [run.worker(rank, data, "w%d" % rank) for rank in range(2)]
     # Kill at a random moment after a quarter of the 782 rounds (a checkpoint at version >= 200).
     deadline = time.time() + 60
-    while not any(int(v) >= 200 for v in re.findall(r"event=checkpoint version=(\d+)",
-                                                     first.text())):
+    while not any(v >= 200 for v in checkpoints_written(first.text())):
         if time.time() > deadline:
             fail("training did not reach version 200:\n" + first.text()[-2000:])
         time.sleep(0.01)
@@ -155,7 +93,7 @@ def server_kill(run):
     if any(not w.alive() for w in workers):
         fail("training ended before the server could be killed")
     first.kill9()
-    written = [int(v) for v in re.findall(r"event=checkpoint version=(\d+)", first.text())]
+    written = checkpoints_written(first.text())
     if not written:
         fail("no checkpoint was written before the kill:\n" + first.text()[-2000:])
     down = time.time()
@@ -204,17 +142,17 @@ def checkpoint_kill(run):
         if i % 2 == 0:
             # As soon as a temporary file exists, plus up to 3 ms.
             deadline = time.time() + 20
-            while not glob.glob(os.path.join(ckpt, ".ckpt-*.tmp")):
+            while not checkpoint_temporaries(ckpt):
                 if time.time() > deadline:
                     fail("no checkpoint was being written within 20 s:\n" + server.text()[-2000:])
             time.sleep(random.uniform(0.0, 0.003))
         else:
             time.sleep(random.uniform(0.05, 0.6))
         server.kill9()
-        if glob.glob(os.path.join(ckpt, ".ckpt-*.tmp")):
+        if checkpoint_temporaries(ckpt):
             during_write += 1
-        names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ckpt, "ckpt-*.ckpt")))
-        newest = int(names[-1][5:25]) if names else None
+        versions = checkpoint_files(ckpt)
+        newest = versions[-1] if versions else None
         start = time.time()
         server = run.server(flags)
         restarts.append(time.time() - start)
@@ -229,7 +167,7 @@ def checkpoint_kill(run):
             fail("kill %d left a corrupt checkpoint under its final name:\n%s" % (i, server.text()))
         # Let the worker reconnect and training advance before the next kill.
         deadline = time.time() + 30
-        while len(re.findall(r"event=checkpoint version", server.text())) < 2:
+        while len(checkpoints_written(server.text())) < 2:
             if time.time() > deadline:
                 fail("kill %d: training did not resume:\n%s\n%s" %
                      (i, server.text()[-2000:], worker.text()[-2000:]))
@@ -272,10 +210,10 @@ def checkpoint_kill(run):
 
 
 def main():
-    if not os.path.exists(os.path.join(DATA, "train-images-idx3-ubyte.gz")):
+    if not have_data():
         print("SKIP: dataset-fashion-mnist not installed")
         return
-    run = Run()
+    run = Run(BUILD, "ps_fault_")
     try:
         {"worker_kill": worker_kill, "server_kill": server_kill,
          "checkpoint_kill": checkpoint_kill}[SCENARIO](run)

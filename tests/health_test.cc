@@ -50,6 +50,48 @@ TEST(Health, NotServingWhileTheModelLoadsThenServing) {
     grpc::ClientContext context;
     v1::StatusResponse response;
     status_code = stub->Status(&context, v1::StatusRequest(), &response).error_code();
+    // Issue 10, item 1: a Heartbeat here killed the process (SIGSEGV). Every call is refused.
+    auto refused = [&](const grpc::Status& s, const char* call) {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << call << ": " << s.error_message();
+    };
+    {
+      grpc::ClientContext c;
+      v1::HeartbeatRequest r;
+      r.set_worker_id(42);
+      r.mutable_eval()->set_version(1);
+      v1::HeartbeatResponse out;
+      refused(stub->Heartbeat(&c, r, &out), "Heartbeat");
+    }
+    {
+      grpc::ClientContext c;
+      v1::JoinResponse out;
+      refused(stub->Join(&c, v1::JoinRequest(), &out), "Join");
+    }
+    {
+      grpc::ClientContext c;
+      v1::LeaveRequest r;
+      r.set_worker_id(42);
+      v1::LeaveResponse out;
+      refused(stub->Leave(&c, r, &out), "Leave");
+    }
+    {
+      grpc::ClientContext c;
+      v1::PushAck ack;
+      auto writer = stub->Push(&c, &ack);
+      v1::UpdateChunk chunk;
+      chunk.mutable_header()->set_worker_id(42);
+      writer->Write(chunk);
+      writer->WritesDone();
+      refused(writer->Finish(), "Push");
+    }
+    {
+      grpc::ClientContext c;
+      auto reader = stub->Pull(&c, v1::PullRequest());
+      v1::ModelChunk chunk;
+      while (reader->Read(&chunk)) {
+      }
+      refused(reader->Finish(), "Pull");
+    }
   };
   auto server = testing::StartServer(options);
   ASSERT_NE(server, nullptr);

@@ -13,9 +13,18 @@ def binaries(build_dir):
             "ps-worker": os.path.join(build_dir, "worker", "ps-worker")}
 
 
+class Failed(SystemExit):
+    """What fail() raises: exit status 1 where nobody catches it (a test), the message for a
+    caller that goes on (bench/chaos.py records a failed run and starts the next)."""
+
+    def __init__(self, message):
+        super().__init__(1)
+        self.message = message
+
+
 def fail(message):
     print("FAIL: " + message, file=sys.stderr)
-    sys.exit(1)
+    raise Failed(message)
 
 
 def free_port():
