@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The wire contract from a client that is not ours: Python grpcio and messages generated from
 proto/ps/v1/ps.proto by protoc. Join, pull the full model, push a delta in two chunks, pull the new
-version, see a NaN push refused with INVALID_ARGUMENT, read Status, leave.
+version, see a NaN push refused with INVALID_ARGUMENT, read Status, leave. Then what a hostile or
+careless client can send that our C++ client never would (raw bytes, compressed messages, two
+messages to a unary call, control characters in names), and what the server answers.
 
 Usage: python_client_test.py PS_SERVER_BINARY PROTO_ROOT
 """
@@ -25,19 +27,28 @@ from ps.v1 import ps_pb2 as pb  # noqa: E402
 SERVICE = "/ps.v1.ParameterServer/"
 
 
-class PythonClientTest(unittest.TestCase):
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+class ServerTestCase(unittest.TestCase):
+    """A ps-server started with FLAGS on a free loopback port for the class, its log in log_path."""
+    FLAGS = []
+
     @classmethod
     def setUpClass(cls):
-        port_file = os.path.join(WORK, "port")
-        cls.server = subprocess.Popen(
-            [SERVER, "--listen=127.0.0.1:0", f"--port_file={port_file}", "--mode=async",
-             "--num_workers=1", "--input_dim=4", "--num_classes=2", "--model=softmax"],
-            stderr=subprocess.DEVNULL)
+        port_file = os.path.join(tempfile.mkdtemp(dir=WORK), "port")
+        cls.log_path = os.path.join(WORK, f"{cls.__name__}.log")
+        with open(cls.log_path, "wb") as log:
+            cls.server = subprocess.Popen(
+                [SERVER, "--listen=127.0.0.1:0", f"--port_file={port_file}"] + cls.FLAGS,
+                stderr=log)
         for _ in range(100):
-            if os.path.exists(port_file) and open(port_file).read().strip():
+            if os.path.exists(port_file) and read(port_file).strip():
                 break
             time.sleep(0.1)
-        cls.channel = grpc.insecure_channel(f"127.0.0.1:{open(port_file).read().strip()}")
+        cls.channel = grpc.insecure_channel(f"127.0.0.1:{read(port_file).strip()}")
 
     @classmethod
     def tearDownClass(cls):
@@ -61,6 +72,11 @@ class PythonClientTest(unittest.TestCase):
         return header, array.array("f", payload)
 
     def push(self, worker_id, sequence, base_version, values, split=2):
+        return self.call("stream_unary", "Push", pb.UpdateChunk, pb.PushAck)(
+            iter(self.chunks(worker_id, sequence, base_version, values, split)), timeout=30)
+
+    @staticmethod
+    def chunks(worker_id, sequence, base_version, values, split=2):
         payload = array.array("f", values).tobytes()
         header = pb.UpdateHeader(
             worker_id=worker_id, sequence=sequence, kind=pb.UPDATE_KIND_MODEL_DELTA,
@@ -68,10 +84,13 @@ class PythonClientTest(unittest.TestCase):
             encoding=pb.EncodingParams(encoding=pb.ENCODING_FP32),
             num_elements=len(values), payload_bytes=len(payload))
         cut = len(payload) // split // 4 * 4
-        chunks = [pb.UpdateChunk(header=header, offset=0, data=payload[:cut]),
-                  pb.UpdateChunk(offset=cut, data=payload[cut:])]
-        push = self.call("stream_unary", "Push", pb.UpdateChunk, pb.PushAck)
-        return push(iter(chunks), timeout=30)
+        return [pb.UpdateChunk(header=header, offset=0, data=payload[:cut]),
+                pb.UpdateChunk(offset=cut, data=payload[cut:])]
+
+
+class PythonClientTest(ServerTestCase):
+    FLAGS = ["--mode=async", "--num_workers=1", "--input_dim=4", "--num_classes=2",
+             "--model=softmax"]
 
     def test_join_pull_push_pull_status_leave(self):
         join = self.call("unary_unary", "Join", pb.JoinRequest, pb.JoinResponse)
@@ -112,6 +131,72 @@ class PythonClientTest(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as gone:
             self.pull(joined.worker_id, 0)
         self.assertEqual(gone.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+
+class HostileClientTest(ServerTestCase):
+    """Issue 10: what the server does with input that only a hostile or broken client sends."""
+    FLAGS = ["--mode=async", "--num_workers=8", "--input_dim=4", "--num_classes=2",
+             "--model=softmax"]
+
+    def raw(self, kind, method):
+        return getattr(self.channel, kind)(SERVICE + method)  # bytes in, bytes out
+
+    def join(self, name="python"):
+        return self.call("unary_unary", "Join", pb.JoinRequest, pb.JoinResponse)(
+            pb.JoinRequest(worker_name=name), timeout=30)
+
+    def model(self):
+        status = self.call("unary_unary", "Status", pb.StatusRequest, pb.StatusResponse)(
+            pb.StatusRequest(), timeout=30)
+        return status.version, status.updates_applied
+
+    def test_a_valid_push_followed_by_a_message_that_is_not_protobuf_is_refused(self):
+        # Item 3: gRPC reported the bad message like a normal end of stream, and the push applied.
+        joined = self.join()
+        before = self.model()
+        messages = [c.SerializeToString() for c in self.chunks(joined.worker_id, 1, 1, [0.5] * 10)]
+        with self.assertRaises(grpc.RpcError) as refused:
+            self.raw("stream_unary", "Push")(iter(messages + [b"\xff\xff\xff\xff"]), timeout=30)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("not a ps.v1.UpdateChunk", refused.exception.details())
+        self.assertEqual(self.model(), before)
+
+    def test_a_compressed_request_is_refused_before_it_is_decompressed(self):
+        # Item 9: a 500 KB gzip message inflating to 512 MiB was refused only after inflating.
+        bomb = pb.JoinRequest(worker_name="x" * (4 << 20)).SerializeToString()
+        with self.assertRaises(grpc.RpcError) as refused:
+            self.raw("unary_unary", "Join")(bomb, timeout=30, compression=grpc.Compression.Gzip)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        self.assertIn("disabled", refused.exception.details())
+        self.assertGreater(self.join().worker_id, 0)  # and the server still serves
+
+    def test_unparsable_request_bytes_get_the_grpc_librarys_answer(self):
+        # Item 10, gRPC's own behaviour (pinned, documented in the README's error table): a unary
+        # request that does not parse never reaches the service.
+        with self.assertRaises(grpc.RpcError) as refused:
+            self.raw("unary_unary", "Join")(b"\xff\xff\xff\xff", timeout=30)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        self.assertEqual(refused.exception.details(), "")
+
+    def test_a_unary_call_sent_as_two_messages_takes_the_first(self):
+        # Item 10, gRPC's own behaviour (pinned, documented): a unary handler reads one message.
+        first = pb.JoinRequest(worker_name="first").SerializeToString()
+        second = pb.JoinRequest(worker_name="second").SerializeToString()
+        answer = pb.JoinResponse.FromString(
+            self.raw("stream_unary", "Join")(iter([first, second]), timeout=30))
+        status = self.call("unary_unary", "Status", pb.StatusRequest, pb.StatusResponse)(
+            pb.StatusRequest(), timeout=30)
+        names = {m.worker_id: m.name for m in status.members}
+        self.assertEqual(names[answer.worker_id], "first")
+
+    def test_a_worker_name_with_a_newline_cannot_forge_a_log_line(self):
+        # Item 6: the name wrote a forged "E event=shutdown" line into the server's log.
+        self.join("evil\n2026-01-01T00:00:00.000Z E event=shutdown version=1\x00")
+        time.sleep(0.2)
+        log = read(self.log_path, "rb")
+        self.assertNotIn(b"\n2026-01-01T00:00:00.000Z E event=shutdown", log)
+        self.assertNotIn(b"\x00", log)
+        self.assertIn(b'name="evil\\n2026-01-01', log)
 
 
 if __name__ == "__main__":
