@@ -9,7 +9,7 @@ JOBS ?= 2
 CMAKE_FLAGS ?=
 
 .PHONY: all deps bench-deps build demo test sanitize-build sanitize-test bench compression-table \
-	time-to-accuracy clean
+	time-to-accuracy chaos clean
 
 all: build
 
@@ -55,6 +55,12 @@ compression-table: build bench-deps
 # Workers behind 100 Mbit/s links in network namespaces (needs root): bench/results/time_to_accuracy.*
 time-to-accuracy: build bench-deps
 	tests/netns_run.sh /usr/bin/python3 bench/time_to_accuracy.py $(BUILD_DIR) --repeats 3
+
+# A kill campaign outside `make test`: kill -9 of workers, of the server and of the server while it
+# writes checkpoints, CHAOS_CYCLES runs each; a table of the runs, also in $(BUILD_DIR)/chaos.json.
+CHAOS_CYCLES ?= 20
+chaos: build
+	/usr/bin/python3 bench/chaos.py $(BUILD_DIR) --cycles $(CHAOS_CYCLES)
 
 clean:
 	rm -rf $(BUILD_DIR) $(SAN_DIR)

@@ -1,57 +1,16 @@
 #include "common/metrics.h"
 
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
+#include <prometheus/collectable.h>
+#include <prometheus/text_serializer.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cmath>
-#include <cstring>
+#include <exception>
+#include <limits>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/logging.h"
 
 namespace ps {
-namespace {
-
-// Integers exactly (counters of bytes pass 2^31 quickly), everything else with 9 digits.
-std::string Number(double v) {
-  if (std::isnan(v)) return "NaN";
-  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0) return absl::StrFormat("%.0f", v);
-  return absl::StrFormat("%.9g", v);
-}
-
-std::string Escape(absl::string_view value) {
-  std::string out;
-  for (char c : value) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
-
-bool WriteAll(int fd, absl::string_view data) {
-  while (!data.empty()) {
-    const ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
-}
-
-}  // namespace
-
 Histogram::Histogram(std::vector<double> upper_bounds)
     : upper_bounds_(std::move(upper_bounds)), counts_(upper_bounds_.size() + 1, 0) {}
 
@@ -69,139 +28,89 @@ Histogram::Snapshot Histogram::Get() const {
   return {upper_bounds_, counts_, sum_, count_};
 }
 
-void MetricsText::Family(absl::string_view name, absl::string_view help, absl::string_view type) {
-  if (std::find(families_.begin(), families_.end(), name) != families_.end()) return;
-  families_.emplace_back(name);
-  absl::StrAppend(&text_, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
-}
 
-void MetricsText::Sample(absl::string_view name, const Labels& labels, double value) {
-  absl::StrAppend(&text_, name);
-  if (!labels.empty()) {
-    text_ += '{';
-    for (size_t i = 0; i < labels.size(); ++i) {
-      absl::StrAppend(&text_, i ? "," : "", labels[i].first, "=\"", Escape(labels[i].second), "\"");
-    }
-    text_ += '}';
+prometheus::ClientMetric& MetricsText::Sample(absl::string_view name, absl::string_view help,
+                                              prometheus::MetricType type,
+                                              const Labels& labels) {
+  auto family = std::find_if(families_.begin(), families_.end(),
+                             [&](const prometheus::MetricFamily& f) { return f.name == name; });
+  if (family == families_.end()) {
+    families_.push_back(prometheus::MetricFamily{std::string(name), std::string(help), type, {}});
+    family = families_.end() - 1;
   }
-  absl::StrAppend(&text_, " ", Number(value), "\n");
+  prometheus::ClientMetric& metric = family->metric.emplace_back();
+  for (const auto& [key, value] : labels) metric.label.push_back({key, value});
+  return metric;
 }
 
 MetricsText& MetricsText::Counter(absl::string_view name, absl::string_view help, double value,
                                   const Labels& labels) {
-  Family(name, help, "counter");
-  Sample(name, labels, value);
+  Sample(name, help, prometheus::MetricType::Counter, labels).counter.value = value;
   return *this;
 }
 
 MetricsText& MetricsText::Gauge(absl::string_view name, absl::string_view help, double value,
                                 const Labels& labels) {
-  Family(name, help, "gauge");
-  Sample(name, labels, value);
+  Sample(name, help, prometheus::MetricType::Gauge, labels).gauge.value = value;
   return *this;
 }
 
 MetricsText& MetricsText::Histo(absl::string_view name, absl::string_view help,
                                 const Histogram::Snapshot& h) {
-  Family(name, help, "histogram");
+  prometheus::ClientMetric& metric = Sample(name, help, prometheus::MetricType::Histogram, {});
   uint64_t cumulative = 0;
   for (size_t i = 0; i < h.counts.size(); ++i) {
     cumulative += h.counts[i];
-    const std::string le = i < h.upper_bounds.size() ? Number(h.upper_bounds[i]) : "+Inf";
-    Sample(absl::StrCat(name, "_bucket"), {{"le", le}}, static_cast<double>(cumulative));
+    metric.histogram.bucket.push_back(
+        {cumulative, i < h.upper_bounds.size() ? h.upper_bounds[i]
+                                               : std::numeric_limits<double>::infinity()});
   }
-  Sample(absl::StrCat(name, "_sum"), {}, h.sum);
-  Sample(absl::StrCat(name, "_count"), {}, static_cast<double>(h.count));
+  metric.histogram.sample_count = h.count;
+  metric.histogram.sample_sum = h.sum;
   return *this;
 }
 
+std::string MetricsText::text() const { return prometheus::TextSerializer().Serialize(families_); }
+
+class MetricsEndpoint::Collector : public prometheus::Collectable {
+ public:
+  explicit Collector(std::function<std::vector<prometheus::MetricFamily>()> collect)
+      : collect_(std::move(collect)) {}
+  std::vector<prometheus::MetricFamily> Collect() const override { return collect_(); }
+
+ private:
+  std::function<std::vector<prometheus::MetricFamily>()> collect_;
+};
+
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
-    const std::string& listen_address, std::function<std::string()> render) {
+    const std::string& listen_address,
+    std::function<std::vector<prometheus::MetricFamily>()> collect) {
   const size_t colon = listen_address.rfind(':');
-  if (colon == std::string::npos) {
+  if (colon == std::string::npos || colon + 1 == listen_address.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("metrics address ", listen_address, " is not host:port"));
   }
-  std::string host = listen_address.substr(0, colon);
-  const std::string port = listen_address.substr(colon + 1);
-  if (absl::StartsWith(host, "[") && absl::EndsWith(host, "]"))
-    host = host.substr(1, host.size() - 2);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* found = nullptr;
-  if (int e = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found);
-      e != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics address ", listen_address, ": ", gai_strerror(e)));
-  }
   std::unique_ptr<MetricsEndpoint> endpoint(new MetricsEndpoint());
-  endpoint->render_ = std::move(render);
-  int fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  const bool bound =
-      fd >= 0 && bind(fd, found->ai_addr, found->ai_addrlen) == 0 && listen(fd, 16) == 0;
-  const int error = errno;
-  freeaddrinfo(found);
-  if (!bound) {
-    if (fd >= 0) close(fd);
+  endpoint->collector_ = std::make_shared<Collector>(std::move(collect));
+  // Threads and a per-request timeout: a client that sends one byte a second, or connects and
+  // says nothing, holds one thread for at most the timeout; scrapers use the others.
+  const std::vector<std::string> options = {
+      "listening_ports", listen_address, "num_threads", "16", "request_timeout_ms", "3000",
+      "enable_keep_alive", "no"};
+  try {
+    endpoint->exposer_ = std::make_unique<prometheus::Exposer>(options);
+  } catch (const std::exception& e) {
     return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", listen_address, ": ", std::strerror(error)));
+        absl::StrCat("cannot serve metrics on ", listen_address, ": ", e.what()));
   }
-  sockaddr_storage addr{};
-  socklen_t len = sizeof addr;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  endpoint->port_ =
-      ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
-                                       : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-  endpoint->listen_fd_ = fd;
-  endpoint->thread_ = std::thread([e = endpoint.get()] { e->Serve(); });
+  endpoint->exposer_->RegisterCollectable(endpoint->collector_);
+  const std::vector<int> ports = endpoint->exposer_->GetListeningPorts();
+  endpoint->port_ = ports.empty() ? 0 : ports.front();
   return endpoint;
 }
 
 MetricsEndpoint::~MetricsEndpoint() {
-  stop_ = true;
-  if (thread_.joinable()) thread_.join();
-  if (listen_fd_ >= 0) close(listen_fd_);
-}
-
-void MetricsEndpoint::Serve() {
-  while (!stop_) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (poll(&p, 1, 100) <= 0) continue;  // wakes up to notice stop_
-    const int connection = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (connection < 0) continue;
-    Answer(connection);
-    close(connection);
-  }
-}
-
-void MetricsEndpoint::Answer(int connection) {
-  // A scraper sends a short request at once; a slow or silent client gets 2 s.
-  timeval timeout{2, 0};
-  setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-  std::string request;
-  char buffer[2048];
-  while (request.find("\r\n\r\n") == std::string::npos && request.size() < 8192) {
-    const ssize_t n = recv(connection, buffer, sizeof buffer, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    request.append(buffer, static_cast<size_t>(n));
-  }
-  std::string status = "200 OK", body;
-  if (absl::StartsWith(request, "GET /metrics ") || absl::StartsWith(request, "GET /metrics?")) {
-    body = render_();
-  } else {
-    status = "404 Not Found";
-    body = "only GET /metrics is served here\n";
-  }
-  WriteAll(connection, absl::StrCat("HTTP/1.0 ", status,
-                                    "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"
-                                    "\r\nContent-Length: ",
-                                    body.size(), "\r\nConnection: close\r\n\r\n", body));
+  exposer_.reset();  // stops serving before the collector goes
 }
 
 }  // namespace ps

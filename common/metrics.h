@@ -1,14 +1,16 @@
-// Prometheus text exposition: a fixed-bucket histogram, a writer for the text format, and a tiny
-// HTTP endpoint that serves GET /metrics from a callback. No dependency beyond POSIX sockets.
+// Prometheus metrics: a fixed-bucket histogram, a builder of metric families, and the HTTP endpoint
+// that serves GET /metrics from a callback. Families, the text format and the HTTP server are
+// Debian's prometheus-cpp (its pull exporter runs on civetweb with a pool of threads).
 #ifndef PS_COMMON_METRICS_H_
 #define PS_COMMON_METRICS_H_
 
-#include <atomic>
+#include <prometheus/exposer.h>
+#include <prometheus/metric_family.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -43,8 +45,8 @@ class Histogram {
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
 
-// Builds a text-format (version 0.0.4) exposition. Each family gets its HELP and TYPE lines once,
-// before its first sample; label values are escaped.
+// Builds the metric families of one scrape. Samples of one name go into one family (its help and
+// type from the first); text() is the text format (version 0.0.4), label values escaped.
 class MetricsText {
  public:
   MetricsText& Counter(absl::string_view name, absl::string_view help, double value,
@@ -53,36 +55,37 @@ class MetricsText {
                      const Labels& labels = {});
   MetricsText& Histo(absl::string_view name, absl::string_view help,
                      const Histogram::Snapshot& histogram);
-  const std::string& text() const { return text_; }
+  const std::vector<prometheus::MetricFamily>& families() const { return families_; }
+  std::vector<prometheus::MetricFamily> TakeFamilies() { return std::move(families_); }
+  std::string text() const;
 
  private:
-  void Family(absl::string_view name, absl::string_view help, absl::string_view type);
-  void Sample(absl::string_view name, const Labels& labels, double value);
+  prometheus::ClientMetric& Sample(absl::string_view name, absl::string_view help,
+                                   prometheus::MetricType type, const Labels& labels);
 
-  std::string text_;
-  std::vector<std::string> families_;
+  std::vector<prometheus::MetricFamily> families_;
 };
 
-// Serves GET /metrics (anything else: 404) over plain HTTP/1.0 on its own port, one short
-// connection at a time, from one thread. Thread-safe.
+// Serves GET /metrics (anything else: 404) over plain HTTP on its own port, from a pool of
+// threads, each connection bounded by a request timeout, so that slow or silent clients cannot
+// hold a scrape up. Thread-safe; `collect` is called from the pool's threads.
 class MetricsEndpoint {
  public:
-  // Binds `listen_address` (host:port; port 0 = the kernel's choice). UNAVAILABLE if it cannot.
+  // Binds `listen_address` (host:port; port 0 = the kernel's choice). INVALID_ARGUMENT for an
+  // address that is not host:port, UNAVAILABLE if it cannot be bound.
   static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
-      const std::string& listen_address, std::function<std::string()> render);
+      const std::string& listen_address,
+      std::function<std::vector<prometheus::MetricFamily>()> collect);
   ~MetricsEndpoint();  // stops
   int port() const { return port_; }
 
  private:
+  class Collector;
   MetricsEndpoint() = default;
-  void Serve();
-  void Answer(int connection);
 
-  int listen_fd_ = -1;
+  std::shared_ptr<Collector> collector_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
-  std::function<std::string()> render_;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
 };
 
 }  // namespace ps

@@ -11,7 +11,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
   dataset-fashion-mnist
   zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf
   clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2

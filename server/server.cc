@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
+#include <prometheus/text_serializer.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -373,7 +374,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   if (!options.metrics_listen.empty()) {
     PS_ASSIGN_OR_RETURN(server->metrics_,
                         MetricsEndpoint::Start(options.metrics_listen,
-                                               [s = server.get()] { return s->RenderMetrics(); }));
+                                               [s = server.get()] { return s->CollectMetrics(); }));
     LogInfo(absl::StrFormat("event=metrics_listening address=%s port=%d", options.metrics_listen,
                             server->metrics_->port()));
   }
@@ -397,6 +398,10 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
 }
 
 std::string ParameterServer::RenderMetrics() const {
+  return prometheus::TextSerializer().Serialize(CollectMetrics());
+}
+
+std::vector<prometheus::MetricFamily> ParameterServer::CollectMetrics() const {
   const v1::StatusResponse s = GetStatus();
   const v1::WireCounters& w = s.wire();
   const absl::Time now = absl::Now();
@@ -475,7 +480,7 @@ std::string ParameterServer::RenderMetrics() const {
              s.last_train_loss())
       .Gauge("ps_uptime_seconds", "Time since this server started.",
              absl::ToDoubleSeconds(now - started_));
-  return m.text();
+  return m.TakeFamilies();
 }
 
 void ParameterServer::SetServing(bool serving) {

@@ -93,7 +93,8 @@ class ParameterServer {
   int health_port() const { return health_port_; }
   // The metrics endpoint's port; 0 when metrics are off.
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
-  // The Prometheus text exposition of this server's state.
+  // This server's state as Prometheus metric families, and as the text exposition.
+  std::vector<prometheus::MetricFamily> CollectMetrics() const;
   std::string RenderMetrics() const;
   std::string address() const;
   // Stops accepting calls, answers waiting pulls, finishes in-flight calls within `grace`, then
