@@ -46,7 +46,7 @@ from harness.loopback import (DATA, Run, checkpoint_files, checkpoint_temporarie
                               checkpoints_written, have_data, listening_version, resumed_version,
                               summary)
 from harness.procs import Failed  # noqa: E402
-from harness.status import StatusClient  # noqa: E402
+from harness.status import StatusClient, messages  # noqa: E402
 
 SCENARIOS = ["worker_kill", "server_kill", "checkpoint_kill"]
 DATA_FLAGS = ["--train_limit=3000", "--test_limit=500", "--data_dir=" + DATA]
@@ -181,7 +181,11 @@ def restart_cycle(run, rng, flags, workers_flags, k, kill_moment, rec):
     rec["longest_round_ms"] = max(rec["longest_round_ms"], s["max_round_wait_ms"])
     rec["rejoins"] = [summary(run.path("w%d.json" % r))["rejoins"] for r in range(k)]
     check(s["version"] > resumed, "the version did not move on after the restart: %s" % s)
-    gaps = [b - a for a, b in zip(written, written[1:])]
+    # Versions between checkpoints, from each server's start (version 1, or the one it resumed
+    # from): what the interval was in effect.
+    gaps = []
+    for seq in ([1] + written, [resumed] + checkpoints_written(second.text())):
+        gaps += [b - a for a, b in zip(seq, seq[1:])]
     rec["largest_checkpoint_gap"] = max(gaps) if gaps else None
     return ckpt
 
@@ -211,7 +215,8 @@ def server_kill(run, rng, args, rec):
 def checkpoint_kill(run, rng, args, rec):
     rec["checkpoint_interval"] = 1
     ckpt = run.path("ckpt")
-    flags = ["--mode=async", "--num_workers=1", "--local_steps=1", "--rounds=150",
+    rounds = 150
+    flags = ["--mode=async", "--num_workers=1", "--local_steps=1", "--rounds=%d" % rounds,
              "--model=mlp", "--hidden_units=2048", "--learning_rate=0.05", "--eval_every=0",
              "--lease=2s", "--checkpoint_dir=" + ckpt, "--checkpoint_every_versions=1",
              "--checkpoint_every=0", "--shutdown_grace=5s", "--exit_when_done",
@@ -225,22 +230,30 @@ def checkpoint_kill(run, rng, args, rec):
         wait_status(status, [server] + workers,
                     lambda s: len(checkpoints_written(server.text())) >= after,
                     "%d checkpoints" % after, poll=0.02)
-        # Status until a temporary file appears: the last answer is at most a poll old (the
-        # model changes about every 30 ms). The version being written counts as reported too.
+        # Status waits while a checkpoint is written (it reads the checkpoint state under the
+        # lock the write holds), so the write is watched through the folder alone, and the
+        # version in the temporary file's name (the server has reached it) counts as the last
+        # version reported if it is newer than the last Status.
+        st = status.get(timeout=1.0)
         while True:
-            st = wait_status(status, [server] + workers, lambda s: True, "a checkpoint write", poll=0)
             temporaries = checkpoint_temporaries(ckpt)
             if temporaries:
                 break
+            if not server.alive() or not workers[0].alive():
+                raise Failed("training ended before a checkpoint was being written")
+            time.sleep(0.0002)
         time.sleep(delay)
         writing = max(int(re.match(r"\.ckpt-(\d+)\.tmp$", os.path.basename(t)).group(1))
                       for t in temporaries)
-        if writing > st.version:
-            st.version = writing
+        if st is None or writing > st.version:
+            st = messages().StatusResponse(version=writing)
         return st
 
     restart_cycle(run, rng, flags, DATA_FLAGS + ["--retry_budget=30s"], 1, moment, rec)
     rec["longest_round_ms"] = None  # async: no rounds
+    # Async: the versions lost are not trained again, so the run ends short by about as many
+    # (a cross-check of the measured loss, which can miss the versions of the last few ms).
+    rec["final_version_short_by"] = rounds + 1 - rec["final_version"]
     rec["summary"] = ("killed %.1f ms into a write (%s), at version %d; newest file %s, resumed "
                       "from %d: lost %d; final version %d" %
                       (delay * 1000, "temporary file left" if rec["during_write"]
@@ -324,11 +337,42 @@ def row(scenario, recs):
     if over:
         problems.append("%d lost > interval" % over)
     return {"scenario": scenario, "runs": len(recs), "finished": finished, "hung": hung,
+            "notes": notes(scenario, [r for r in recs if r["outcome"] == "finished"]),
             "failed": failed, "longest_round_ms": max(rounds) if rounds else None,
             "max_versions_lost": max(lost) if lost else None,
             "checkpoint_interval": intervals[0] if len(intervals) == 1 else (intervals or None),
             "runs_over_interval": over,
             "verdict": "PASS" if not problems else "FAIL (%s)" % ", ".join(problems)}
+
+
+def span(values, unit=""):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return ("%s%s" % (lo, unit)) if lo == hi else ("%s-%s%s" % (lo, hi, unit))
+
+
+def notes(scenario, recs):
+    """What else the finished runs measured, one line."""
+    if not recs:
+        return ""
+    if scenario == "worker_kill":
+        return ("replacement joined %s after the kill; longest round %s (lease + deadline = %d "
+                "ms); final version %s" %
+                (span([r["replacement_joined_s"] for r in recs], " s"),
+                 span([r["longest_round_ms"] for r in recs], " ms"), recs[0]["round_bound_ms"],
+                 span([r["final_version"] for r in recs])))
+    line = ("versions lost %s; largest gap between the checkpoints written %s versions" %
+            (span([r["versions_lost"] for r in recs]),
+             span([r["largest_checkpoint_gap"] for r in recs])))
+    if scenario == "server_kill":
+        return line + "; final version %s; workers rejoined %s times" % (
+            span([r["final_version"] for r in recs]),
+            span([x for r in recs for x in r["rejoins"]]))
+    return line + ("; %d of %d kills left a temporary file (mid-write); async runs ended %s "
+                   "versions short" % (sum(1 for r in recs if r["during_write"]), len(recs),
+                                       span([r["final_version_short_by"] for r in recs])))
 
 
 COLUMNS = [("scenario", "scenario"), ("runs", "runs"), ("finished", "finished"), ("hung", "hung"),
@@ -395,6 +439,9 @@ def main():
     print(table(rows))
     print("\n%d runs in %.0f s (%s, %d cores)" % (len(runs), seconds, platform.node(),
                                                   os.cpu_count()))
+    for r in rows:
+        if r["notes"]:
+            print("%s: %s" % (r["scenario"], r["notes"]))
     bad = [r for r in runs if r["outcome"] != "finished"]
     for r in bad:
         print("%s cycle %d %s: %s" % (r["scenario"], r["cycle"] + 1, r["outcome"],

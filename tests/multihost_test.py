@@ -6,10 +6,14 @@ workers reach the shards by their StatefulSet DNS names (ps-server-0.ps-server:5
 /etc/hosts that only this test's private mount namespace sees.
 
 Run 1: training reaches the accuracy target.
-Run 2: once a third of the rounds are done, one worker's link is cut. The servers close rounds
-at the deadline without it, drop it when its lease runs out, and the run finishes: the other
-workers reach the target and no round waited longer than the lease plus the deadline. The cut-off
-worker gives up with an error instead of hanging.
+Run 2: once a fifth of the rounds are done, one worker's link is cut for 40 s, then restored (a
+short partition, as on a shared network). The servers close rounds at the deadline without it;
+the worker's keepalive notices the dead link, its calls retry until the link is back, and it
+finishes the run with the others: every worker exits 0, the survivors reach the target, no round
+waited longer than the deadline plus the partition's detection, and the servers saw no re-join
+storm. The servers' lease is raised above the partition for this run (--lease=90s on the
+command line, which wins over the manifests' PS_LEASE=20s): with the manifests' lease, the two
+other workers would finish the short run before the link came back.
 
 Must run inside tests/netns_run.sh (ctest does that): it refuses to run anywhere else.
 Usage: netns_run.sh multihost_test.py BUILD_DIR SOURCE_DIR
@@ -98,60 +102,65 @@ def run_all_links(objects, net, work):
         fail("run 1: shards ended at different versions")
 
 
-def run_with_cut_link(objects, net, work):
+PARTITION_SECONDS = 40
+
+
+def run_with_partition(objects, net, work):
     cluster = new_cluster(objects, net, work)
     server_env = cluster.servers[0].env
-    lease, deadline = seconds(server_env["PS_LEASE"]), seconds(server_env["PS_ROUND_DEADLINE"])
-    worker_env = cluster.workers[0].env
-    give_up = seconds(worker_env["PS_RPC_TIMEOUT"]) + 10 + 15  # + the pull wait + slack
+    deadline = seconds(server_env["PS_ROUND_DEADLINE"])
     victim, survivors = cluster.workers[-1], cluster.workers[:-1]
     shard0 = net.hosts[cluster.servers[0].name]
     start = time.time()
     try:
-        cluster.start_servers(["--exit_when_done"])
+        cluster.start_servers(["--exit_when_done", "--lease=90s"])
         cluster.wait_healthy()
         cluster.start_workers(["--quiet"])
-        # A third of the run: 10 epochs of 60,000 examples, 3 workers x 8 steps x 32 a round.
+        # 10 epochs of 60,000 examples, 3 workers x 8 steps x 32 a round.
         total = int(server_env["PS_EPOCHS"]) * 60000 // (
             int(server_env["PS_NUM_WORKERS"]) * int(server_env["PS_LOCAL_STEPS"]) *
             int(server_env.get("PS_BATCH_SIZE", "32")))
-        wait_until(lambda: scrape(shard0, "ps_model_version") >= total // 3, 300,
-                   "a third of the rounds")
+        wait_until(lambda: scrape(shard0, "ps_model_version") >= total // 5, 300,
+                   "a fifth of the rounds")
         cut_version = scrape(shard0, "ps_model_version")
         net.cut(victim.name)
-        cut_at = time.time()
-        print("run 2: cut the link of %s at version %d of about %d" %
-              (victim.name, cut_version, total))
-        cluster.wait(survivors, 600)
+        print("run 2: cut the link of %s at version %d of about %d for %d s" %
+              (victim.name, cut_version, total, PARTITION_SECONDS))
+        time.sleep(PARTITION_SECONDS)
+        restored_version = scrape(shard0, "ps_model_version")
+        net.restore(victim.name)
+        restored_at = time.time()
+        cluster.wait(cluster.workers, 600)  # every worker exits 0, the one cut off too
         cluster.wait(cluster.servers, 120)
         finished = time.time()
-        victim_code = cluster.procs[victim.name].wait(max(1, give_up - (time.time() - cut_at)),
-                                                      victim.name + " after its link was cut")
-        victim_error = [line for line in cluster.procs[victim.name].text().splitlines()
-                        if line.startswith("ps-worker: ")]
-        results = [cluster.summary(p) for p in survivors]
+        results = [cluster.summary(p) for p in cluster.workers]
         shards = [cluster.summary(p) for p in cluster.servers]
         logs = [cluster.procs[p.name].text() for p in cluster.servers]
+        victim_log = cluster.procs[victim.name].text()
     finally:
         cluster.stop()
     accuracy = min(r["test_accuracy"] for r in results)
     max_wait = max(s["max_round_wait_ms"] for s in shards) / 1000
-    print("run 2 (a link cut): finished %.1f s after the cut, %.1f s in all; survivors' test "
-          "accuracy %.4f; shard versions %s; rounds closed by deadline %s; longest round %.1f s "
-          "(lease %.0f s + deadline %.0f s); %s exited %d %.1f s after the cut: %s" %
-          (finished - cut_at, finished - start, accuracy, [s["version"] for s in shards],
-           [s["rounds_closed_by_deadline"] for s in shards], max_wait, lease, deadline,
-           victim.name, victim_code, time.time() - cut_at,
-           victim_error[-1] if victim_error else "(no error message)"))
+    joins = [log.count("event=join ") for log in logs]
+    retries = victim_log.count("event=retry")
+    print("run 2 (a %d s partition): %d versions while cut off; finished %.1f s after the link "
+          "came back, %.1f s in all; test accuracy %.4f (the worker cut off: %.4f); shard "
+          "versions %s; rounds closed by deadline %s; longest round %.1f s; joins per shard %s; "
+          "%d retries by the worker cut off" %
+          (PARTITION_SECONDS, restored_version - cut_version, finished - restored_at,
+           finished - start, accuracy, results[-1]["test_accuracy"], [s["version"] for s in shards],
+           [s["rounds_closed_by_deadline"] for s in shards], max_wait, joins, retries))
     if accuracy < ACCURACY_TARGET:
         fail("run 2: accuracy %.4f below %.2f" % (accuracy, ACCURACY_TARGET))
-    if max_wait > lease + deadline:
-        fail("run 2: a round waited %.1f s, more than lease + deadline" % max_wait)
-    for log in logs:
-        if "event=lease_expired" not in log:
-            fail("run 2: a shard never dropped the cut-off worker (no event=lease_expired)")
-    if victim_code == 0 or not victim_error:
-        fail("run 2: the cut-off worker should exit with an error message, not %d" % victim_code)
+    # Housekeeping checks deadlines every deadline / 4, so a round closes up to that much late.
+    if max_wait > deadline * 1.25 + 1:
+        fail("run 2: a round waited %.1f s, more than its deadline of %.0f s allows" %
+             (max_wait, deadline))
+    if any(j > len(cluster.workers) + 1 for j in joins):
+        fail("run 2: a re-join storm: joins per shard %s for %d workers" %
+             (joins, len(cluster.workers)))
+    if not any(s["rounds_closed_by_deadline"] for s in shards):
+        fail("run 2: no round closed by its deadline: the link was never really cut")
 
 
 def main():
@@ -160,7 +169,7 @@ def main():
     try:
         net = build_network(objects, work)
         run_all_links(objects, net, os.path.join(work, "run1"))
-        run_with_cut_link(objects, net, os.path.join(work, "run2"))
+        run_with_partition(objects, net, os.path.join(work, "run2"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -49,6 +49,14 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // Keepalive pings tell a dead link (the call fails, UNAVAILABLE, and is retried) from a slow
+  // round, also during long-polls with no data in flight; the server's ping policy accepts them.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Once a link is back, reconnect within seconds, not after gRPC's default backoff of minutes.
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 5000);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_file.empty()) {
     grpc::SslCredentialsOptions ssl;
@@ -125,7 +133,7 @@ absl::Status PsClient::Heartbeat(const v1::EvalReport* eval) {
     Prepare(&context, options_.rpc_timeout);
     bytes_sent_ += request.ByteSizeLong();
     return stub_->Heartbeat(&context, request, &response);
-  });
+  }, grpc::StatusCode::DEADLINE_EXCEEDED);
   if (status.ok()) bytes_received_ += response.ByteSizeLong();
   return WithContext(status, "Heartbeat", options_.servers[0]);
 }
@@ -159,7 +167,7 @@ absl::Status PsClient::Leave() {
     Prepare(&context, options_.rpc_timeout);
     bytes_sent_ += request.ByteSizeLong();
     return stub_->Leave(&context, request, &response);
-  });
+  }, grpc::StatusCode::DEADLINE_EXCEEDED);
   return WithContext(status, "Leave", options_.servers[0]);
 }
 
@@ -218,7 +226,7 @@ absl::StatusOr<v1::PushAck> PsClient::PushLocked(v1::UpdateKind kind, uint64_t b
     }
     writer->WritesDone();
     return writer->Finish();
-  });
+  }, grpc::StatusCode::DEADLINE_EXCEEDED);
   if (!status.ok()) return WithContext(status, "Push", options_.servers[0]);
   bytes_received_ += ack.ByteSizeLong();
   raw_sent_ += num_elements * sizeof(float);
@@ -323,7 +331,7 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
       raw_received_ += model.size() * sizeof(float);  // what a plain fp32 pull would have moved
     }
     return finished;
-  });
+  }, grpc::StatusCode::DEADLINE_EXCEEDED);
   if (!stream_error.ok()) {
     return absl::InternalError(absl::StrCat("malformed model stream from ", options_.servers[0],
                                             ": ", stream_error.message()));
@@ -338,7 +346,7 @@ absl::StatusOr<v1::StatusResponse> PsClient::Status() {
     grpc::ClientContext context;
     Prepare(&context, options_.rpc_timeout);
     return stub_->Status(&context, v1::StatusRequest(), &response);
-  });
+  }, grpc::StatusCode::DEADLINE_EXCEEDED);
   if (!status.ok()) return WithContext(status, "Status", options_.servers[0]);
   return response;
 }

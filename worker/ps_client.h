@@ -97,7 +97,9 @@ class PsClient {
   // Sets the call's deadline and its token.
   void Prepare(grpc::ClientContext* context, absl::Duration timeout) const;
   // Runs `attempt` until it returns something other than UNAVAILABLE (or `also_retry`) or the
-  // retry budget is spent.
+  // retry budget is spent. Idempotent calls (Heartbeat, Leave, Status, Pull, and Push, whose
+  // retry the server answers DUPLICATE if the first try was applied) also retry
+  // DEADLINE_EXCEEDED, so a worker rides out a network partition shorter than the budget.
   template <typename Attempt>
   grpc::Status WithRetries(absl::string_view what, Attempt attempt,
                            grpc::StatusCode also_retry = grpc::StatusCode::UNAVAILABLE);

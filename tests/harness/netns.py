@@ -101,6 +101,10 @@ class Network:
         """Takes the bridge end of host's link down: nothing passes either way."""
         ip("link", "set", "v-" + host, "down")
 
+    def restore(self, host):
+        """Brings a cut link back up (its tbf limits stay as they were)."""
+        ip("link", "set", "v-" + host, "up")
+
     def hosts_file(self, path, names):
         """Writes an /etc/hosts mapping each name in `names` (name -> host) to its address, for a
         bind mount over /etc/hosts in the private mount namespace."""
