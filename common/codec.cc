@@ -153,7 +153,18 @@ inline uint32_t Hash32(uint32_t x) {
 
 // Stochastic rounding of one bucket to codes (level | sign bit), one byte per coordinate.
 // `to_levels` = s / m. Built for AVX2 too where the CPU has it (chosen at load time).
-__attribute__((target_clones("avx2", "default"))) void QuantizeBucket(
+// target_clones picks the AVX2 build at load time through an ifunc resolver, which the dynamic
+// loader runs before ThreadSanitizer's runtime is up: under TSan (tests only) there is one build.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PS_AVX2_CLONES
+#endif
+#endif
+#ifndef PS_AVX2_CLONES
+#define PS_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+
+PS_AVX2_CLONES void QuantizeBucket(
     const float* v, uint32_t n, float to_levels, uint32_t levels, uint32_t sign_bit, uint32_t seed,
     uint32_t first_index, uint8_t* codes) {
   for (uint32_t i = 0; i < n; ++i) {

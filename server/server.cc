@@ -466,7 +466,10 @@ std::vector<prometheus::MetricFamily> ParameterServer::CollectMetrics() const {
              {"rank", absl::StrCat(member.rank())},
              {"name", member.name()}});
   }
-  m.Gauge("ps_pushes_in_progress", "Pushes being received.", s.pushes_in_progress())
+  m.Counter("ps_calls_cancelled_idle_total",
+            "Pushes and pulls cancelled for making no progress within --idle_timeout.",
+            static_cast<double>(s.calls_cancelled_idle()))
+      .Gauge("ps_pushes_in_progress", "Pushes being received.", s.pushes_in_progress())
       .Gauge("ps_pulls_in_progress", "Pulls waiting or streaming.", s.pulls_in_progress())
       .Gauge("ps_checkpoint_version", "Version of the newest checkpoint (0: none).",
              s.checkpoint_version())

@@ -410,6 +410,7 @@ int Main() {
       .Add("resumed_from_version", status.resumed_from_version())
       .Add("calls_refused_auth", status.calls_refused_auth())
       .Add("updates_refused_limit", status.updates_refused_limit())
+      .Add("calls_cancelled_idle", status.calls_cancelled_idle())
       .Add("final_train_loss", status.last_train_loss())
       .Add("test_accuracy", status.last_eval().test_accuracy())
       .Add("test_accuracy_version", status.last_eval().version())

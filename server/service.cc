@@ -106,7 +106,7 @@ void ParameterServerService::CancelIdleCalls() {
   const int64_t now = absl::GetCurrentTimeNanos();
   absl::MutexLock lock(&mu_);  // held while cancelling: a tracked call's context is alive
   for (TrackedCall* call : calls_) {
-    if (call->waiting || now - call->last_progress_ns < idle_ns) continue;
+    if (call->server_busy || now - call->last_progress_ns < idle_ns) continue;
     call->last_progress_ns = now;  // one cancellation per idle period is enough
     handler_->NoteIdleCancelled();
     LogWarning(absl::StrFormat("event=idle_call_cancelled peer=%s idle_ms=%d",
@@ -143,7 +143,6 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
               grpc::ByteBuffer* ack)
       : service_(service),
         handler_(service->handler_),
-        context_(context),
         ack_(ack),
         assembly_(
             handler_->push_rules(),
@@ -210,6 +209,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
       return;
     }
     if (absl::Status s = assembly_.Finish(); !s.ok()) return Refuse(s);
+    tracked_.server_busy = true;
     StartSendInitialMetadata();  // the clean-end probe: see OnSendInitialMetadataDone
   }
 
@@ -243,7 +243,6 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
 
   ParameterServerService* const service_;
   ServiceHandler* const handler_;
-  grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const ack_;
   TrackedCall tracked_;
   Caller caller_;
@@ -280,7 +279,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
     }
     slot_ = std::move(admission->slot);
     have_version_ = admission->have_version;
-    tracked_.waiting = true;
+    tracked_.server_busy = true;
     if (!handler_->WaitForNewer(have_version_, admission->deadline, this)) Send();
   }
 
@@ -317,7 +316,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   void Send() {
     plan_ = handler_->PlanPull(have_version_, accept_, started_);
     tracked_.Progress();
-    tracked_.waiting = false;
+    tracked_.server_busy = false;
     segment_ = 0;
     StartSegment();
   }

@@ -62,7 +62,9 @@ class ParameterServerService final : public ParameterServerBase {
   struct TrackedCall {
     grpc::CallbackServerContext* context = nullptr;
     std::atomic<int64_t> last_progress_ns{0};
-    std::atomic<bool> waiting{false};  // a pull parked until a newer version: not idle
+    // The server, not the client, holds the call up (a pull parked until a newer version, a
+    // push being applied): not idle.
+    std::atomic<bool> server_busy{false};
     void Progress() { last_progress_ns = absl::GetCurrentTimeNanos(); }
   };
   void Track(TrackedCall* call);

@@ -44,8 +44,7 @@ void ServiceHandler::NoteAuthRefused(absl::string_view peer, const absl::Status&
                              absl::StatusCodeToString(status.code()), LogSafe(status.message())));
 }
 
-absl::Status ServiceHandler::CheckIdentity(const Components& c, uint64_t id,
-                                           const Caller& caller) {
+absl::Status ServiceHandler::CheckIdentity(const Components& c, uint64_t id, const Caller& caller) {
   absl::Status s = c.membership->CheckIdentity(id, caller.identity);
   if (s.code() == absl::StatusCode::kPermissionDenied) {
     ++refused_auth_;
@@ -226,10 +225,10 @@ absl::StatusOr<SubmitResult> ServiceHandler::SubmitPush(const v1::UpdateHeader& 
   update.train_loss = header.train_loss();
   absl::StatusOr<SubmitResult> result = c->aggregator->Submit(update);
   if (!result.ok()) {
-    LogWarning(absl::StrFormat(
-        "event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"", update.worker_id,
-        update.base_version, absl::StatusCodeToString(result.status().code()),
-        LogSafe(result.status().message())));
+    LogWarning(absl::StrFormat("event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"",
+                               update.worker_id, update.base_version,
+                               absl::StatusCodeToString(result.status().code()),
+                               LogSafe(result.status().message())));
     return result;
   }
   wire_.raw_bytes_received += header.num_elements() * sizeof(float);

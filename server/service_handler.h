@@ -116,7 +116,8 @@ class ServiceHandler {
   // Hands over the loaded components; calls are served from then on. Call once.
   void Attach(ParameterStore* store, Membership* membership, Aggregator* aggregator,
               VersionWaitList* wait_list);
-  // OK once attached, else UNAVAILABLE ("loading"): for a stream to refuse before its first message.
+  // OK once attached, else UNAVAILABLE ("loading"): for a stream to refuse before its first
+  // message.
   absl::Status CheckReady() const { return Ready().status(); }
 
   // INVALID_ARGUMENT for a name over 256 bytes or a bad rank; ALREADY_EXISTS, RESOURCE_EXHAUSTED

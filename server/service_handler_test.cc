@@ -149,9 +149,8 @@ TEST_F(ServiceHandlerTest, EvaluationReportsThatCannotBeTrueAreRefused) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double inf = std::numeric_limits<double>::infinity();
   for (const absl::Status& s :
-       {heartbeat(0.5, nan, 1), heartbeat(inf, 0.5, 1), heartbeat(0.5, 7, 1),
-        heartbeat(-1, 0.5, 1), heartbeat(0.5, 0.5, std::numeric_limits<uint64_t>::max()),
-        heartbeat(0.5, 0.5, 0)}) {
+       {heartbeat(0.5, nan, 1), heartbeat(inf, 0.5, 1), heartbeat(0.5, 7, 1), heartbeat(-1, 0.5, 1),
+        heartbeat(0.5, 0.5, std::numeric_limits<uint64_t>::max()), heartbeat(0.5, 0.5, 0)}) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_THAT(s.message(), HasSubstr("eval."));
   }
