@@ -32,6 +32,7 @@ demo: build
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
 	$(MAKE) sanitize-test
+	$(MAKE) tsan-test
 
 $(SAN_DIR)/CMakeCache.txt:
 	CC=clang-14 CXX=clang++-14 cmake -S . -B $(SAN_DIR) -DCMAKE_BUILD_TYPE=Release -DPS_SANITIZE=ON \

@@ -321,7 +321,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
     store_options.initial_version = h.version();
     server->resumed_from_version_ = h.version();
     server->epoch_ = h.epoch() + 1;
-    absl::MutexLock lock(&server->checkpoint_mu_);
+    absl::MutexLock lock(&server->durability_mu_);
     server->checkpoint_version_ = h.version();
     server->checkpoint_time_ = absl::FromUnixMillis(h.created_unix_ms());
   } else {
@@ -340,7 +340,11 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   VersionWaitList* wait_list = server->wait_list_.get();
   server->store_ = std::make_unique<ParameterStore>(
       std::move(shard), store_options,
-      [wait_list](uint64_t version) { wait_list->Publish(version); }, std::move(broadcast));
+      [wait_list, s = server.get()](uint64_t version) {
+        wait_list->Publish(version);
+        if (s->options_.checkpoint_every_versions > 0 && s->CheckpointDue()) s->WakeHousekeeping();
+      },
+      std::move(broadcast));
   // Ids start at a random point, so that an id from before a restart is never someone else's now.
   absl::BitGen random;
   server->membership_ = std::make_unique<Membership>(
@@ -505,7 +509,16 @@ void ParameterServer::Housekeeping() {
     interval = std::min(interval, absl::Milliseconds(options_.training.round_deadline_ms()) / 4);
   }
   interval = std::max(absl::Milliseconds(10), interval);
-  while (!stop_housekeeping_.WaitForNotificationWithTimeout(interval)) {
+  while (true) {
+    {
+      absl::MutexLock lock(&housekeeping_mu_);
+      housekeeping_mu_.AwaitWithTimeout(
+          absl::Condition(
+              +[](bool* woken) { return *woken; }, &housekeeping_woken_),
+          interval);
+      if (housekeeping_stopped_) return;
+      housekeeping_woken_ = false;
+    }
     std::vector<Member> expired = membership_->ExpireLeases();
     for (const Member& m : expired) {
       LogWarning(absl::StrFormat("event=lease_expired worker_id=%d rank=%d name=\"%s\" lease_ms=%d",
@@ -515,21 +528,9 @@ void ParameterServer::Housekeeping() {
     }
     service_->CancelIdleCalls();
     aggregator_->MaybeCloseRound();
-    if (!options_.checkpoint_dir.empty()) {
-      bool due = false;
-      {
-        absl::MutexLock lock(&checkpoint_mu_);
-        const uint64_t version = store_->version();
-        due = version > checkpoint_version_ &&
-              ((options_.checkpoint_every_versions > 0 &&
-                version - checkpoint_version_ >= options_.checkpoint_every_versions) ||
-               (options_.checkpoint_every > absl::ZeroDuration() &&
-                absl::Now() - checkpoint_time_ >= options_.checkpoint_every));
-      }
-      if (due) {
-        if (absl::Status s = Checkpoint(); !s.ok()) {
-          LogError(absl::StrFormat("event=checkpoint_failed error=\"%s\"", s.ToString()));
-        }
+    if (CheckpointDue()) {
+      if (absl::Status s = Checkpoint(); !s.ok()) {
+        LogError(absl::StrFormat("event=checkpoint_failed error=\"%s\"", s.ToString()));
       }
     }
     if (membership_->all_left() && !training_done_) {
@@ -540,13 +541,34 @@ void ParameterServer::Housekeeping() {
   }
 }
 
+bool ParameterServer::CheckpointDue() const {
+  if (options_.checkpoint_dir.empty()) return false;
+  const uint64_t version = store_->version();
+  absl::MutexLock lock(&durability_mu_);
+  // Versions are counted from the newest checkpoint, or from the initial model (version 1).
+  const uint64_t since = std::max<uint64_t>(checkpoint_version_, 1);
+  return version > checkpoint_version_ &&
+         ((options_.checkpoint_every_versions > 0 &&
+           version - since >= options_.checkpoint_every_versions) ||
+          (options_.checkpoint_every > absl::ZeroDuration() &&
+           absl::Now() - checkpoint_time_ >= options_.checkpoint_every));
+}
+
+void ParameterServer::WakeHousekeeping() {
+  absl::MutexLock lock(&housekeeping_mu_);
+  housekeeping_woken_ = true;
+}
+
 absl::Status ParameterServer::Checkpoint() {
   if (options_.checkpoint_dir.empty()) {
     return absl::FailedPreconditionError("no checkpoint directory configured");
   }
-  absl::MutexLock lock(&checkpoint_mu_);
+  absl::MutexLock writer(&checkpoint_writer_mu_);
   const StoreState state = store_->State();
-  if (state.version <= checkpoint_version_) return absl::OkStatus();  // nothing new
+  {
+    absl::MutexLock lock(&durability_mu_);
+    if (state.version <= checkpoint_version_) return absl::OkStatus();  // nothing new
+  }
   const absl::Time start = absl::Now();
   ps::Checkpoint checkpoint;
   v1::CheckpointHeader& h = checkpoint.header;
@@ -567,8 +589,11 @@ absl::Status ParameterServer::Checkpoint() {
   if (state.broadcast != nullptr) checkpoint.broadcast = *state.broadcast;
   PS_RETURN_IF_ERROR(
       WriteCheckpoint(options_.checkpoint_dir, checkpoint, options_.checkpoint_keep));
-  checkpoint_version_ = state.version;
-  checkpoint_time_ = start;
+  {
+    absl::MutexLock lock(&durability_mu_);
+    checkpoint_version_ = state.version;
+    checkpoint_time_ = start;
+  }
   LogInfo(absl::StrFormat("event=checkpoint version=%d path=%s ms=%d", state.version,
                           CheckpointPath(options_.checkpoint_dir, state.version),
                           absl::ToInt64Milliseconds(absl::Now() - start)));
@@ -576,7 +601,7 @@ absl::Status ParameterServer::Checkpoint() {
 }
 
 void ParameterServer::AddDurabilityStatus(v1::StatusResponse* status) const {
-  absl::MutexLock lock(&checkpoint_mu_);
+  absl::MutexLock lock(&durability_mu_);
   status->set_checkpoint_version(checkpoint_version_);
   status->set_checkpoint_unix_ms(
       checkpoint_time_ == absl::InfinitePast() ? 0 : absl::ToUnixMillis(checkpoint_time_));
@@ -597,7 +622,11 @@ void ParameterServer::Shutdown(absl::Duration grace) {
   LogInfo(absl::StrFormat("event=shutdown version=%d", store_->version()));
   wait_list_->Shutdown();  // waiting pulls answer now instead of holding the shutdown up
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
-  stop_housekeeping_.Notify();
+  {
+    absl::MutexLock lock(&housekeeping_mu_);
+    housekeeping_stopped_ = true;
+    housekeeping_woken_ = true;
+  }
   if (housekeeping_.joinable()) housekeeping_.join();
   switch (aggregator_->FinishOpenRound()) {
     case RoundEnd::kClosed:

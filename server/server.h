@@ -114,6 +114,8 @@ class ParameterServer {
  private:
   explicit ParameterServer(const ServerOptions& options) : options_(options) {}
   void Housekeeping();
+  // A checkpoint is due by versions or by time.
+  bool CheckpointDue() const;
   // grpc.health.v1 status of "" and of ps.v1.ParameterServer.
   void SetServing(bool serving);
   // Resumes from the newest valid checkpoint in options_.checkpoint_dir, if there is one.
@@ -137,14 +139,22 @@ class ParameterServer {
   int port_ = 0;
   int health_port_ = 0;
 
-  // Checkpoints: written by the housekeeping thread and at shutdown, one at a time.
-  mutable absl::Mutex checkpoint_mu_;
-  uint64_t checkpoint_version_ ABSL_GUARDED_BY(checkpoint_mu_) = 0;
-  absl::Time checkpoint_time_ ABSL_GUARDED_BY(checkpoint_mu_) = absl::InfinitePast();
+  // Checkpoints: written by the housekeeping thread and at shutdown, one at a time (writer_mu_,
+  // held through the write); what the newest one is sits under durability_mu_, held only for a
+  // moment, so that Status and /metrics never wait for a write.
+  absl::Mutex checkpoint_writer_mu_ ABSL_ACQUIRED_BEFORE(durability_mu_);
+  mutable absl::Mutex durability_mu_;
+  uint64_t checkpoint_version_ ABSL_GUARDED_BY(durability_mu_) = 0;
+  absl::Time checkpoint_time_ ABSL_GUARDED_BY(durability_mu_) = absl::InfinitePast();
   uint64_t resumed_from_version_ = 0;
   uint64_t epoch_ = 1;  // starts on this checkpoint directory, this one included
 
-  absl::Notification stop_housekeeping_;
+  // Housekeeping runs on a timer, and at once when a publish makes a checkpoint due by versions
+  // (so --checkpoint_every_versions does not wait for the timer).
+  void WakeHousekeeping();
+  absl::Mutex housekeeping_mu_;
+  bool housekeeping_woken_ ABSL_GUARDED_BY(housekeeping_mu_) = false;
+  bool housekeeping_stopped_ ABSL_GUARDED_BY(housekeeping_mu_) = false;
   bool training_done_ = false;  // housekeeping thread only
   std::thread housekeeping_;
   absl::Mutex shutdown_mu_;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "common/chunking.h"
 #include "common/grpc_status.h"
+#include "common/happens_before.h"
 #include "common/logging.h"
 
 namespace ps {
@@ -17,6 +18,8 @@ namespace ps {
 ParameterServerService::ParameterServerService(ServiceHandler* handler, ThreadPool* pool,
                                                const Authenticator* auth)
     : handler_(handler), pool_(pool), auth_(auth) {}
+
+ParameterServerService::~ParameterServerService() { absl::MutexLock lock(&mu_); }
 
 absl::StatusOr<Caller> ParameterServerService::Authenticate(
     const grpc::CallbackServerContext& context) {
@@ -157,10 +160,11 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
       return;
     }
     caller_ = *std::move(caller);
-    StartRead(&message_);
+    Read();
   }
 
   void OnReadDone(bool ok) override {
+    PS_HAPPENS_AFTER(this);
     if (!ok) return OnStreamEnd();
     tracked_.Progress();
     ++messages_;
@@ -173,10 +177,11 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     }
     handler_->wire().payload_bytes_received += chunk.data().size();
     if (absl::Status s = assembly_.Add(chunk); !s.ok()) return Refuse(s);
-    StartRead(&message_);
+    Read();
   }
 
   void OnSendInitialMetadataDone(bool ok) override {
+    PS_HAPPENS_AFTER(this);
     if (!ok || cancelled_) {
       FinishCall(grpc::Status(grpc::StatusCode::CANCELLED,
                               "push stream ended without a half-close (cancelled, or past its "
@@ -188,6 +193,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
 
   void OnCancel() override { cancelled_ = true; }
   void OnDone() override {
+    PS_HAPPENS_AFTER(this);
     service_->Untrack(&tracked_);
     slot_.Release();
     service_->ReturnBuffer(assembly_.TakeBuffer());
@@ -210,6 +216,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     }
     if (absl::Status s = assembly_.Finish(); !s.ok()) return Refuse(s);
     tracked_.server_busy = true;
+    PS_HAPPENS_BEFORE(this);
     StartSendInitialMetadata();  // the clean-end probe: see OnSendInitialMetadataDone
   }
 
@@ -234,10 +241,16 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     FinishCall(ToGrpcStatus(status));
   }
 
+  void Read() {
+    PS_HAPPENS_BEFORE(this);
+    StartRead(&message_);
+  }
+
   // Frees the push's place under max_concurrent_pushes before the client hears the outcome, so
   // that its next push never finds the place still taken.
   void FinishCall(const grpc::Status& status) {
     slot_.Release();
+    PS_HAPPENS_BEFORE(this);
     Finish(status);
   }
 
@@ -287,6 +300,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   void OnReady(bool /*timed_out*/) override { Send(); }
 
   void OnWriteDone(bool ok) override {
+    PS_HAPPENS_AFTER(this);
     if (!ok) {
       FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "pull stream broken"));
       return;
@@ -296,11 +310,13 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   }
 
   void OnCancel() override {
+    PS_HAPPENS_AFTER(this);
     if (handler_->CancelWait(this)) {
       FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "pull cancelled while waiting"));
     }
   }
   void OnDone() override {
+    PS_HAPPENS_AFTER(this);
     service_->Untrack(&tracked_);
     slot_.Release();
     delete this;
@@ -310,6 +326,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   // Frees the pull's place under max_pending_pulls before the client hears the outcome.
   void FinishCall(const grpc::Status& status) {
     slot_.Release();
+    PS_HAPPENS_BEFORE(this);
     Finish(status);
   }
 
@@ -338,6 +355,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
     if (r.size > 0) chunk_.set_data(s.data + r.offset, r.size);
     handler_->wire().bytes_sent += chunk_.ByteSizeLong();
     handler_->wire().payload_bytes_sent += chunk_.data().size();
+    PS_HAPPENS_BEFORE(this);
     StartWrite(&chunk_);
   }
 

@@ -33,6 +33,10 @@ using ParameterServerBase =
 class ParameterServerService final : public ParameterServerBase {
  public:
   ParameterServerService(ServiceHandler* handler, ThreadPool* pool, const Authenticator* auth);
+  // REQUIRES: the grpc::Server that served this is shut down (every call is done). Takes mu_ once,
+  // so that the last call's Untrack is ordered before the destruction for every observer
+  // (gRPC's own ordering happens in its core, which ThreadSanitizer cannot see).
+  ~ParameterServerService();
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context,
                                  const v1::JoinRequest* request,

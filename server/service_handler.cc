@@ -41,7 +41,7 @@ absl::StatusOr<const ServiceHandler::Components*> ServiceHandler::Ready() const 
 void ServiceHandler::NoteAuthRefused(absl::string_view peer, const absl::Status& status) {
   ++refused_auth_;
   LogWarning(absl::StrFormat("event=auth_refused peer=%s code=%s msg=\"%s\"", LogSafe(peer),
-                             absl::StatusCodeToString(status.code()), LogSafe(status.message())));
+                             absl::StatusCodeToString(status.code()), LogSafe(status.message(), 1024)));
 }
 
 absl::Status ServiceHandler::CheckIdentity(const Components& c, uint64_t id, const Caller& caller) {
@@ -49,7 +49,7 @@ absl::Status ServiceHandler::CheckIdentity(const Components& c, uint64_t id, con
   if (s.code() == absl::StatusCode::kPermissionDenied) {
     ++refused_auth_;
     LogWarning(absl::StrFormat("event=auth_refused identity=%s worker_id=%d msg=\"%s\"",
-                               LogSafe(caller.identity), id, LogSafe(s.message())));
+                               LogSafe(caller.identity), id, LogSafe(s.message(), 1024)));
   }
   return s;
 }
@@ -70,7 +70,7 @@ absl::StatusOr<v1::JoinResponse> ServiceHandler::Join(const Caller& caller,
     LogWarning(absl::StrFormat("event=join_refused name=\"%s\" peer=%s code=%s msg=\"%s\"",
                                LogSafe(request.worker_name()), LogSafe(caller.peer),
                                absl::StatusCodeToString(member.status().code()),
-                               LogSafe(member.status().message())));
+                               LogSafe(member.status().message(), 1024)));
     return member.status();
   }
   for (const Member& old : replaced) {
@@ -228,7 +228,7 @@ absl::StatusOr<SubmitResult> ServiceHandler::SubmitPush(const v1::UpdateHeader& 
     LogWarning(absl::StrFormat("event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"",
                                update.worker_id, update.base_version,
                                absl::StatusCodeToString(result.status().code()),
-                               LogSafe(result.status().message())));
+                               LogSafe(result.status().message(), 1024)));
     return result;
   }
   wire_.raw_bytes_received += header.num_elements() * sizeof(float);
@@ -238,7 +238,7 @@ absl::StatusOr<SubmitResult> ServiceHandler::SubmitPush(const v1::UpdateHeader& 
 void ServiceHandler::NoteRefusedPush(const Caller& caller, const absl::Status& status) {
   ++refused_at_stream_;
   LogWarning(absl::StrFormat("event=push_refused peer=%s code=%s msg=\"%s\"", LogSafe(caller.peer),
-                             absl::StatusCodeToString(status.code()), LogSafe(status.message())));
+                             absl::StatusCodeToString(status.code()), LogSafe(status.message(), 1024)));
 }
 
 absl::StatusOr<PullAdmission> ServiceHandler::AdmitPull(const Caller& caller,
