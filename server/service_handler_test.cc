@@ -163,7 +163,8 @@ TEST_F(ServiceHandlerTest, EvaluationReportsThatCannotBeTrueAreRefused) {
 TEST_F(ServiceHandlerTest, AWorkerNameCannotForgeOrSplitALogLine) {
   Attach();
   v1::JoinRequest join;
-  join.set_worker_name(std::string("w\n2026-01-01T00:00:00.000Z E event=shutdown\0x", 47));
+  constexpr char kName[] = "w\n2026-01-01T00:00:00.000Z E event=shutdown\0x";
+  join.set_worker_name(std::string(kName, sizeof(kName) - 1));  // the NUL included
   ::testing::internal::CaptureStderr();
   ASSERT_TRUE(handler_.Join({"", "test"}, join).ok());
   const std::string log = ::testing::internal::GetCapturedStderr();
