@@ -235,13 +235,13 @@ void Aggregator::CloseRound() {
   const float lr =
       gradient ? options_.server_step.At(static_cast<double>(store_->version() - 1)) : 0.0f;
   const double* sum = round_sum_.data();  // read under mu_, which the lambda runs under
-  float max_abs = 0.0f;
+  float max_abs = 0.0f;  // of the new model, for the next round's range checks
   store_->Apply([&](absl::Span<float> model) {
     for (size_t i = 0; i < model.size(); ++i) {
       const float average = static_cast<float>(sum[i] * inv_weight);
       model[i] += gradient ? -lr * average : average;
+      max_abs = std::max(max_abs, std::abs(model[i]));
     }
-    max_abs = MaxAbs(model);  // for the next round's range checks
   });
   model_max_abs_ = max_abs;
   stats_.last_round_wait = options_.clock->Now() - round_first_update_;

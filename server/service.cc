@@ -111,6 +111,7 @@ void ParameterServerService::CancelIdleCalls() {
   for (TrackedCall* call : calls_) {
     if (call->server_busy || now - call->last_progress_ns < idle_ns) continue;
     call->last_progress_ns = now;  // one cancellation per idle period is enough
+    call->idle_cancelled = true;
     handler_->NoteIdleCancelled();
     LogWarning(absl::StrFormat("event=idle_call_cancelled peer=%s idle_ms=%d",
                                LogSafe(call->context->peer()),
@@ -210,6 +211,11 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
   }
 
   void OnStreamEnd() {
+    if (tracked_.idle_cancelled) {
+      FinishCall(grpc::Status(grpc::StatusCode::CANCELLED,
+                              "push cancelled: nothing received for --idle_timeout"));
+      return;
+    }
     if (cancelled_) {
       FinishCall(grpc::Status(grpc::StatusCode::CANCELLED, "push cancelled by the client"));
       return;

@@ -69,6 +69,7 @@ class ParameterServerService final : public ParameterServerBase {
     // The server, not the client, holds the call up (a pull parked until a newer version, a
     // push being applied): not idle.
     std::atomic<bool> server_busy{false};
+    std::atomic<bool> idle_cancelled{false};  // by CancelIdleCalls
     void Progress() { last_progress_ns = absl::GetCurrentTimeNanos(); }
   };
   void Track(TrackedCall* call);

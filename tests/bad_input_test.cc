@@ -437,7 +437,12 @@ TEST(IdleCalls, AStalledPushIsCancelledAndFreesItsPlace) {
     EXPECT_EQ(p->writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
   }
   EXPECT_EQ(server->GetStatus().calls_cancelled_idle(), 2u);
+  // The client hears CANCELLED as the server cancels; the reactors free their places just after.
+  for (int wait = 0; wait < 500 && server->GetStatus().pushes_in_progress() > 0; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
   EXPECT_EQ(server->GetStatus().pushes_in_progress(), 0u);
+  EXPECT_EQ(server->GetStatus().updates_refused_invalid(), 0u) << "cancelled, not refused";
   // The places are free again: a real push goes through.
   std::vector<float> delta(server->GetStatus().model_size(), 0.0f);
   auto pushed = client->Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 1, delta, 0.0);
