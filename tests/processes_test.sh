@@ -85,4 +85,27 @@ assert sent >= 3 * rounds * 7850 * 4, sent
 print(f"{mode}: {rounds} rounds, best worker test accuracy {best:.4f}, {sent / 1e6:.1f} MB sent")
 PY
 done
+
+# The README's commands as written (issue 10, item 12). "Running a server and workers by hand":
+# its code block, run with this build, a free port and 1 epoch; `wait` must return.
+mkdir "$work/readme"
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+/usr/bin/python3 - "$build" "$port" "$(dirname "$0")/../README.md" >"$work/readme/run.sh" <<'PY'
+import re, sys
+build, port, readme = sys.argv[1:]
+text = open(readme).read()
+section = text[text.index("## Running a server and workers by hand"):]
+block = re.search(r"```\n(.*?)```", section, re.S).group(1)
+block = block.replace("build/", build + "/").replace("50051", port).replace("--epochs=10", "--epochs=1")
+print(block)
+PY
+(cd "$work/readme" && timeout 180 bash run.sh >run.log 2>&1) || fail "the README's by-hand commands failed: $(tail -5 "$work/readme/run.log")"
+for f in server worker-0 worker-1 worker-2; do
+  [ -s "$work/readme/$f.json" ] || fail "the README's by-hand commands wrote no $f.json"
+done
+# "Workers on other machines": a non-loopback address needs TLS or --allow_plaintext, as it says.
+if "$server" --listen=0.0.0.0:0 --num_workers=1 >"$work/out" 2>&1; then
+  fail "a plaintext non-loopback listen address was accepted"
+fi
+grep -q -- "--allow_plaintext" "$work/out" || fail "the refusal does not name --allow_plaintext: $(cat "$work/out")"
 echo "PASS"
