@@ -164,9 +164,9 @@ inline uint32_t Hash32(uint32_t x) {
 #define PS_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
 
-PS_AVX2_CLONES void QuantizeBucket(
-    const float* v, uint32_t n, float to_levels, uint32_t levels, uint32_t sign_bit, uint32_t seed,
-    uint32_t first_index, uint8_t* codes) {
+PS_AVX2_CLONES void QuantizeBucket(const float* v, uint32_t n, float to_levels, uint32_t levels,
+                                   uint32_t sign_bit, uint32_t seed, uint32_t first_index,
+                                   uint8_t* codes) {
   for (uint32_t i = 0; i < n; ++i) {
     const float u =
         static_cast<float>(Hash32(seed + (first_index + i) * 0x9E3779B9U) >> 8) * 0x1p-24f;

@@ -28,10 +28,8 @@ Histogram::Snapshot Histogram::Get() const {
   return {upper_bounds_, counts_, sum_, count_};
 }
 
-
 prometheus::ClientMetric& MetricsText::Sample(absl::string_view name, absl::string_view help,
-                                              prometheus::MetricType type,
-                                              const Labels& labels) {
+                                              prometheus::MetricType type, const Labels& labels) {
   auto family = std::find_if(families_.begin(), families_.end(),
                              [&](const prometheus::MetricFamily& f) { return f.name == name; });
   if (family == families_.end()) {
@@ -61,9 +59,9 @@ MetricsText& MetricsText::Histo(absl::string_view name, absl::string_view help,
   uint64_t cumulative = 0;
   for (size_t i = 0; i < h.counts.size(); ++i) {
     cumulative += h.counts[i];
-    metric.histogram.bucket.push_back(
-        {cumulative, i < h.upper_bounds.size() ? h.upper_bounds[i]
-                                               : std::numeric_limits<double>::infinity()});
+    metric.histogram.bucket.push_back({cumulative, i < h.upper_bounds.size()
+                                                       ? h.upper_bounds[i]
+                                                       : std::numeric_limits<double>::infinity()});
   }
   metric.histogram.sample_count = h.count;
   metric.histogram.sample_sum = h.sum;
@@ -95,8 +93,8 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   // Threads and a per-request timeout: a client that sends one byte a second, or connects and
   // says nothing, holds one thread for at most the timeout; scrapers use the others.
   const std::vector<std::string> options = {
-      "listening_ports", listen_address, "num_threads", "16", "request_timeout_ms", "3000",
-      "enable_keep_alive", "no"};
+      "listening_ports",    listen_address, "num_threads",       "16",
+      "request_timeout_ms", "3000",         "enable_keep_alive", "no"};
   try {
     endpoint->exposer_ = std::make_unique<prometheus::Exposer>(options);
   } catch (const std::exception& e) {

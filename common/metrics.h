@@ -55,7 +55,6 @@ class MetricsText {
                      const Labels& labels = {});
   MetricsText& Histo(absl::string_view name, absl::string_view help,
                      const Histogram::Snapshot& histogram);
-  const std::vector<prometheus::MetricFamily>& families() const { return families_; }
   std::vector<prometheus::MetricFamily> TakeFamilies() { return std::move(families_); }
   std::string text() const;
 

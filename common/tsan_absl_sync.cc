@@ -32,8 +32,7 @@ F Real(const char* mangled) {
   return reinterpret_cast<F>(f);
 }
 
-#define PS_REAL(type, mangled)                         \
-  static const auto real = Real<type>(mangled)
+#define PS_REAL(type, mangled) static const auto real = Real<type>(mangled)
 
 void Acquired(const void* mu) { __tsan_acquire(const_cast<void*>(mu)); }
 void Releasing(const void* mu) { __tsan_release(const_cast<void*>(mu)); }
@@ -167,8 +166,7 @@ void Notification::Notify() {
 }
 
 void Notification::WaitForNotification() const {
-  PS_REAL(void (*)(const Notification*),
-          "_ZNK4absl7debian312Notification19WaitForNotificationEv");
+  PS_REAL(void (*)(const Notification*), "_ZNK4absl7debian312Notification19WaitForNotificationEv");
   real(this);
   Acquired(this);
 }

@@ -100,14 +100,9 @@ absl::Status Aggregator::CheckRoundStaysInRange(const Update& update, double upd
 
 absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64_t version,
                                                     double update_max_abs) {
-  if (update.base_version >= version && round_pushed_.count(update.worker_id) == 0) {
-    if (absl::Status s = CheckRoundStaysInRange(update, update_max_abs); !s.ok()) return s;
-  }
   if (update.base_version < version) {
-    if (options_.late_policy == v1::LATE_POLICY_FOLD) {
-      if (absl::Status s = CheckRoundStaysInRange(update, update_max_abs); !s.ok()) return s;
-      return FoldLate(update, version);
-    }
+    if (options_.late_policy == v1::LATE_POLICY_FOLD)
+      return FoldLate(update, version, update_max_abs);
     ++stats_.late_dropped;
     return absl::FailedPreconditionError(absl::StrFormat(
         "stale update: built on version %d, but the current version is %d (that round closed); "
@@ -119,6 +114,7 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64
         absl::StrFormat("worker %d already pushed an update for the round on version %d",
                         update.worker_id, version));
   }
+  if (absl::Status s = CheckRoundStaysInRange(update, update_max_abs); !s.ok()) return s;
   DecodeAccumulateValidated(update.encoding, update.payload,
                             static_cast<double>(update.sample_count), absl::MakeSpan(round_sum_));
   if (round_pushed_.empty()) round_first_update_ = options_.clock->Now();
@@ -131,7 +127,8 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64
 
 // A late sync update joins the open round with weight sample_count * s(tau), tau = rounds late.
 // It does not count towards the round's quorum.
-absl::StatusOr<SubmitResult> Aggregator::FoldLate(const Update& update, uint64_t version) {
+absl::StatusOr<SubmitResult> Aggregator::FoldLate(const Update& update, uint64_t version,
+                                                  double update_max_abs) {
   const double tau = static_cast<double>(version - update.base_version);
   if (tau > options_.max_staleness) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -139,6 +136,7 @@ absl::StatusOr<SubmitResult> Aggregator::FoldLate(const Update& update, uint64_t
         "max_staleness %.2f); pull the current model and continue",
         update.base_version, version, tau, options_.max_staleness));
   }
+  if (absl::Status s = CheckRoundStaysInRange(update, update_max_abs); !s.ok()) return s;
   const double weight =
       static_cast<double>(update.sample_count) * StalenessWeight(tau, options_.staleness_exponent);
   DecodeAccumulateValidated(update.encoding, update.payload, weight, absl::MakeSpan(round_sum_));
@@ -235,7 +233,7 @@ void Aggregator::CloseRound() {
   const float lr =
       gradient ? options_.server_step.At(static_cast<double>(store_->version() - 1)) : 0.0f;
   const double* sum = round_sum_.data();  // read under mu_, which the lambda runs under
-  float max_abs = 0.0f;  // of the new model, for the next round's range checks
+  float max_abs = 0.0f;                   // of the new model, for the next round's range checks
   store_->Apply([&](absl::Span<float> model) {
     for (size_t i = 0; i < model.size(); ++i) {
       const float average = static_cast<float>(sum[i] * inv_weight);

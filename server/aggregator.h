@@ -94,8 +94,8 @@ class Aggregator {
   //   NOT_FOUND: the worker is not a member.   INVALID_ARGUMENT: wrong kind, no samples, a base
   //   version from the future, a malformed payload (also on a retry: it is validated before the
   //   duplicate check), or an update that would take a model coordinate past
-  //   kMaxModelMagnitude (float's range / 2; see the README's "Bad input").   FAILED_PRECONDITION: too stale (names both
-  //   versions), or a second update for the same sync round.
+  //   kMaxModelMagnitude (float's range / 2; see the README's "Bad input").   FAILED_PRECONDITION:
+  //   too stale (names both versions), or a second update for the same sync round.
   // A sequence number at or below the worker's last accepted one is a retry: result.duplicate.
   absl::StatusOr<SubmitResult> Submit(const Update& update);
 
@@ -122,8 +122,7 @@ class Aggregator {
 
  private:
   absl::StatusOr<SubmitResult> SubmitSync(const Update& update, uint64_t version,
-                                          double update_max_abs)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                                          double update_max_abs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The factor the server applies an update with: 1 for deltas, -lr_t for gradients (sync).
   double ServerStep() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // INVALID_ARGUMENT past options_.max_update_ratio.
@@ -134,8 +133,8 @@ class Aggregator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<SubmitResult> SubmitAsync(const Update& update, uint64_t version)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<SubmitResult> FoldLate(const Update& update, uint64_t version)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<SubmitResult> FoldLate(const Update& update, uint64_t version,
+                                        double update_max_abs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseRoundIfComplete() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseRound() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -467,7 +467,7 @@ TEST_F(AggregatorTest, UpdatesOverTheRatioBoundAreRefusedWhenItIsOn) {
   Build(v1::AGGREGATION_MODE_ASYNC, {2.0f, -4.0f}, 1, v1::UPDATE_KIND_MODEL_DELTA,
         [](AggregatorOptions* o) { o->max_update_ratio = 10.0; });
   EXPECT_TRUE(Push(ids_[0], 1, 1, {40.0f, 0.0f}).ok());  // 40 <= 10 * 4
-  auto r = Push(ids_[0], 2, 1, {0.0f, 500.0f});           // 500 > 10 * 42
+  auto r = Push(ids_[0], 2, 1, {0.0f, 500.0f});          // 500 > 10 * 42
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("--max_update_ratio"));
   EXPECT_EQ(Model(), (std::vector<float>{42.0f, -4.0f}));

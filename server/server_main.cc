@@ -130,7 +130,8 @@ ABSL_FLAG(absl::Duration, idle_timeout, absl::Seconds(60),
           "cancelled and frees its place.");
 ABSL_FLAG(uint64_t, transport_memory_mb, 0,
           "Memory the gRPC transport may hold (resource quota); 0 = 256 + twice the shard's MB.");
-ABSL_FLAG(int, max_streams_per_connection, 32, "Concurrent HTTP/2 streams one connection may open.");
+ABSL_FLAG(int, max_streams_per_connection, 32,
+          "Concurrent HTTP/2 streams one connection may open.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (chain): turns TLS on.");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",

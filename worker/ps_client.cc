@@ -128,12 +128,15 @@ absl::Status PsClient::Heartbeat(const v1::EvalReport* eval) {
   request.set_worker_id(worker_id_);
   if (eval != nullptr) *request.mutable_eval() = *eval;
   v1::HeartbeatResponse response;
-  grpc::Status status = WithRetries("Heartbeat", [&] {
-    grpc::ClientContext context;
-    Prepare(&context, options_.rpc_timeout);
-    bytes_sent_ += request.ByteSizeLong();
-    return stub_->Heartbeat(&context, request, &response);
-  }, grpc::StatusCode::DEADLINE_EXCEEDED);
+  grpc::Status status = WithRetries(
+      "Heartbeat",
+      [&] {
+        grpc::ClientContext context;
+        Prepare(&context, options_.rpc_timeout);
+        bytes_sent_ += request.ByteSizeLong();
+        return stub_->Heartbeat(&context, request, &response);
+      },
+      grpc::StatusCode::DEADLINE_EXCEEDED);
   if (status.ok()) bytes_received_ += response.ByteSizeLong();
   return WithContext(status, "Heartbeat", options_.servers[0]);
 }
@@ -162,12 +165,15 @@ absl::Status PsClient::Leave() {
   v1::LeaveRequest request;
   request.set_worker_id(worker_id_);
   v1::LeaveResponse response;
-  grpc::Status status = WithRetries("Leave", [&] {
-    grpc::ClientContext context;
-    Prepare(&context, options_.rpc_timeout);
-    bytes_sent_ += request.ByteSizeLong();
-    return stub_->Leave(&context, request, &response);
-  }, grpc::StatusCode::DEADLINE_EXCEEDED);
+  grpc::Status status = WithRetries(
+      "Leave",
+      [&] {
+        grpc::ClientContext context;
+        Prepare(&context, options_.rpc_timeout);
+        bytes_sent_ += request.ByteSizeLong();
+        return stub_->Leave(&context, request, &response);
+      },
+      grpc::StatusCode::DEADLINE_EXCEEDED);
   return WithContext(status, "Leave", options_.servers[0]);
 }
 
@@ -209,24 +215,27 @@ absl::StatusOr<v1::PushAck> PsClient::PushLocked(v1::UpdateKind kind, uint64_t b
   const std::vector<ByteRange> ranges = ChunkRanges(payload.size(), chunk_bytes_);
 
   v1::PushAck ack;
-  grpc::Status status = WithRetries("Push", [&] {
-    grpc::ClientContext context;
-    Prepare(&context, options_.rpc_timeout);
-    std::unique_ptr<grpc::ClientWriter<v1::UpdateChunk>> writer = stub_->Push(&context, &ack);
-    v1::UpdateChunk chunk;
-    for (size_t i = 0; i < ranges.size(); ++i) {
-      chunk.Clear();
-      if (i == 0) *chunk.mutable_header() = header;
-      chunk.set_offset(ranges[i].offset);
-      chunk.set_data(payload.data() + ranges[i].offset, ranges[i].size);
-      bytes_sent_ += chunk.ByteSizeLong();
-      payload_sent_ += ranges[i].size;
-      // A failed write means the server already finished the call; Finish says why.
-      if (!writer->Write(chunk)) break;
-    }
-    writer->WritesDone();
-    return writer->Finish();
-  }, grpc::StatusCode::DEADLINE_EXCEEDED);
+  grpc::Status status = WithRetries(
+      "Push",
+      [&] {
+        grpc::ClientContext context;
+        Prepare(&context, options_.rpc_timeout);
+        std::unique_ptr<grpc::ClientWriter<v1::UpdateChunk>> writer = stub_->Push(&context, &ack);
+        v1::UpdateChunk chunk;
+        for (size_t i = 0; i < ranges.size(); ++i) {
+          chunk.Clear();
+          if (i == 0) *chunk.mutable_header() = header;
+          chunk.set_offset(ranges[i].offset);
+          chunk.set_data(payload.data() + ranges[i].offset, ranges[i].size);
+          bytes_sent_ += chunk.ByteSizeLong();
+          payload_sent_ += ranges[i].size;
+          // A failed write means the server already finished the call; Finish says why.
+          if (!writer->Write(chunk)) break;
+        }
+        writer->WritesDone();
+        return writer->Finish();
+      },
+      grpc::StatusCode::DEADLINE_EXCEEDED);
   if (!status.ok()) return WithContext(status, "Push", options_.servers[0]);
   bytes_received_ += ack.ByteSizeLong();
   raw_sent_ += num_elements * sizeof(float);
@@ -247,91 +256,96 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
   std::vector<float>* const scratch = &pull_scratch_;
   PullResult result;
   absl::Status stream_error;
-  grpc::Status status = WithRetries("Pull", [&] {
-    grpc::ClientContext context;
-    Prepare(&context, wait + options_.rpc_timeout);
-    bytes_sent_ += request.ByteSizeLong();
-    std::unique_ptr<grpc::ClientReader<v1::ModelChunk>> reader = stub_->Pull(&context, request);
-    result = PullResult();
-    uint64_t version = have_version;
-    bool in_segment = false, full = false, deltas = false;
-    v1::ModelHeader header;
-    // Applies the segment just assembled: a full model straight into `model` (decoded only after
-    // the payload checks out), a delta onto the scratch copy.
-    auto finish_segment = [&]() -> absl::Status {
-      if (absl::Status s = assembler->CheckComplete(); !s.ok()) return s;
-      if (header.kind() == v1::ModelHeader::KIND_FULL) {
-        if (absl::Status s = Decode(header.encoding(), assembler->payload(), model); !s.ok()) {
-          return s;
+  grpc::Status status = WithRetries(
+      "Pull",
+      [&] {
+        grpc::ClientContext context;
+        Prepare(&context, wait + options_.rpc_timeout);
+        bytes_sent_ += request.ByteSizeLong();
+        std::unique_ptr<grpc::ClientReader<v1::ModelChunk>> reader = stub_->Pull(&context, request);
+        result = PullResult();
+        uint64_t version = have_version;
+        bool in_segment = false, full = false, deltas = false;
+        v1::ModelHeader header;
+        // Applies the segment just assembled: a full model straight into `model` (decoded only
+        // after the payload checks out), a delta onto the scratch copy.
+        auto finish_segment = [&]() -> absl::Status {
+          if (absl::Status s = assembler->CheckComplete(); !s.ok()) return s;
+          if (header.kind() == v1::ModelHeader::KIND_FULL) {
+            if (absl::Status s = Decode(header.encoding(), assembler->payload(), model); !s.ok()) {
+              return s;
+            }
+            full = true;
+          } else {
+            if (!deltas) scratch->assign(model.begin(), model.end());
+            deltas = true;
+            if (absl::Status s = DecodeAccumulate(header.encoding(), assembler->payload(), 1.0f,
+                                                  absl::MakeSpan(*scratch));
+                !s.ok()) {
+              return s;
+            }
+          }
+          version = header.version();
+          return absl::OkStatus();
+        };
+        auto start_segment = [&](const v1::ModelHeader& next) -> absl::Status {
+          header = next;
+          if (header.kind() == v1::ModelHeader::KIND_UNCHANGED) {
+            result.version = header.version();
+            return absl::OkStatus();
+          }
+          const bool delta = header.kind() == v1::ModelHeader::KIND_DELTA;
+          if ((!delta && header.kind() != v1::ModelHeader::KIND_FULL) || full ||
+              header.num_elements() != model.size() ||
+              (delta && header.base_version() != version)) {
+            return absl::InternalError(absl::StrFormat(
+                "unexpected segment: kind %d, %d elements, base version %d (model %d elements, at "
+                "version %d)",
+                header.kind(), header.num_elements(), header.base_version(), model.size(),
+                version));
+          }
+          // The size is checked against the model before a byte is buffered.
+          auto expected = EncodedSize(header.encoding(), model.size());
+          if (!expected.ok()) return expected.status();
+          if (*expected != header.payload_bytes()) {
+            return absl::InternalError(absl::StrFormat(
+                "server announced %d payload bytes; %s of %d "
+                "elements takes %d",
+                header.payload_bytes(), EncodingName(header.encoding()), model.size(), *expected));
+          }
+          assembler->Reset(header.payload_bytes(), kDefaultChunkBytes);
+          in_segment = true;
+          return absl::OkStatus();
+        };
+        v1::ModelChunk chunk;
+        while (stream_error.ok() && reader->Read(&chunk)) {
+          bytes_received_ += chunk.ByteSizeLong();
+          payload_received_ += chunk.data().size();
+          if (chunk.has_header()) {
+            if (in_segment) stream_error = finish_segment();
+            in_segment = false;
+            if (stream_error.ok()) stream_error = start_segment(chunk.header());
+          } else if (!in_segment) {
+            stream_error = absl::InternalError("model chunk without a header");
+          }
+          if (stream_error.ok() && in_segment) {
+            stream_error = assembler->Add(chunk.offset(), chunk.data());
+          }
         }
-        full = true;
-      } else {
-        if (!deltas) scratch->assign(model.begin(), model.end());
-        deltas = true;
-        if (absl::Status s = DecodeAccumulate(header.encoding(), assembler->payload(), 1.0f,
-                                              absl::MakeSpan(*scratch));
-            !s.ok()) {
-          return s;
-        }
-      }
-      version = header.version();
-      return absl::OkStatus();
-    };
-    auto start_segment = [&](const v1::ModelHeader& next) -> absl::Status {
-      header = next;
-      if (header.kind() == v1::ModelHeader::KIND_UNCHANGED) {
-        result.version = header.version();
-        return absl::OkStatus();
-      }
-      const bool delta = header.kind() == v1::ModelHeader::KIND_DELTA;
-      if ((!delta && header.kind() != v1::ModelHeader::KIND_FULL) || full ||
-          header.num_elements() != model.size() || (delta && header.base_version() != version)) {
-        return absl::InternalError(absl::StrFormat(
-            "unexpected segment: kind %d, %d elements, base version %d (model %d elements, at "
-            "version %d)",
-            header.kind(), header.num_elements(), header.base_version(), model.size(), version));
-      }
-      // The size is checked against the model before a byte is buffered.
-      auto expected = EncodedSize(header.encoding(), model.size());
-      if (!expected.ok()) return expected.status();
-      if (*expected != header.payload_bytes()) {
-        return absl::InternalError(absl::StrFormat(
-            "server announced %d payload bytes; %s of %d "
-            "elements takes %d",
-            header.payload_bytes(), EncodingName(header.encoding()), model.size(), *expected));
-      }
-      assembler->Reset(header.payload_bytes(), kDefaultChunkBytes);
-      in_segment = true;
-      return absl::OkStatus();
-    };
-    v1::ModelChunk chunk;
-    while (stream_error.ok() && reader->Read(&chunk)) {
-      bytes_received_ += chunk.ByteSizeLong();
-      payload_received_ += chunk.data().size();
-      if (chunk.has_header()) {
+        if (!stream_error.ok()) context.TryCancel();
+        grpc::Status finished = reader->Finish();
+        if (!finished.ok() || !stream_error.ok()) return finished;
         if (in_segment) stream_error = finish_segment();
-        in_segment = false;
-        if (stream_error.ok()) stream_error = start_segment(chunk.header());
-      } else if (!in_segment) {
-        stream_error = absl::InternalError("model chunk without a header");
-      }
-      if (stream_error.ok() && in_segment) {
-        stream_error = assembler->Add(chunk.offset(), chunk.data());
-      }
-    }
-    if (!stream_error.ok()) context.TryCancel();
-    grpc::Status finished = reader->Finish();
-    if (!finished.ok() || !stream_error.ok()) return finished;
-    if (in_segment) stream_error = finish_segment();
-    if (!stream_error.ok()) return finished;
-    if (deltas) std::copy(scratch->begin(), scratch->end(), model.begin());
-    result.changed = full || deltas;
-    if (result.changed) {
-      result.version = version;
-      raw_received_ += model.size() * sizeof(float);  // what a plain fp32 pull would have moved
-    }
-    return finished;
-  }, grpc::StatusCode::DEADLINE_EXCEEDED);
+        if (!stream_error.ok()) return finished;
+        if (deltas) std::copy(scratch->begin(), scratch->end(), model.begin());
+        result.changed = full || deltas;
+        if (result.changed) {
+          result.version = version;
+          raw_received_ += model.size() * sizeof(float);  // what a plain fp32 pull would have moved
+        }
+        return finished;
+      },
+      grpc::StatusCode::DEADLINE_EXCEEDED);
   if (!stream_error.ok()) {
     return absl::InternalError(absl::StrCat("malformed model stream from ", options_.servers[0],
                                             ": ", stream_error.message()));
@@ -342,11 +356,14 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
 
 absl::StatusOr<v1::StatusResponse> PsClient::Status() {
   v1::StatusResponse response;
-  grpc::Status status = WithRetries("Status", [&] {
-    grpc::ClientContext context;
-    Prepare(&context, options_.rpc_timeout);
-    return stub_->Status(&context, v1::StatusRequest(), &response);
-  }, grpc::StatusCode::DEADLINE_EXCEEDED);
+  grpc::Status status = WithRetries(
+      "Status",
+      [&] {
+        grpc::ClientContext context;
+        Prepare(&context, options_.rpc_timeout);
+        return stub_->Status(&context, v1::StatusRequest(), &response);
+      },
+      grpc::StatusCode::DEADLINE_EXCEEDED);
   if (!status.ok()) return WithContext(status, "Status", options_.servers[0]);
   return response;
 }
