@@ -41,7 +41,8 @@ absl::StatusOr<const ServiceHandler::Components*> ServiceHandler::Ready() const 
 void ServiceHandler::NoteAuthRefused(absl::string_view peer, const absl::Status& status) {
   ++refused_auth_;
   LogWarning(absl::StrFormat("event=auth_refused peer=%s code=%s msg=\"%s\"", LogSafe(peer),
-                             absl::StatusCodeToString(status.code()), LogSafe(status.message(), 1024)));
+                             absl::StatusCodeToString(status.code()),
+                             LogSafe(status.message(), 1024)));
 }
 
 absl::Status ServiceHandler::CheckIdentity(const Components& c, uint64_t id, const Caller& caller) {
@@ -104,11 +105,8 @@ absl::Status ServiceHandler::CheckEval(const Components& c, const v1::EvalReport
     return absl::InvalidArgumentError(
         absl::StrCat("eval.test_accuracy is ", eval.test_accuracy(), "; it must be in [0, 1]"));
   }
-  const uint64_t version = c.store->version();
-  if (eval.version() == 0 || eval.version() > version) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "eval.version is %d, not a version this shard has published (current version %d)",
-        eval.version(), version));
+  if (eval.version() == 0) {
+    return absl::InvalidArgumentError("eval.version is 0: no model was evaluated");
   }
   return absl::OkStatus();
 }
@@ -120,8 +118,13 @@ absl::StatusOr<v1::HeartbeatResponse> ServiceHandler::Heartbeat(
   if (request.has_eval()) PS_RETURN_IF_ERROR(CheckEval(*c, request.eval()));
   PS_RETURN_IF_ERROR(c->membership->Touch(request.worker_id()));
   if (request.has_eval()) {
+    // A worker of several shards reports one version, which may be ahead of this shard's (async
+    // shards drift apart): it is kept, as this shard's version at most, so that a report from the
+    // future can never stop later ones from replacing it.
+    v1::EvalReport eval = request.eval();
+    eval.set_version(std::min(eval.version(), c->store->version()));
     absl::MutexLock lock(&mu_);
-    if (request.eval().version() >= last_eval_.version()) last_eval_ = request.eval();
+    if (eval.version() >= last_eval_.version()) last_eval_ = eval;
   }
   v1::HeartbeatResponse response;
   response.set_version(c->store->version());
@@ -238,7 +241,8 @@ absl::StatusOr<SubmitResult> ServiceHandler::SubmitPush(const v1::UpdateHeader& 
 void ServiceHandler::NoteRefusedPush(const Caller& caller, const absl::Status& status) {
   ++refused_at_stream_;
   LogWarning(absl::StrFormat("event=push_refused peer=%s code=%s msg=\"%s\"", LogSafe(caller.peer),
-                             absl::StatusCodeToString(status.code()), LogSafe(status.message(), 1024)));
+                             absl::StatusCodeToString(status.code()),
+                             LogSafe(status.message(), 1024)));
 }
 
 absl::StatusOr<PullAdmission> ServiceHandler::AdmitPull(const Caller& caller,

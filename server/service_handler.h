@@ -125,7 +125,7 @@ class ServiceHandler {
   // is replaced only when the Join succeeds).
   absl::StatusOr<v1::JoinResponse> Join(const Caller& caller, const v1::JoinRequest& request);
   // Renews the lease. INVALID_ARGUMENT for an evaluation report that is not finite, has an
-  // accuracy outside [0, 1] or names a version this shard has not published.
+  // accuracy outside [0, 1] or version 0; a version past this shard's is kept as this shard's.
   absl::StatusOr<v1::HeartbeatResponse> Heartbeat(const Caller& caller,
                                                   const v1::HeartbeatRequest& request);
   // Removes the member. The round it was waited for may now be complete: call CloseRoundIfDue
