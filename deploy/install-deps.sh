@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the project needs to build, test and run the demo
-# (clang-14 and its runtime for the sanitized build and the fuzzer, openssl for the TLS tests,
+# (libzip for numpy .npz model files; clang-14 and its runtime for the sanitized build and the fuzzer, openssl for the TLS tests,
 # prometheus for promtool, which checks the metrics endpoint, docker-compose to check
 # docker-compose.yml, node and npm to validate the Kubernetes manifests, iproute2 for the tests
 # with several hosts in network namespaces).
@@ -11,9 +11,9 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config ccache
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev
+  libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev libzip-dev
   dataset-fashion-mnist
-  zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf
+  zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf python3-numpy
   clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2
 )
 if [ "${1:-}" = "--bench" ]; then packages+=(python3-matplotlib); fi

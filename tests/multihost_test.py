@@ -105,6 +105,19 @@ def run_all_links(objects, net, work):
 PARTITION_SECONDS = 40
 
 
+def print_state(cluster, shard_addresses):
+    """What every process was doing: the end of its log, and each shard's version and members."""
+    for name, proc in cluster.procs.items():
+        print("---- %s (%s):\n%s" % (name, "running" if proc.alive() else
+                                     "exited %s" % proc.popen.returncode, proc.text()[-2500:]))
+    for address in shard_addresses:
+        try:
+            print("---- shard %s: version %d, members %d" % (
+                address, scrape(address, "ps_model_version"), scrape(address, "ps_members")))
+        except Exception as e:  # a shard that exited has no metrics
+            print("---- shard %s: %s" % (address, e))
+
+
 def run_with_partition(objects, net, work):
     cluster = new_cluster(objects, net, work)
     server_env = cluster.servers[0].env
@@ -115,7 +128,7 @@ def run_with_partition(objects, net, work):
     try:
         cluster.start_servers(["--exit_when_done", "--lease=90s"])
         cluster.wait_healthy()
-        cluster.start_workers(["--quiet"])
+        cluster.start_workers()
         # 10 epochs of 60,000 examples, 3 workers x 8 steps x 32 a round.
         total = int(server_env["PS_EPOCHS"]) * 60000 // (
             int(server_env["PS_NUM_WORKERS"]) * int(server_env["PS_LOCAL_STEPS"]) *
@@ -130,8 +143,14 @@ def run_with_partition(objects, net, work):
         restored_version = scrape(shard0, "ps_model_version")
         net.restore(victim.name)
         restored_at = time.time()
-        cluster.wait(cluster.workers, 600)  # every worker exits 0, the one cut off too
-        cluster.wait(cluster.servers, 120)
+        # Every worker exits 0, the one cut off too. The budgets stay inside ctest's timeout, so
+        # that a hang fails here with every log's end instead of being killed without a word.
+        try:
+            cluster.wait(cluster.workers, 300)
+            cluster.wait(cluster.servers, 60)
+        except Exception:
+            print_state(cluster, [shard0, net.hosts[cluster.servers[1].name]])
+            raise
         finished = time.time()
         results = [cluster.summary(p) for p in cluster.workers]
         shards = [cluster.summary(p) for p in cluster.servers]
@@ -143,13 +162,14 @@ def run_with_partition(objects, net, work):
     max_wait = max(s["max_round_wait_ms"] for s in shards) / 1000
     joins = [log.count("event=join ") for log in logs]
     retries = victim_log.count("event=retry")
+    repushes = sum(r["stale_repushes"] for r in results)
     print("run 2 (a %d s partition): %d versions while cut off; finished %.1f s after the link "
           "came back, %.1f s in all; test accuracy %.4f (the worker cut off: %.4f); shard "
           "versions %s; rounds closed by deadline %s; longest round %.1f s; joins per shard %s; "
-          "%d retries by the worker cut off" %
+          "%d retries by the worker cut off; %d updates pushed again to bring the shards into phase" %
           (PARTITION_SECONDS, restored_version - cut_version, finished - restored_at,
            finished - start, accuracy, results[-1]["test_accuracy"], [s["version"] for s in shards],
-           [s["rounds_closed_by_deadline"] for s in shards], max_wait, joins, retries))
+           [s["rounds_closed_by_deadline"] for s in shards], max_wait, joins, retries, repushes))
     if accuracy < ACCURACY_TARGET:
         fail("run 2: accuracy %.4f below %.2f" % (accuracy, ACCURACY_TARGET))
     # Housekeeping checks deadlines every deadline / 4, so a round closes up to that much late.
@@ -159,6 +179,13 @@ def run_with_partition(objects, net, work):
     if any(j > len(cluster.workers) + 1 for j in joins):
         fail("run 2: a re-join storm: joins per shard %s for %d workers" %
              (joins, len(cluster.workers)))
+    # Rounds close by the deadline while the link is down, and for a round or two after; shards
+    # whose workers stay out of phase would close every round by it (a livelock of refusals).
+    by_deadline_limit = PARTITION_SECONDS / deadline + 5
+    if any(s["rounds_closed_by_deadline"] > by_deadline_limit for s in shards):
+        fail("run 2: rounds closed by deadline %s, more than the partition explains (%d): "
+             "workers out of phase across shards" %
+             ([s["rounds_closed_by_deadline"] for s in shards], by_deadline_limit))
     if not any(s["rounds_closed_by_deadline"] for s in shards):
         fail("run 2: no round closed by its deadline: the link was never really cut")
 

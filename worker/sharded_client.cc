@@ -147,6 +147,14 @@ std::vector<absl::StatusOr<v1::PushAck>> ShardedClient::Push(
   return acks;
 }
 
+absl::StatusOr<v1::PushAck> ShardedClient::PushShard(size_t i, v1::UpdateKind kind,
+                                                     uint64_t base_version, uint64_t sample_count,
+                                                     const v1::EncodingParams& encoding,
+                                                     absl::string_view payload, double train_loss) {
+  return shards_[i]->PushEncoded(kind, base_version, sample_count, encoding, payload,
+                                 ranges_[i].size(), train_loss);
+}
+
 std::vector<absl::StatusOr<PullResult>> ShardedClient::Pull(
     const std::vector<uint64_t>& have_versions, const std::vector<bool>& which, absl::Duration wait,
     absl::Span<float> model) {

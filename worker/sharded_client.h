@@ -13,16 +13,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "common/layout.h"
 #include "worker/ps_client.h"
 
 namespace ps {
-
-// The coordinates [begin, end) of the model a shard holds.
-struct KeyRange {
-  uint64_t begin = 0;
-  uint64_t end = 0;
-  uint64_t size() const { return end - begin; }
-};
 
 // Thread-safe as PsClient is; calls on different shards run in parallel.
 class ShardedClient {
@@ -56,6 +50,10 @@ class ShardedClient {
                                                 const std::vector<v1::EncodingParams>& encodings,
                                                 const std::vector<std::string>& payloads,
                                                 double train_loss);
+  // Pushes one shard's payload alone (a re-push, see Trainer::Run).
+  absl::StatusOr<v1::PushAck> PushShard(size_t i, v1::UpdateKind kind, uint64_t base_version,
+                                        uint64_t sample_count, const v1::EncodingParams& encoding,
+                                        absl::string_view payload, double train_loss);
   // For every shard i with which[i], pulls its range of `model` from have_versions[i] (see
   // PsClient::Pull), in parallel. Entries for shards not pulled are "unchanged".
   std::vector<absl::StatusOr<PullResult>> Pull(const std::vector<uint64_t>& have_versions,

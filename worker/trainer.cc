@@ -136,6 +136,51 @@ void Trainer::Progress(const std::string& line) {
   std::fflush(stdout);
 }
 
+// Sharded sync rounds can fall out of phase: after a partition, some workers hold shard 0's
+// model one round behind and others shard 1's. Each group's push is then refused by one shard,
+// whose round waits for the deadline, and at the deadline both groups are out of phase again: a
+// livelock of refused updates, one round per deadline. A push refused as exactly one round late
+// by shard i while another shard took this round's update is therefore pushed again, on shard
+// i's current version, so that every shard's open round gets this worker's update and closes
+// without waiting for the deadline; from then on the worker holds one round on every shard.
+// (An update more than one round late, or refused by every shard, is dropped as before.)
+absl::Status Trainer::RepushOneRoundLate(v1::UpdateKind kind, uint64_t sample_count,
+                                         const std::vector<v1::EncodingParams>& encodings,
+                                         const std::vector<std::string>& payloads,
+                                         double train_loss, absl::Span<float> global,
+                                         std::vector<uint64_t>* versions,
+                                         std::vector<uint64_t>* have,
+                                         std::vector<absl::StatusOr<v1::PushAck>>* acks) {
+  const size_t n = acks->size();
+  if (std::none_of(acks->begin(), acks->end(), [](const auto& a) { return a.ok(); })) {
+    return absl::OkStatus();
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (!absl::IsFailedPrecondition((*acks)[i].status())) continue;
+    // The update is already encoded, so the shard's part of `global` may take its current model.
+    std::vector<bool> which(n, false);
+    which[i] = true;
+    std::vector<absl::StatusOr<PullResult>> pulled =
+        client_->Pull(*versions, which, absl::ZeroDuration(), global);
+    if (absl::IsNotFound(pulled[i].status())) continue;  // re-joined below, as for the push
+    if (!pulled[i].ok()) return pulled[i].status();
+    if (!pulled[i]->changed) continue;
+    const uint64_t late_by = pulled[i]->version - (*versions)[i];
+    (*versions)[i] = pulled[i]->version;
+    if (late_by != 1) continue;
+    absl::StatusOr<v1::PushAck> again = client_->PushShard(i, kind, (*versions)[i], sample_count,
+                                                           encodings[i], payloads[i], train_loss);
+    if (!again.ok()) continue;  // handled as the first refusal would have been
+    (*acks)[i] = std::move(again);
+    (*have)[i] = (*versions)[i];  // now wait for the round it was pushed to
+    ++stale_repushes_;
+    LogWarning(absl::StrCat(prefix_, "update refused as one round late by shard ", i,
+                            "; pushed again on its version ", (*versions)[i],
+                            " to bring the shards back into phase"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TrainingResult> Trainer::Run() {
   const absl::Time start = absl::Now();
   PS_ASSIGN_OR_RETURN(v1::JoinResponse joined, client_->Join());
@@ -358,6 +403,11 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
         kind, versions, uint64_t{h} * config.batch_size(), encodings, payloads, round_loss);
     const uint64_t rejoins_before = result.rejoins;
     std::vector<uint64_t> have = versions;
+    if (sync && num_shards > 1) {
+      PS_RETURN_IF_ERROR(RepushOneRoundLate(kind, uint64_t{h} * config.batch_size(), encodings,
+                                            payloads, round_loss, absl::MakeSpan(global), &versions,
+                                            &have, &acks));
+    }
     for (size_t i = 0; i < num_shards; ++i) {
       if (acks[i].ok()) continue;
       if (absl::IsNotFound(acks[i].status())) {
@@ -436,6 +486,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   if (absl::Status s = client_->Heartbeat(&report); !s.ok() && !absl::IsNotFound(s)) return s;
   if (absl::Status s = client_->Leave(); !s.ok() && !absl::IsNotFound(s)) return s;
   result.wire = client_->wire();
+  result.stale_repushes = stale_repushes_;
   result.wall_time_s = absl::ToDoubleSeconds(absl::Now() - start);
   result.final_model = std::move(global);
   Progress(

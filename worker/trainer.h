@@ -93,6 +93,9 @@ struct TrainingResult {
   double final_train_loss = 0.0;
   EvalResult final_test;
   uint64_t stale_refusals = 0;
+  // Sharded sync: refused as one round late by one shard while others took the round's update,
+  // and pushed again on that shard's current version (see Trainer::Run).
+  uint64_t stale_repushes = 0;
   uint64_t rejoins = 0;            // times the server had forgotten us (restart, expired lease)
   bool stopped_early = false;      // by `stop`, before all rounds ran
   double mean_update_bits = 32.0;  // bits per coordinate of the pushed updates, averaged
@@ -109,6 +112,14 @@ class Trainer {
 
  private:
   void Progress(const std::string& line);
+  // Sharded sync: pushes again what a shard refused as one round late (see trainer.cc).
+  absl::Status RepushOneRoundLate(v1::UpdateKind kind, uint64_t sample_count,
+                                  const std::vector<v1::EncodingParams>& encodings,
+                                  const std::vector<std::string>& payloads, double train_loss,
+                                  absl::Span<float> global, std::vector<uint64_t>* versions,
+                                  std::vector<uint64_t>* have,
+                                  std::vector<absl::StatusOr<v1::PushAck>>* acks);
+  uint64_t stale_repushes_ = 0;
 
   TrainerOptions options_;
   ShardedClient* client_;

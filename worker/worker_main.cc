@@ -174,6 +174,7 @@ absl::Status Train(ShardedClient* client, TrainerOptions options) {
       .Add("test_loss", r.final_test.loss)
       .Add("test_accuracy", r.final_test.accuracy)
       .Add("stale_refusals", r.stale_refusals)
+      .Add("stale_repushes", r.stale_repushes)
       .Add("rejoins", r.rejoins)
       .Add("stopped_early", r.stopped_early)
       .Add("bytes_sent", r.wire.bytes_sent)
