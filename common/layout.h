@@ -65,6 +65,12 @@ class Layout {
   uint64_t size_ = 0;
 };
 
+// A model's layout and its values, concatenated in the layout's order.
+struct ModelValues {
+  Layout layout;
+  std::vector<float> values;
+};
+
 // OK if `theirs` equals `ours`; else FAILED_PRECONDITION naming the first tensor that differs
 // and both shapes (`whose` says whose `ours` is in the message, e.g. "the server's").
 absl::Status CheckSameLayout(const Layout& ours, const Layout& theirs, absl::string_view whose);

@@ -39,12 +39,6 @@ struct ArrayView {
 };
 absl::Status WriteNpz(const std::string& path, const std::vector<ArrayView>& arrays);
 
-// A model's layout and its values, concatenated in the layout's order.
-struct ModelValues {
-  Layout layout;
-  std::vector<float> values;
-};
-
 // The initial model in `path`, by its suffix:
 //  .npz  one array per tensor. With `layout`, every tensor must be there by name with its shape,
 //        and nothing else; without, the arrays in the archive's order are the layout.

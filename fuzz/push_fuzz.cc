@@ -43,7 +43,7 @@ void PushStream(const uint8_t* data, size_t size) {
     r->allowed_encodings = {ps::v1::ENCODING_FP32, ps::v1::ENCODING_QSGD, ps::v1::ENCODING_SIGN};
     return r;
   }();
-  ps::PushAssembly assembly(*rules);
+  ps::PushAssembly assembly([](const ps::v1::UpdateHeader&) { return *rules; });
   ps::v1::UpdateChunk chunk;
   while (size >= 2) {
     const size_t length = ReadU16(data);

@@ -118,6 +118,11 @@ class Aggregator {
   // rounds waited from their first update to their close, in seconds.
   Histogram::Snapshot staleness() const { return staleness_.Get(); }
   Histogram::Snapshot round_wait() const { return round_wait_.Get(); }
+  // Their buckets (also for the empty histograms a server without a model reports).
+  static std::vector<double> StalenessBuckets() { return {0, 0.5, 1, 2, 3, 4, 8}; }
+  static std::vector<double> RoundWaitBuckets() {
+    return {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+  }
   const AggregatorOptions& options() const { return options_; }
 
  private:
@@ -156,8 +161,8 @@ class Aggregator {
   uint64_t round_join_serial_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   AggregatorStats stats_ ABSL_GUARDED_BY(mu_);
-  Histogram staleness_{{0, 0.5, 1, 2, 3, 4, 8}};
-  Histogram round_wait_{{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
+  Histogram staleness_{StalenessBuckets()};
+  Histogram round_wait_{RoundWaitBuckets()};
 };
 
 }  // namespace ps

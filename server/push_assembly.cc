@@ -31,22 +31,19 @@ absl::Status CheckUpdateHeader(const PushRules& rules, const v1::UpdateHeader& h
   return absl::OkStatus();
 }
 
-PushAssembly::PushAssembly(const PushRules& rules,
-                           std::function<absl::Status(const v1::UpdateHeader&)> accept_header,
-                           std::string buffer)
-    : rules_(rules), accept_header_(std::move(accept_header)), buffer_(std::move(buffer)) {}
+PushAssembly::PushAssembly(Admit admit, std::string buffer)
+    : admit_(std::move(admit)), buffer_(std::move(buffer)) {}
 
 absl::Status PushAssembly::Add(const v1::UpdateChunk& chunk) {
   if (!assembler_.has_value()) {
     if (!chunk.has_header()) {
       return absl::InvalidArgumentError("the first chunk of a push must carry the header");
     }
-    if (absl::Status s = CheckUpdateHeader(rules_, chunk.header()); !s.ok()) return s;
-    if (accept_header_) {
-      if (absl::Status s = accept_header_(chunk.header()); !s.ok()) return s;
-    }
+    absl::StatusOr<PushRules> rules = admit_(chunk.header());
+    if (!rules.ok()) return rules.status();
+    if (absl::Status s = CheckUpdateHeader(*rules, chunk.header()); !s.ok()) return s;
     header_ = chunk.header();
-    assembler_.emplace(header_.payload_bytes(), rules_.max_chunk_bytes, std::move(buffer_));
+    assembler_.emplace(header_.payload_bytes(), rules->max_chunk_bytes, std::move(buffer_));
   } else if (chunk.has_header()) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk at offset ", chunk.offset(), " carries a second header"));

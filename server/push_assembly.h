@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/chunking.h"
 #include "ps/v1/ps.pb.h"
@@ -34,14 +35,14 @@ absl::Status CheckUpdateHeader(const PushRules& rules, const v1::UpdateHeader& h
 // Not thread-safe; one per Push call.
 class PushAssembly {
  public:
-  // `accept_header` runs once, after the header passed CheckUpdateHeader and before any payload is
-  // buffered (membership, identity and concurrency checks); its error refuses the push.
+  // Gives the rules a push with this header must follow, or refuses it (membership, identity,
+  // concurrency); runs once, on the header, before any payload is buffered.
+  using Admit = std::function<absl::StatusOr<PushRules>(const v1::UpdateHeader&)>;
   // `buffer` is reused as the payload's storage.
-  PushAssembly(const PushRules& rules,
-               std::function<absl::Status(const v1::UpdateHeader&)> accept_header = nullptr,
-               std::string buffer = {});
+  explicit PushAssembly(Admit admit, std::string buffer = {});
 
-  // The first chunk must carry the header and no later one may.
+  // The first chunk must carry the header and no later one may. The header is checked against
+  // the admitted rules (CheckUpdateHeader).
   absl::Status Add(const v1::UpdateChunk& chunk);
   // INVALID_ARGUMENT unless the header and every payload byte arrived.
   absl::Status Finish() const;
@@ -53,8 +54,7 @@ class PushAssembly {
   std::string TakeBuffer();
 
  private:
-  const PushRules& rules_;
-  std::function<absl::Status(const v1::UpdateHeader&)> accept_header_;
+  Admit admit_;
   std::string buffer_;
   v1::UpdateHeader header_;
   std::optional<PayloadAssembler> assembler_;

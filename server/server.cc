@@ -133,37 +133,22 @@ absl::Status ServerOptions::Validate() const {
   if (!security.tls() && !health_listen_address.empty()) {
     PS_RETURN_IF_ERROR(ValidateSecurity(security, health_listen_address));
   }
-  return CreateModel(ModelSpecFromConfig(t)).status();
-}
-
-absl::StatusOr<std::vector<float>> ReadModelFile(const std::string& path, uint64_t size) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in)
-    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  const uint64_t bytes = static_cast<uint64_t>(in.tellg());
-  if (bytes != size * sizeof(float)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%s has %d bytes; a model of %d float32 values needs exactly %d", path,
-                        bytes, size, size * sizeof(float)));
+  if (initial_model.has_value() && !initial_model_file.empty()) {
+    return absl::InvalidArgumentError("give the initial model in memory or as a file, not both");
   }
-  std::vector<float> values(size);
-  in.seekg(0);
-  in.read(reinterpret_cast<char*>(values.data()), static_cast<std::streamsize>(bytes));
-  if (!in) return absl::DataLossError(absl::StrCat("error reading ", path));
-  for (uint64_t i = 0; i < size; ++i) {
-    if (!std::isfinite(values[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("%s: value %d (byte %d) is not finite", path, i, i * sizeof(float)));
-    }
+  if (initial_model.has_value() && initial_model->values.size() != initial_model->layout.size()) {
+    return absl::InvalidArgumentError("the initial model's values do not fill its layout");
   }
-  return values;
+  if (max_model_bytes < sizeof(float))
+    return bad("max_model_bytes", max_model_bytes, "must be >= 4");
+  return absl::OkStatus();
 }
 
 namespace {
 
 // The settings a checkpoint must share with the server resuming from it.
 absl::Status CheckResumable(const v1::CheckpointHeader& h, const v1::TrainingConfig& now,
-                            uint32_t shard_index, uint32_t shard_count, uint64_t model_size) {
+                            uint32_t shard_index, uint32_t shard_count) {
   const v1::TrainingConfig& then = h.config();
   auto differs = [](absl::string_view what, auto a, auto b) {
     return absl::FailedPreconditionError(
@@ -171,7 +156,6 @@ absl::Status CheckResumable(const v1::CheckpointHeader& h, const v1::TrainingCon
                      b, "; start with the same settings, or with an empty --checkpoint_dir"));
   };
   if (then.model() != now.model()) return differs("model", then.model(), now.model());
-  if (h.model_size() != model_size) return differs("model size", h.model_size(), model_size);
   if (h.shard_index() != shard_index || h.shard_count() != shard_count) {
     return differs("shard", absl::StrCat(h.shard_index(), "/", h.shard_count()),
                    absl::StrCat(shard_index, "/", shard_count));
@@ -187,10 +171,15 @@ absl::Status CheckResumable(const v1::CheckpointHeader& h, const v1::TrainingCon
   return absl::OkStatus();
 }
 
+// The layout a checkpoint holds the model of; files from before layouts hold one flat tensor.
+absl::StatusOr<Layout> CheckpointLayout(const v1::CheckpointHeader& h) {
+  if (h.has_layout()) return Layout::FromProto(h.layout());
+  return Layout::Flat(h.model_size());
+}
+
 }  // namespace
 
-absl::StatusOr<std::optional<LoadedCheckpoint>> ParameterServer::LoadCheckpoint(
-    uint64_t model_size, uint64_t shard_begin, uint64_t shard_end) const {
+absl::StatusOr<std::optional<LoadedCheckpoint>> ParameterServer::LoadCheckpoint() const {
   if (options_.checkpoint_dir.empty()) return std::nullopt;
   PS_ASSIGN_OR_RETURN(std::optional<LoadedCheckpoint> loaded,
                       LoadNewestCheckpoint(options_.checkpoint_dir));
@@ -200,24 +189,58 @@ absl::StatusOr<std::optional<LoadedCheckpoint>> ParameterServer::LoadCheckpoint(
   }
   const v1::CheckpointHeader& h = loaded->checkpoint.header;
   PS_RETURN_IF_ERROR(
-      CheckResumable(h, options_.training, options_.shard_index, options_.shard_count, model_size));
-  if (h.shard_begin() != shard_begin || h.shard_end() != shard_end) {
+      CheckResumable(h, options_.training, options_.shard_index, options_.shard_count));
+  PS_ASSIGN_OR_RETURN(Layout layout, CheckpointLayout(h));
+  if (!options_.layout.empty()) {
+    if (absl::Status s = CheckSameLayout(options_.layout, layout, "--layout"); !s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(loaded->path, ": ", s.message(),
+                       "; start with the checkpoint's layout, or with an empty --checkpoint_dir"));
+    }
+  }
+  const KeyRange range = ShardRange(layout.size(), options_.shard_index, options_.shard_count);
+  if (h.shard_begin() != range.begin || h.shard_end() != range.end) {
     return absl::FailedPreconditionError(
         absl::StrFormat("%s holds shard range [%d, %d), this server [%d, %d)", loaded->path,
-                        h.shard_begin(), h.shard_end(), shard_begin, shard_end));
+                        h.shard_begin(), h.shard_end(), range.begin, range.end));
   }
   return loaded;
 }
 
 namespace {
 
+AggregatorOptions AggregatorOptionsFor(const ServerOptions& options) {
+  const v1::TrainingConfig& config = options.training;
+  AggregatorOptions a;
+  a.mode = config.mode();
+  a.update_kind = config.update_kind();
+  a.num_workers = static_cast<int>(config.num_workers());
+  a.staleness_exponent = options.staleness_exponent;
+  a.max_staleness = options.max_staleness;
+  a.max_update_ratio = options.max_update_ratio;
+  a.server_step = StepSchedule{config.lr_schedule(), options.server_learning_rate,
+                               config.lr_decay(), config.rounds()};
+  a.backup_workers = static_cast<int>(config.backup_workers());
+  a.round_deadline = config.round_deadline_ms() > 0 ? absl::Milliseconds(config.round_deadline_ms())
+                                                    : absl::InfiniteDuration();
+  a.min_quorum = std::max<int>(1, static_cast<int>(config.min_quorum()));
+  a.late_policy =
+      config.late_policy() == v1::LATE_POLICY_FOLD ? v1::LATE_POLICY_FOLD : v1::LATE_POLICY_DROP;
+  return a;
+}
+
 // Bounds on what one client can make the gRPC transport hold: memory and threads (a resource
 // quota), streams per connection, and no compressed requests at all (a small gzip message could
 // otherwise inflate to far more than the message limit before it is refused; our clients never
 // compress: quantized payloads do not compress).
-void ApplyTransportLimits(const ServerOptions& options, const ServiceOptions& service,
-                          grpc::ServerBuilder* builder) {
-  const uint64_t shard_bytes = (service.shard_end - service.shard_begin) * sizeof(float);
+void ApplyTransportLimits(const ServerOptions& options, grpc::ServerBuilder* builder) {
+  // Twice the shard, when its size is known before the model loads; else as for a 1 GiB shard.
+  const Layout& layout =
+      options.initial_model.has_value() ? options.initial_model->layout : options.layout;
+  const uint64_t shard_bytes =
+      layout.empty() ? uint64_t{1} << 30
+                     : ShardRange(layout.size(), options.shard_index, options.shard_count).size() *
+                           sizeof(float);
   grpc::ResourceQuota quota("ps-server");
   quota.Resize(options.transport_memory_bytes > 0 ? options.transport_memory_bytes
                                                   : (uint64_t{256} << 20) + 2 * shard_bytes);
@@ -245,14 +268,8 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   PS_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                       MakeServerCredentials(options.security));
 
-  PS_ASSIGN_OR_RETURN(std::unique_ptr<ps::Model> model, CreateModel(ModelSpecFromConfig(config)));
-  const uint64_t model_size = static_cast<uint64_t>(model->num_parameters());
-  // Shard i of S owns [i*d/S, (i+1)*d/S): contiguous key ranges that differ by at most one.
   ServiceOptions service_options;
   service_options.training = config;
-  service_options.model_size = model_size;
-  service_options.shard_begin = model_size * options.shard_index / options.shard_count;
-  service_options.shard_end = model_size * (options.shard_index + 1) / options.shard_count;
   service_options.shard_index = options.shard_index;
   service_options.shard_count = options.shard_count;
   service_options.max_pull_wait = options.max_pull_wait;
@@ -268,6 +285,12 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   service_options.add_status = [s = server.get()](v1::StatusResponse* status) {
     s->AddDurabilityStatus(status);
   };
+  service_options.required_layout = options.layout;
+  service_options.max_model_bytes = options.max_model_bytes;
+  service_options.install_uploaded =
+      [s = server.get()](const Layout& layout, std::vector<float> values, uint64_t version) {
+        return s->InstallUploaded(layout, std::move(values), version);
+      };
 
   // Listen first, answering health checks with NOT_SERVING and calls with UNAVAILABLE, then load
   // the model (a large checkpoint takes a while): orchestrators see the process alive but not
@@ -287,7 +310,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
                              &server->health_port_);
   }
   builder.RegisterService(server->service_.get());
-  ApplyTransportLimits(options, service_options, &builder);
+  ApplyTransportLimits(options, &builder);
   // One chunk plus its header, never more: models of any size travel as many chunks.
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -304,76 +327,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
       absl::StrFormat("event=loading port=%d health_port=%d", server->port_, server->health_port_));
   if (options.on_loading) options.on_loading(server->port_);
 
-  PS_ASSIGN_OR_RETURN(
-      std::optional<LoadedCheckpoint> resumed,
-      server->LoadCheckpoint(model_size, service_options.shard_begin, service_options.shard_end));
-  std::vector<float> shard, broadcast;
-  StoreOptions store_options;
-  store_options.downlink = config.pull_encoding();
-  if (config.pull_bits_policy() == v1::BITS_POLICY_DQSGD) {
-    store_options.downlink_dqsgd =
-        DqSgdOptionsFromConfig(config, config.pull_encoding().bucket_size());
-  }
-  if (resumed.has_value()) {
-    const v1::CheckpointHeader& h = resumed->checkpoint.header;
-    shard = std::move(resumed->checkpoint.model);
-    broadcast = std::move(resumed->checkpoint.broadcast);
-    store_options.initial_version = h.version();
-    server->resumed_from_version_ = h.version();
-    server->epoch_ = h.epoch() + 1;
-    absl::MutexLock lock(&server->durability_mu_);
-    server->checkpoint_version_ = h.version();
-    server->checkpoint_time_ = absl::FromUnixMillis(h.created_unix_ms());
-  } else {
-    std::vector<float> full;
-    if (options.initial_model_file.empty()) {
-      full.resize(model_size);
-      model->Initialize(options.model_seed, absl::MakeSpan(full));
-    } else {
-      PS_ASSIGN_OR_RETURN(full, ReadModelFile(options.initial_model_file, model_size));
-    }
-    shard.assign(full.begin() + service_options.shard_begin,
-                 full.begin() + service_options.shard_end);
-  }
-
-  server->wait_list_ = std::make_unique<VersionWaitList>(store_options.initial_version);
-  VersionWaitList* wait_list = server->wait_list_.get();
-  server->store_ = std::make_unique<ParameterStore>(
-      std::move(shard), store_options,
-      [wait_list, s = server.get()](uint64_t version) {
-        wait_list->Publish(version);
-        if (s->options_.checkpoint_every_versions > 0 && s->CheckpointDue()) s->WakeHousekeeping();
-      },
-      std::move(broadcast));
-  // Ids start at a random point, so that an id from before a restart is never someone else's now.
-  absl::BitGen random;
-  server->membership_ = std::make_unique<Membership>(
-      config.num_workers(), options.lease, Clock::Real(),
-      absl::Uniform<uint64_t>(random, uint64_t{1} << 32, uint64_t{1} << 52));
-  AggregatorOptions aggregator_options;
-  aggregator_options.mode = config.mode();
-  aggregator_options.update_kind = config.update_kind();
-  aggregator_options.num_workers = k;
-  aggregator_options.staleness_exponent = options.staleness_exponent;
-  aggregator_options.max_staleness = options.max_staleness;
-  aggregator_options.max_update_ratio = options.max_update_ratio;
-  aggregator_options.server_step = StepSchedule{config.lr_schedule(), options.server_learning_rate,
-                                                config.lr_decay(), config.rounds()};
-  aggregator_options.backup_workers = static_cast<int>(config.backup_workers());
-  aggregator_options.round_deadline = config.round_deadline_ms() > 0
-                                          ? absl::Milliseconds(config.round_deadline_ms())
-                                          : absl::InfiniteDuration();
-  aggregator_options.min_quorum = std::max<int>(1, static_cast<int>(config.min_quorum()));
-  aggregator_options.late_policy =
-      config.late_policy() == v1::LATE_POLICY_FOLD ? v1::LATE_POLICY_FOLD : v1::LATE_POLICY_DROP;
-  server->aggregator_ = std::make_unique<Aggregator>(aggregator_options, server->store_.get(),
-                                                     server->membership_.get());
-  if (resumed.has_value()) {
-    server->aggregator_->RestoreCounters(resumed->checkpoint.header.rounds_completed(),
-                                         resumed->checkpoint.header.updates_applied());
-  }
-  server->handler_->Attach(server->store_.get(), server->membership_.get(),
-                           server->aggregator_.get(), server->wait_list_.get());
+  PS_RETURN_IF_ERROR(server->LoadModel());
   server->housekeeping_ = std::thread([s = server.get()] { s->Housekeeping(); });
   if (!options.metrics_listen.empty()) {
     PS_ASSIGN_OR_RETURN(server->metrics_,
@@ -382,23 +336,142 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
     LogInfo(absl::StrFormat("event=metrics_listening address=%s port=%d", options.metrics_listen,
                             server->metrics_->port()));
   }
+  // Serving also without a model: joins and the initial upload are what it waits for.
   server->SetServing(true);
-  if (resumed.has_value()) {
-    LogInfo(absl::StrFormat("event=resumed path=%s version=%d epoch=%d skipped=%d", resumed->path,
-                            server->resumed_from_version_, server->epoch_,
-                            resumed->skipped.size()));
-  }
+  const Shard* shard = server->installed();
   LogInfo(absl::StrFormat(
-      "event=listening address=%s port=%d mode=%s kind=%s K=%d H=%d model=%s params=%d shard=%d/%d "
-      "range=[%d,%d) version=%d tls=%s mtls=%s tokens=%s",
+      "event=listening address=%s port=%d mode=%s kind=%s K=%d H=%d shard=%d/%d %s tls=%s "
+      "mtls=%s tokens=%s",
       options.listen_address, server->port_, v1::AggregationMode_Name(config.mode()),
       v1::UpdateKind_Name(config.update_kind()), config.num_workers(), config.local_steps(),
-      config.model(), model_size, options.shard_index, options.shard_count,
-      service_options.shard_begin, service_options.shard_end, server->store_->version(),
+      options.shard_index, options.shard_count,
+      shard == nullptr ? "model=none (waiting for a worker's initial model)"
+                       : absl::StrFormat("params=%d range=[%d,%d) version=%d layout=%s",
+                                         shard->layout.size(), shard->range.begin, shard->range.end,
+                                         shard->store->version(), shard->layout.Fingerprint()),
       options.security.tls() ? "on" : "off",
       options.security.tls_client_ca_file.empty() ? "off" : "on",
       server->auth_->tokens_required() ? "on" : "off"));
   return server;
+}
+
+absl::Status ParameterServer::LoadModel() {
+  PS_ASSIGN_OR_RETURN(std::optional<LoadedCheckpoint> resumed, LoadCheckpoint());
+  absl::MutexLock lock(&install_mu_);
+  if (resumed.has_value()) {
+    const v1::CheckpointHeader& h = resumed->checkpoint.header;
+    PS_ASSIGN_OR_RETURN(Layout layout, CheckpointLayout(h));
+    Install(layout, std::move(resumed->checkpoint.model), std::move(resumed->checkpoint.broadcast),
+            h.version(), &*resumed);
+    LogInfo(absl::StrFormat("event=resumed path=%s version=%d epoch=%d skipped=%d layout=%s",
+                            resumed->path, h.version(), h.epoch() + 1, resumed->skipped.size(),
+                            layout.Fingerprint()));
+    return absl::OkStatus();
+  }
+  std::optional<ModelValues> initial = options_.initial_model;
+  if (!options_.initial_model_file.empty()) {
+    PS_ASSIGN_OR_RETURN(initial,
+                        ReadModelFile(options_.initial_model_file,
+                                      options_.layout.empty() ? nullptr : &options_.layout));
+  }
+  if (!initial.has_value()) {
+    handler_->AwaitModel();
+    LogInfo(absl::StrFormat("event=awaiting_model layout=\"%s\"",
+                            options_.layout.empty() ? "from the first upload"
+                                                    : LogSafe(options_.layout.Summary(), 1024)));
+    return absl::OkStatus();
+  }
+  if (!options_.layout.empty()) {
+    PS_RETURN_IF_ERROR(CheckSameLayout(options_.layout, initial->layout, "--layout"));
+  }
+  const KeyRange range =
+      ShardRange(initial->layout.size(), options_.shard_index, options_.shard_count);
+  std::vector<float> values(initial->values.begin() + range.begin,
+                            initial->values.begin() + range.end);
+  Install(initial->layout, std::move(values), {}, 1, nullptr);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> ParameterServer::InstallUploaded(const Layout& layout,
+                                                          std::vector<float> values,
+                                                          uint64_t version) {
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shut_down_) return absl::UnavailableError("the server is shutting down");
+  }
+  absl::MutexLock lock(&install_mu_);
+  if (const Shard* shard = installed(); shard != nullptr) {
+    return absl::AlreadyExistsError(
+        absl::StrFormat("the server already has a model (version %d); join again to take it",
+                        shard->store->version()));
+  }
+  // A worker's model from before this server lost its own keeps its version, so that workers
+  // (and the other shards) go on from where they were.
+  Install(layout, std::move(values), {}, std::max<uint64_t>(1, version), nullptr);
+  checkpoint_now_ = !options_.checkpoint_dir.empty();
+  WakeHousekeeping();
+  LogInfo(absl::StrFormat("event=model_adopted layout=\"%s\" fingerprint=%s",
+                          LogSafe(layout.Summary(), 1024), layout.Fingerprint()));
+  return installed()->store->version();
+}
+
+void ParameterServer::Install(const Layout& layout, std::vector<float> values,
+                              std::vector<float> broadcast, uint64_t version,
+                              const LoadedCheckpoint* resumed) {
+  const v1::TrainingConfig& config = options_.training;
+  auto shard = std::make_unique<Shard>();
+  shard->layout = layout;
+  shard->range = ShardRange(layout.size(), options_.shard_index, options_.shard_count);
+  StoreOptions store_options;
+  store_options.downlink = config.pull_encoding();
+  if (config.pull_bits_policy() == v1::BITS_POLICY_DQSGD) {
+    store_options.downlink_dqsgd =
+        DqSgdOptionsFromConfig(config, config.pull_encoding().bucket_size());
+  }
+  store_options.initial_version = version;
+  if (resumed != nullptr) {
+    const v1::CheckpointHeader& h = resumed->checkpoint.header;
+    absl::MutexLock lock(&durability_mu_);
+    resumed_from_version_ = h.version();
+    epoch_ = h.epoch() + 1;
+    checkpoint_version_ = h.version();
+    checkpoint_time_ = absl::FromUnixMillis(h.created_unix_ms());
+  }
+  shard->wait_list = std::make_unique<VersionWaitList>(store_options.initial_version);
+  VersionWaitList* wait_list = shard->wait_list.get();
+  shard->store = std::make_unique<ParameterStore>(
+      std::move(values), store_options,
+      [wait_list, this](uint64_t version) {
+        wait_list->Publish(version);
+        if (options_.checkpoint_every_versions > 0 && CheckpointDue()) WakeHousekeeping();
+      },
+      std::move(broadcast));
+  // Ids start at a random point, so that an id from before a restart is never someone else's now.
+  absl::BitGen random;
+  shard->membership = std::make_unique<Membership>(
+      config.num_workers(), options_.lease, Clock::Real(),
+      absl::Uniform<uint64_t>(random, uint64_t{1} << 32, uint64_t{1} << 52));
+  shard->aggregator = std::make_unique<Aggregator>(AggregatorOptionsFor(options_),
+                                                   shard->store.get(), shard->membership.get());
+  if (resumed != nullptr) {
+    shard->aggregator->RestoreCounters(resumed->checkpoint.header.rounds_completed(),
+                                       resumed->checkpoint.header.updates_applied());
+  }
+  handler_->Attach(layout, shard->store.get(), shard->membership.get(), shard->aggregator.get(),
+                   shard->wait_list.get());
+  shard_ = std::move(shard);
+  installed_.store(shard_.get(), std::memory_order_release);
+}
+
+ModelSnapshot ParameterServer::Model() const {
+  const Shard* shard = installed();
+  return shard == nullptr ? ModelSnapshot() : shard->store->Snapshot();
+}
+
+std::shared_ptr<const std::vector<float>> ParameterServer::TrueModel() const {
+  const Shard* shard = installed();
+  return shard == nullptr ? std::make_shared<const std::vector<float>>()
+                          : shard->store->TrueModel();
 }
 
 std::string ParameterServer::RenderMetrics() const {
@@ -412,9 +485,8 @@ std::vector<prometheus::MetricFamily> ParameterServer::CollectMetrics() const {
   MetricsText m;
   const Labels shard = {{"shard", absl::StrCat(options_.shard_index)}};
   m.Gauge("ps_model_version", "Current model version of this shard.", s.version(), shard)
-      .Gauge("ps_model_parameters", "Parameters of this shard.",
-             static_cast<double>(handler_->options().shard_end - handler_->options().shard_begin),
-             shard)
+      .Gauge("ps_model_parameters", "Parameters of this shard (0: no model yet).",
+             static_cast<double>(installed() == nullptr ? 0 : installed()->range.size()), shard)
       .Counter("ps_rounds_total", "Versions published (sync rounds closed, or async updates).",
                s.rounds_completed())
       .Counter("ps_updates_applied_total", "Updates accepted.", s.updates_applied())
@@ -439,10 +511,14 @@ std::vector<prometheus::MetricFamily> ParameterServer::CollectMetrics() const {
     m.Counter("ps_sync_rounds_total", "Sync rounds by how they ended.", static_cast<double>(value),
               {{"closed_by", how}});
   }
+  // Empty histograms without a model, so that every series exists from the start.
+  const Shard* installed_shard = installed();
   m.Histo("ps_update_staleness_rounds", "Staleness of accepted updates, in rounds.",
-          aggregator_->staleness())
+          installed_shard != nullptr ? installed_shard->aggregator->staleness()
+                                     : Histogram(Aggregator::StalenessBuckets()).Get())
       .Histo("ps_round_wait_seconds", "Sync rounds: first update to close.",
-             aggregator_->round_wait())
+             installed_shard != nullptr ? installed_shard->aggregator->round_wait()
+                                        : Histogram(Aggregator::RoundWaitBuckets()).Get())
       .Histo("ps_pull_wait_seconds",
              "How long pulls waited for a newer version (the barrier, in sync mode).",
              handler_->pull_wait());
@@ -519,31 +595,34 @@ void ParameterServer::Housekeeping() {
       if (housekeeping_stopped_) return;
       housekeeping_woken_ = false;
     }
-    std::vector<Member> expired = membership_->ExpireLeases();
+    service_->CancelIdleCalls();
+    const Shard* shard = installed();
+    if (shard == nullptr) continue;  // no model yet: no members, rounds or checkpoints
+    std::vector<Member> expired = shard->membership->ExpireLeases();
     for (const Member& m : expired) {
       LogWarning(absl::StrFormat("event=lease_expired worker_id=%d rank=%d name=\"%s\" lease_ms=%d",
                                  m.id, m.rank, LogSafe(m.name),
                                  absl::ToInt64Milliseconds(options_.lease)));
-      aggregator_->Forget(m.id);
+      shard->aggregator->Forget(m.id);
     }
-    service_->CancelIdleCalls();
-    aggregator_->MaybeCloseRound();
-    if (CheckpointDue()) {
+    shard->aggregator->MaybeCloseRound();
+    if (checkpoint_now_.exchange(false) || CheckpointDue()) {
       if (absl::Status s = Checkpoint(); !s.ok()) {
         LogError(absl::StrFormat("event=checkpoint_failed error=\"%s\"", s.ToString()));
       }
     }
-    if (membership_->all_left() && !training_done_) {
+    if (shard->membership->all_left() && !training_done_) {
       training_done_ = true;
-      LogInfo(absl::StrFormat("event=training_done version=%d", store_->version()));
+      LogInfo(absl::StrFormat("event=training_done version=%d", shard->store->version()));
       if (options_.on_training_done) options_.on_training_done();
     }
   }
 }
 
 bool ParameterServer::CheckpointDue() const {
-  if (options_.checkpoint_dir.empty()) return false;
-  const uint64_t version = store_->version();
+  const Shard* shard = installed();
+  if (options_.checkpoint_dir.empty() || shard == nullptr) return false;
+  const uint64_t version = shard->store->version();
   absl::MutexLock lock(&durability_mu_);
   // Versions are counted from the newest checkpoint, or from the initial model (version 1).
   const uint64_t since = std::max<uint64_t>(checkpoint_version_, 1);
@@ -563,11 +642,15 @@ absl::Status ParameterServer::Checkpoint() {
   if (options_.checkpoint_dir.empty()) {
     return absl::FailedPreconditionError("no checkpoint directory configured");
   }
+  const Shard* shard = installed();
+  if (shard == nullptr) return absl::OkStatus();  // no model yet: nothing to keep
   absl::MutexLock writer(&checkpoint_writer_mu_);
-  const StoreState state = store_->State();
+  const StoreState state = shard->store->State();
+  uint64_t epoch = 0;
   {
     absl::MutexLock lock(&durability_mu_);
     if (state.version <= checkpoint_version_) return absl::OkStatus();  // nothing new
+    epoch = epoch_;
   }
   const absl::Time start = absl::Now();
   ps::Checkpoint checkpoint;
@@ -575,16 +658,17 @@ absl::Status ParameterServer::Checkpoint() {
   h.set_version(state.version);
   h.set_shard_index(options_.shard_index);
   h.set_shard_count(options_.shard_count);
-  h.set_model_size(handler_->options().model_size);
-  h.set_shard_begin(handler_->options().shard_begin);
-  h.set_shard_end(handler_->options().shard_end);
+  h.set_model_size(shard->layout.size());
+  h.set_shard_begin(shard->range.begin);
+  h.set_shard_end(shard->range.end);
+  *h.mutable_layout() = shard->layout.ToProto();
   h.set_has_broadcast(state.broadcast != nullptr);
   *h.mutable_config() = options_.training;
   h.set_created_unix_ms(absl::ToUnixMillis(start));
-  const AggregatorStats stats = aggregator_->stats();
+  const AggregatorStats stats = shard->aggregator->stats();
   h.set_rounds_completed(stats.rounds_completed);
   h.set_updates_applied(stats.applied);
-  h.set_epoch(epoch_);
+  h.set_epoch(epoch);
   checkpoint.model = *state.model;
   if (state.broadcast != nullptr) checkpoint.broadcast = *state.broadcast;
   PS_RETURN_IF_ERROR(
@@ -615,12 +699,15 @@ void ParameterServer::Shutdown(absl::Duration grace) {
     shut_down_ = true;
   }
   if (server_) SetServing(false);  // orchestrators stop routing here first
-  if (store_ == nullptr) {         // Create failed before the model was loaded
+  const Shard* shard = installed();
+  if (!housekeeping_.joinable()) {  // Create failed before the model was loaded
     if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now()));
     return;
   }
-  LogInfo(absl::StrFormat("event=shutdown version=%d", store_->version()));
-  wait_list_->Shutdown();  // waiting pulls answer now instead of holding the shutdown up
+  LogInfo(
+      absl::StrFormat("event=shutdown version=%d", shard == nullptr ? 0 : shard->store->version()));
+  // Waiting pulls answer now instead of holding the shutdown up.
+  if (shard != nullptr) shard->wait_list->Shutdown();
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   {
     absl::MutexLock lock(&housekeeping_mu_);
@@ -628,9 +715,11 @@ void ParameterServer::Shutdown(absl::Duration grace) {
     housekeeping_woken_ = true;
   }
   if (housekeeping_.joinable()) housekeeping_.join();
-  switch (aggregator_->FinishOpenRound()) {
+  if (shard == nullptr) return;  // no model: nothing to close or keep
+  switch (shard->aggregator->FinishOpenRound()) {
     case RoundEnd::kClosed:
-      LogInfo(absl::StrFormat("event=round_closed_at_shutdown version=%d", store_->version()));
+      LogInfo(
+          absl::StrFormat("event=round_closed_at_shutdown version=%d", shard->store->version()));
       break;
     case RoundEnd::kAbandoned:
       LogWarning("event=round_abandoned_at_shutdown reason=below_min_quorum");
@@ -651,6 +740,43 @@ ParameterServer::~ParameterServer() {
   if (server_) server_->Wait();
   server_.reset();
   pool_.reset();  // runs what is still queued before the components below go away
+}
+
+absl::StatusOr<uint64_t> ExportCheckpoints(const std::vector<std::string>& checkpoint_dirs,
+                                           const std::string& path) {
+  Layout layout;
+  std::vector<float> model;
+  uint64_t version = 0;
+  for (size_t i = 0; i < checkpoint_dirs.size(); ++i) {
+    const std::string& dir = checkpoint_dirs[i];
+    PS_ASSIGN_OR_RETURN(std::optional<LoadedCheckpoint> loaded, LoadNewestCheckpoint(dir));
+    if (!loaded.has_value()) return absl::NotFoundError(absl::StrCat("no checkpoint in ", dir));
+    const v1::CheckpointHeader& h = loaded->checkpoint.header;
+    PS_ASSIGN_OR_RETURN(Layout shard_layout, CheckpointLayout(h));
+    if (i == 0) {
+      layout = shard_layout;
+      model.resize(layout.size());
+      version = h.version();
+    } else if (shard_layout != layout) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(loaded->path, " is of another model than ", checkpoint_dirs[0]));
+    }
+    if (h.shard_count() != checkpoint_dirs.size() || h.shard_index() != i) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s is shard %d of %d: give the checkpoint directories of all %d shards, in shard order",
+          loaded->path, h.shard_index(), h.shard_count(), h.shard_count()));
+    }
+    if (h.shard_end() > layout.size() ||
+        h.shard_end() - h.shard_begin() != loaded->checkpoint.model.size()) {
+      return absl::DataLossError(absl::StrCat(loaded->path, ": its range does not fit the model"));
+    }
+    std::copy(loaded->checkpoint.model.begin(), loaded->checkpoint.model.end(),
+              model.begin() + h.shard_begin());
+    LogInfo(
+        absl::StrFormat("event=export shard=%d path=%s version=%d", i, loaded->path, h.version()));
+  }
+  PS_RETURN_IF_ERROR(WriteModelNpz(path, layout, model));
+  return version;
 }
 
 }  // namespace ps

@@ -5,6 +5,7 @@
 
 #include <grpcpp/server.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -14,7 +15,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/layout.h"
 #include "common/metrics.h"
+#include "common/model_file.h"
 #include "common/thread_pool.h"
 #include "ps/v1/ps.pb.h"
 #include "server/aggregator.h"
@@ -25,7 +28,6 @@
 #include "server/service.h"
 #include "server/service_handler.h"
 #include "server/version_wait_list.h"
-#include "worker/models/model.h"
 
 namespace ps {
 
@@ -35,10 +37,18 @@ struct ServerOptions {
   // speak TLS (Kubernetes' gRPC probes); with TLS, parameter-server calls on it are refused.
   // "" = none.
   std::string health_listen_address;
-  // Handed to every worker at Join; also fixes the model's shape.
+  // Handed to every worker at Join (the built-in worker's model settings included; the server
+  // itself knows a model only by its layout).
   v1::TrainingConfig training;
-  uint64_t model_seed = 1;
-  std::string initial_model_file;  // raw little-endian float32 of the whole model; "" = from seed
+  // The model (docs/layouts.md). Its layout: `layout` (--layout, --model_size), or that of
+  // `initial_model_file` (.npz), or of the first initial model a worker uploads. Its values:
+  // the newest checkpoint, else `initial_model` (in process) or `initial_model_file` (.npz,
+  // .npy or raw float32), else the first upload. Empty = not given.
+  Layout layout;
+  std::string initial_model_file;
+  std::optional<ModelValues> initial_model;
+  // Largest part of an uploaded initial model this shard takes.
+  uint64_t max_model_bytes = uint64_t{16} << 30;
   uint32_t shard_index = 0;
   uint32_t shard_count = 1;
   double staleness_exponent = 0.5;
@@ -82,8 +92,10 @@ struct ServerOptions {
 // Thread-safe.
 class ParameterServer {
  public:
-  // Builds the model, starts listening. INVALID_ARGUMENT for bad options, NOT_FOUND or
-  // INVALID_ARGUMENT for an unreadable initial model, UNAVAILABLE if the address cannot be bound.
+  // Starts listening, then loads the model (or waits for a worker to upload one). INVALID_ARGUMENT
+  // for bad options, NOT_FOUND or INVALID_ARGUMENT for an unreadable initial model or one that
+  // does not match the layout, FAILED_PRECONDITION for a checkpoint of other settings,
+  // UNAVAILABLE if the address cannot be bound.
   static absl::StatusOr<std::unique_ptr<ParameterServer>> Create(const ServerOptions& options);
   ~ParameterServer();
 
@@ -105,10 +117,12 @@ class ParameterServer {
   absl::Status Checkpoint();
 
   v1::StatusResponse GetStatus() const { return handler_->BuildStatus(); }
+  // Whether there is a model yet (loaded, or uploaded by a worker).
+  bool has_model() const { return installed() != nullptr; }
   // What workers hold (the broadcast model), and the model the aggregator updates; the same unless
-  // the downlink is compressed.
-  ModelSnapshot Model() const { return store_->Snapshot(); }
-  std::shared_ptr<const std::vector<float>> TrueModel() const { return store_->TrueModel(); }
+  // the downlink is compressed. Empty (version 0, no values) without a model.
+  ModelSnapshot Model() const;
+  std::shared_ptr<const std::vector<float>> TrueModel() const;
   const ServerOptions& options() const { return options_; }
 
  private:
@@ -118,17 +132,38 @@ class ParameterServer {
   bool CheckpointDue() const;
   // grpc.health.v1 status of "" and of ps.v1.ParameterServer.
   void SetServing(bool serving);
-  // Resumes from the newest valid checkpoint in options_.checkpoint_dir, if there is one.
-  absl::StatusOr<std::optional<LoadedCheckpoint>> LoadCheckpoint(uint64_t model_size,
-                                                                 uint64_t shard_begin,
-                                                                 uint64_t shard_end) const;
+  // The newest valid checkpoint in options_.checkpoint_dir, if there is one, checked against the
+  // options (settings, shard, layout).
+  absl::StatusOr<std::optional<LoadedCheckpoint>> LoadCheckpoint() const;
+  // The model from a checkpoint, from options_.initial_model(_file), or none (await an upload).
+  absl::Status LoadModel();
+  // What serves one shard of one model: built once there is a model, then never changed.
+  struct Shard {
+    Layout layout;
+    KeyRange range;
+    std::unique_ptr<VersionWaitList> wait_list;
+    std::unique_ptr<ParameterStore> store;
+    std::unique_ptr<Membership> membership;
+    std::unique_ptr<Aggregator> aggregator;
+  };
+  // Builds the shard for `layout` from its values (this shard's range) at `version` and serves
+  // it. Once.
+  void Install(const Layout& layout, std::vector<float> values, std::vector<float> broadcast,
+               uint64_t version, const LoadedCheckpoint* resumed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mu_);
+  // An initial model a worker uploaded: ALREADY_EXISTS if there is one already.
+  absl::StatusOr<uint64_t> InstallUploaded(const Layout& layout, std::vector<float> values,
+                                           uint64_t version);
+  // The shard once installed (acquire), else nullptr.
+  const Shard* installed() const { return installed_.load(std::memory_order_acquire); }
   void AddDurabilityStatus(v1::StatusResponse* status) const;
 
   const ServerOptions options_;
-  std::unique_ptr<VersionWaitList> wait_list_;
-  std::unique_ptr<ParameterStore> store_;
-  std::unique_ptr<Membership> membership_;
-  std::unique_ptr<Aggregator> aggregator_;
+  absl::Mutex install_mu_;
+  std::unique_ptr<Shard> shard_ ABSL_GUARDED_BY(install_mu_);
+  std::atomic<const Shard*> installed_{nullptr};
+  // An uploaded model is written to a checkpoint at once: a restart must not lose its layout.
+  std::atomic<bool> checkpoint_now_{false};
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<ServiceHandler> handler_;
@@ -146,8 +181,9 @@ class ParameterServer {
   mutable absl::Mutex durability_mu_;
   uint64_t checkpoint_version_ ABSL_GUARDED_BY(durability_mu_) = 0;
   absl::Time checkpoint_time_ ABSL_GUARDED_BY(durability_mu_) = absl::InfinitePast();
-  uint64_t resumed_from_version_ = 0;
-  uint64_t epoch_ = 1;  // starts on this checkpoint directory, this one included
+  uint64_t resumed_from_version_ ABSL_GUARDED_BY(durability_mu_) = 0;
+  // Starts on this checkpoint directory, this one included.
+  uint64_t epoch_ ABSL_GUARDED_BY(durability_mu_) = 1;
 
   // Housekeeping runs on a timer, and at once when a publish makes a checkpoint due by versions
   // (so --checkpoint_every_versions does not wait for the timer).
@@ -161,9 +197,11 @@ class ParameterServer {
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };
 
-// Reads a raw little-endian float32 file of exactly `size` values. The error names the file and
-// the size it has.
-absl::StatusOr<std::vector<float>> ReadModelFile(const std::string& path, uint64_t size);
+// Writes the model of the newest valid checkpoint in each of `checkpoint_dirs` (one per shard, in
+// shard order) as an .npz with one array per tensor (ps-server --export_model). Returns the
+// version exported.
+absl::StatusOr<uint64_t> ExportCheckpoints(const std::vector<std::string>& checkpoint_dirs,
+                                           const std::string& path);
 
 }  // namespace ps
 

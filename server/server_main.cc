@@ -39,11 +39,28 @@ ABSL_FLAG(std::string, update, "delta",
 ABSL_FLAG(int, num_workers, 4,
           "K: workers that train (data is split K ways; sync rounds start once K joined).");
 ABSL_FLAG(int, local_steps, 8, "H: local SGD steps between pushes (delta mode).");
+ABSL_FLAG(std::string, layout, "",
+          "The model's layout: a file listing its tensors, one \"name dim dim ...\" per line, or "
+          "JSON ({\"tensors\": [{\"name\": ..., \"shape\": [...]}]}). Workers with another "
+          "layout are refused. \"\" = from --init_model (.npz), or from the first worker's.");
+ABSL_FLAG(uint64_t, model_size, 0,
+          "The model is one flat tensor of this many float32 values (instead of --layout).");
+ABSL_FLAG(std::string, init_model, "",
+          "Initial values: an .npz (one array per tensor; alone, it also gives the layout), an "
+          ".npy, or raw little-endian float32 of the whole model. \"\" = the first worker "
+          "uploads its own (unless a checkpoint is resumed).");
+ABSL_FLAG(uint64_t, max_model_mb, 16384,
+          "Largest part of an uploaded initial model this shard accepts, in MiB.");
+ABSL_FLAG(std::string, export_model, "",
+          "Write the model of the newest valid checkpoint in --checkpoint_dir (comma-separated: "
+          "one directory per shard, in shard order) to this .npz, one array per tensor, and "
+          "exit.");
 ABSL_FLAG(std::string, model, "softmax",
-          "softmax (multinomial logistic), logistic (binary) or mlp.");
-ABSL_FLAG(int, input_dim, 784, "Features per example (784 for Fashion-MNIST).");
-ABSL_FLAG(int, num_classes, 10, "Classes (2 for logistic).");
-ABSL_FLAG(int, hidden_units, 128, "Hidden ReLU units (mlp).");
+          "Built-in worker model (passed on to ps-worker): softmax (multinomial logistic), "
+          "logistic (binary) or mlp.");
+ABSL_FLAG(int, input_dim, 784, "Built-in model: features per example (784 for Fashion-MNIST).");
+ABSL_FLAG(int, num_classes, 10, "Built-in model: classes (2 for logistic).");
+ABSL_FLAG(int, hidden_units, 128, "Built-in model: hidden ReLU units (mlp).");
 ABSL_FLAG(double, l2, 0.0, "L2 regularisation: (l2/2)*||weights||^2 is added to the loss.");
 ABSL_FLAG(double, learning_rate, 0.2, "Workers' initial SGD step size.");
 ABSL_FLAG(std::string, lr_schedule, "cosine",
@@ -86,9 +103,8 @@ ABSL_FLAG(int, pull_bits, 4,
 ABSL_FLAG(std::string, pull_bits_policy, "fixed",
           "qsgd pulls: fixed (--pull_bits), or dqsgd (each delta's bits from its norm against the "
           "first deltas', within --min_bits..--max_bits with --dq_beta).");
-ABSL_FLAG(uint64_t, seed, 1, "Seed of the initial model.");
-ABSL_FLAG(std::string, init_model, "",
-          "Start from this raw little-endian float32 file (the whole model) instead of --seed.");
+ABSL_FLAG(uint64_t, seed, 1,
+          "Built-in model: seed of its initial values (the first ps-worker uploads them).");
 ABSL_FLAG(int, shard_index, 0, "This server's shard of the model's key range.");
 ABSL_FLAG(int, shard_count, 1, "Number of server shards the model is split over.");
 ABSL_FLAG(double, staleness_exponent, 0.5, "async: weight s(tau) = tau^-a for tau > 1 round.");
@@ -164,6 +180,17 @@ absl::StatusOr<Enum> Pick(absl::string_view flag, absl::string_view value,
   }
   return absl::InvalidArgumentError(
       absl::StrCat("--", flag, "=", value, " is not one of: ", names));
+}
+
+absl::StatusOr<Layout> LayoutFromFlags() {
+  const std::string file = absl::GetFlag(FLAGS_layout);
+  const uint64_t size = absl::GetFlag(FLAGS_model_size);
+  if (!file.empty() && size > 0) {
+    return absl::InvalidArgumentError("give --layout or --model_size, not both");
+  }
+  if (!file.empty()) return Layout::ReadFile(file);
+  if (size > 0) return Layout::Flat(size);
+  return Layout();
 }
 
 absl::StatusOr<ServerOptions> OptionsFromFlags() {
@@ -273,8 +300,10 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   t.set_epochs(static_cast<float>(absl::GetFlag(FLAGS_epochs)));
   t.set_eval_every(absl::GetFlag(FLAGS_eval_every));
   t.set_data_seed(absl::GetFlag(FLAGS_data_seed));
-  o.model_seed = absl::GetFlag(FLAGS_seed);
+  t.set_model_seed(absl::GetFlag(FLAGS_seed));
+  PS_ASSIGN_OR_RETURN(o.layout, LayoutFromFlags());
   o.initial_model_file = absl::GetFlag(FLAGS_init_model);
+  o.max_model_bytes = absl::GetFlag(FLAGS_max_model_mb) << 20;
   o.shard_index = absl::GetFlag(FLAGS_shard_index);
   o.shard_count = absl::GetFlag(FLAGS_shard_count);
   o.staleness_exponent = absl::GetFlag(FLAGS_staleness_exponent);
@@ -337,7 +366,27 @@ class StopRequest {
   std::string reason_ ABSL_GUARDED_BY(mu_);
 };
 
+// --export_model: the newest checkpoint of every shard as one .npz.
+int ExportModel() {
+  const std::vector<std::string> dirs =
+      absl::StrSplit(absl::GetFlag(FLAGS_checkpoint_dir), ',', absl::SkipEmpty());
+  if (dirs.empty()) {
+    std::fprintf(stderr, "ps-server: --export_model needs --checkpoint_dir\n");
+    return 2;
+  }
+  const std::string path = absl::GetFlag(FLAGS_export_model);
+  absl::StatusOr<uint64_t> version = ExportCheckpoints(dirs, path);
+  if (!version.ok()) {
+    std::fprintf(stderr, "ps-server: %s\n", version.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("exported version %llu to %s\n", static_cast<unsigned long long>(*version),
+              path.c_str());
+  return 0;
+}
+
 int Main() {
+  if (!absl::GetFlag(FLAGS_export_model).empty()) return ExportModel();
   // Signals are taken by one thread with sigwait, so no handler runs on a gRPC thread.
   sigset_t signals;
   sigemptyset(&signals);
@@ -388,6 +437,7 @@ int Main() {
       .Add("H", t.local_steps())
       .Add("model", t.model())
       .Add("model_size", status.model_size())
+      .Add("layout_fingerprint", status.layout_fingerprint())
       .Add("update_encoding", EncodingName(t.update_encoding()))
       .Add("bits_policy", t.bits_policy() == v1::BITS_POLICY_DQSGD ? "dqsgd" : "fixed")
       .Add("error_feedback", t.error_feedback())

@@ -148,14 +148,12 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
       : service_(service),
         handler_(service->handler_),
         ack_(ack),
-        assembly_(
-            handler_->push_rules(),
-            [this](const v1::UpdateHeader& header) { return AcceptHeader(header); },
-            service->TakeBuffer()) {
+        assembly_([this](const v1::UpdateHeader& header) { return AcceptHeader(header); },
+                  service->TakeBuffer()) {
     tracked_.context = context;
     service_->Track(&tracked_);
     absl::StatusOr<Caller> caller = service_->Authenticate(*context);
-    absl::Status admitted = caller.ok() ? handler_->CheckReady() : caller.status();
+    absl::Status admitted = caller.ok() ? handler_->CheckLoaded() : caller.status();
     if (!admitted.ok()) {
       FinishCall(ToGrpcStatus(admitted));
       return;
@@ -202,12 +200,12 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
   }
 
  private:
-  // Runs once the header passed the shard's rules, before any payload is buffered.
-  absl::Status AcceptHeader(const v1::UpdateHeader& header) {
-    absl::StatusOr<CallSlot> slot = handler_->AdmitPush(caller_, header);
-    if (!slot.ok()) return slot.status();
-    slot_ = *std::move(slot);
-    return absl::OkStatus();
+  // Runs on the header, before any payload is buffered.
+  absl::StatusOr<PushRules> AcceptHeader(const v1::UpdateHeader& header) {
+    absl::StatusOr<PushAdmission> admitted = handler_->AdmitPush(caller_, header);
+    if (!admitted.ok()) return admitted.status();
+    slot_ = std::move(admitted->slot);
+    return std::move(admitted->rules);
   }
 
   void OnStreamEnd() {

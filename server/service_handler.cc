@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/codec.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
@@ -19,23 +22,57 @@ void WireCounters::ToProto(v1::WireCounters* out) const {
   out->set_raw_bytes_sent(raw_bytes_sent);
 }
 
-ServiceHandler::ServiceHandler(const ServiceOptions& options)
-    : options_(options),
-      push_rules_{options.model_size, options.shard_begin, options.shard_end, options.chunk_bytes,
-                  std::vector<int>(options.training.allowed_encodings().begin(),
-                                   options.training.allowed_encodings().end())} {}
+ServiceHandler::ServiceHandler(const ServiceOptions& options) : options_(options) {}
 
-void ServiceHandler::Attach(ParameterStore* store, Membership* membership, Aggregator* aggregator,
-                            VersionWaitList* wait_list) {
-  components_ = Components{store, membership, aggregator, wait_list};
-  ready_.store(true, std::memory_order_release);
+PushRules ServiceHandler::RulesFor(const Layout& layout, std::vector<int> allowed) const {
+  const KeyRange range = ShardRange(layout.size(), options_.shard_index, options_.shard_count);
+  return PushRules{layout.size(), range.begin, range.end, options_.chunk_bytes, std::move(allowed)};
 }
 
-absl::StatusOr<const ServiceHandler::Components*> ServiceHandler::Ready() const {
-  if (!ready_.load(std::memory_order_acquire)) {
+void ServiceHandler::Attach(const Layout& layout, ParameterStore* store, Membership* membership,
+                            Aggregator* aggregator, VersionWaitList* wait_list) {
+  const KeyRange range = ShardRange(layout.size(), options_.shard_index, options_.shard_count);
+  components_ = Components{layout,
+                           range,
+                           RulesFor(layout, {options_.training.allowed_encodings().begin(),
+                                             options_.training.allowed_encodings().end()}),
+                           store,
+                           membership,
+                           aggregator,
+                           wait_list};
+  state_.store(State::kReady, std::memory_order_release);
+}
+
+void ServiceHandler::AwaitModel() {
+  State loading = State::kLoading;
+  state_.compare_exchange_strong(loading, State::kAwaitingModel, std::memory_order_acq_rel);
+}
+
+absl::Status ServiceHandler::CheckLoaded() const {
+  if (state_.load(std::memory_order_acquire) == State::kLoading) {
     return absl::UnavailableError("the server is loading its model; retry shortly");
   }
-  return &components_;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const ServiceHandler::Components*> ServiceHandler::Ready(uint64_t worker_id) const {
+  switch (state_.load(std::memory_order_acquire)) {
+    case State::kReady:
+      return &components_;
+    case State::kAwaitingModel:
+      if (worker_id != 0) {
+        return absl::NotFoundError(absl::StrFormat(
+            "this server does not know worker %d: it has no model (it restarted without a "
+            "checkpoint); join again, with a layout and the model you hold",
+            worker_id));
+      }
+      return absl::UnavailableError(
+          "the server has no model yet: it waits for a worker to join with a layout and upload "
+          "its initial values; retry shortly");
+    case State::kLoading:
+      break;
+  }
+  return absl::UnavailableError("the server is loading its model; retry shortly");
 }
 
 void ServiceHandler::NoteAuthRefused(absl::string_view peer, const absl::Status& status) {
@@ -57,10 +94,30 @@ absl::Status ServiceHandler::CheckIdentity(const Components& c, uint64_t id, con
 
 absl::StatusOr<v1::JoinResponse> ServiceHandler::Join(const Caller& caller,
                                                       const v1::JoinRequest& request) {
-  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  PS_RETURN_IF_ERROR(CheckLoaded());
   if (request.worker_name().size() > 256) {
     return absl::InvalidArgumentError(
         absl::StrFormat("worker_name is %d bytes; at most 256", request.worker_name().size()));
+  }
+  std::optional<Layout> theirs;
+  if (request.has_layout()) {
+    absl::StatusOr<Layout> layout = Layout::FromProto(request.layout());
+    if (!layout.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the Join's layout: ", layout.status().message()));
+    }
+    theirs = *std::move(layout);
+  }
+  absl::StatusOr<const Components*> ready = Ready();
+  if (!ready.ok()) return JoinWithoutModel(request, theirs ? &*theirs : nullptr);
+  const Components* c = *ready;
+  if (theirs.has_value()) {
+    if (absl::Status s = CheckSameLayout(c->layout, *theirs, "the server's"); !s.ok()) {
+      LogWarning(absl::StrFormat("event=join_refused name=\"%s\" peer=%s code=%s msg=\"%s\"",
+                                 LogSafe(request.worker_name()), LogSafe(caller.peer),
+                                 absl::StatusCodeToString(s.code()), LogSafe(s.message(), 1024)));
+      return s;
+    }
   }
   // Unset means any free rank; so does -1 (clients written before the field had presence).
   const int rank = request.has_requested_rank() ? request.requested_rank() : -1;
@@ -82,17 +139,43 @@ absl::StatusOr<v1::JoinResponse> ServiceHandler::Join(const Caller& caller,
   response.set_worker_id(member->id);
   response.set_rank(member->rank);
   response.set_lease_ms(absl::ToInt64Milliseconds(c->membership->lease()));
-  response.set_model_size(options_.model_size);
-  response.set_shard_begin(options_.shard_begin);
-  response.set_shard_end(options_.shard_end);
+  response.set_model_size(c->layout.size());
+  response.set_shard_begin(c->range.begin);
+  response.set_shard_end(c->range.end);
   response.set_shard_index(options_.shard_index);
   response.set_shard_count(options_.shard_count);
   response.set_version(c->store->version());
   *response.mutable_config() = options_.training;
   response.set_max_chunk_bytes(static_cast<uint32_t>(options_.chunk_bytes));
+  *response.mutable_layout() = c->layout.ToProto();
   LogInfo(absl::StrFormat("event=join worker_id=%d rank=%d name=\"%s\" peer=%s members=%d",
                           member->id, member->rank, LogSafe(member->name), LogSafe(caller.peer),
                           c->membership->size()));
+  return response;
+}
+
+// No model yet: the caller is told so (with the shard's range of its layout, which it uploads)
+// and is not made a member; it joins again once there is a model.
+absl::StatusOr<v1::JoinResponse> ServiceHandler::JoinWithoutModel(const v1::JoinRequest& request,
+                                                                  const Layout* theirs) {
+  const Layout& required = options_.required_layout;
+  if (theirs != nullptr && !required.empty()) {
+    PS_RETURN_IF_ERROR(CheckSameLayout(required, *theirs, "the server's --layout"));
+  }
+  const Layout* layout = theirs != nullptr ? theirs : required.empty() ? nullptr : &required;
+  v1::JoinResponse response;
+  response.set_initial_model_needed(true);
+  response.set_shard_index(options_.shard_index);
+  response.set_shard_count(options_.shard_count);
+  *response.mutable_config() = options_.training;
+  response.set_max_chunk_bytes(static_cast<uint32_t>(options_.chunk_bytes));
+  if (layout != nullptr) {
+    const KeyRange range = ShardRange(layout->size(), options_.shard_index, options_.shard_count);
+    response.set_model_size(layout->size());
+    response.set_shard_begin(range.begin);
+    response.set_shard_end(range.end);
+    *response.mutable_layout() = layout->ToProto();
+  }
   return response;
 }
 
@@ -113,7 +196,7 @@ absl::Status ServiceHandler::CheckEval(const Components& c, const v1::EvalReport
 
 absl::StatusOr<v1::HeartbeatResponse> ServiceHandler::Heartbeat(
     const Caller& caller, const v1::HeartbeatRequest& request) {
-  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready(request.worker_id()));
   PS_RETURN_IF_ERROR(CheckIdentity(*c, request.worker_id(), caller));
   if (request.has_eval()) PS_RETURN_IF_ERROR(CheckEval(*c, request.eval()));
   PS_RETURN_IF_ERROR(c->membership->Touch(request.worker_id()));
@@ -132,7 +215,7 @@ absl::StatusOr<v1::HeartbeatResponse> ServiceHandler::Heartbeat(
 }
 
 absl::Status ServiceHandler::Leave(const Caller& caller, const v1::LeaveRequest& request) {
-  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready(request.worker_id()));
   PS_RETURN_IF_ERROR(CheckIdentity(*c, request.worker_id(), caller));
   PS_RETURN_IF_ERROR(c->membership->Leave(request.worker_id()));
   c->aggregator->Forget(request.worker_id());
@@ -146,14 +229,13 @@ void ServiceHandler::CloseRoundIfDue() {
 }
 
 absl::StatusOr<v1::StatusResponse> ServiceHandler::Status(const Caller& caller) {
-  PS_RETURN_IF_ERROR(Ready().status());
+  PS_RETURN_IF_ERROR(CheckLoaded());
   return BuildStatus();
 }
 
 v1::StatusResponse ServiceHandler::BuildStatus() const {
   v1::StatusResponse status;
   status.set_mode(options_.training.mode());
-  status.set_model_size(options_.model_size);
   status.set_shard_index(options_.shard_index);
   status.set_shard_count(options_.shard_count);
   *status.mutable_config() = options_.training;
@@ -164,8 +246,19 @@ v1::StatusResponse ServiceHandler::BuildStatus() const {
   status.set_pulls_in_progress(std::max(0, active_pulls_.load()));
   wire_.ToProto(status.mutable_wire());
   absl::StatusOr<const Components*> ready = Ready();
-  if (!ready.ok()) return status;
+  if (!ready.ok()) {
+    if (!options_.required_layout.empty()) {
+      status.set_model_size(options_.required_layout.size());
+      *status.mutable_layout() = options_.required_layout.ToProto();
+      status.set_layout_fingerprint(options_.required_layout.Fingerprint());
+    }
+    return status;
+  }
   const Components& c = **ready;
+  status.set_has_model(true);
+  status.set_model_size(c.layout.size());
+  *status.mutable_layout() = c.layout.ToProto();
+  status.set_layout_fingerprint(c.layout.Fingerprint());
   status.set_version(c.store->version());
   const absl::Time now = absl::Now();
   for (const Member& m : c.membership->Members()) {
@@ -198,24 +291,59 @@ v1::StatusResponse ServiceHandler::BuildStatus() const {
   return status;
 }
 
-absl::StatusOr<CallSlot> ServiceHandler::AdmitPush(const Caller& caller,
-                                                   const v1::UpdateHeader& header) {
-  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+absl::StatusOr<PushAdmission> ServiceHandler::AdmitPush(const Caller& caller,
+                                                        const v1::UpdateHeader& header) {
+  if (header.kind() == v1::UPDATE_KIND_INITIAL_MODEL) return AdmitInitialUpload(header);
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready(header.worker_id()));
   PS_RETURN_IF_ERROR(CheckIdentity(*c, header.worker_id(), caller));
   if (!c->membership->IsMember(header.worker_id())) return NotAMemberError(header.worker_id());
   const int limit = options_.max_concurrent_pushes;
-  CallSlot slot(&active_pushes_);
+  PushAdmission admission{CallSlot(&active_pushes_), c->rules};
   if (++active_pushes_ > limit) {
     ++refused_limit_;
     return absl::ResourceExhaustedError(absl::StrFormat(
         "%d pushes are already being received (limit --max_concurrent_pushes); retry later",
         limit));
   }
-  return slot;
+  return admission;
+}
+
+absl::StatusOr<PushAdmission> ServiceHandler::AdmitInitialUpload(const v1::UpdateHeader& header) {
+  if (absl::StatusOr<const Components*> c = Ready(); c.ok()) {
+    return absl::AlreadyExistsError(
+        absl::StrFormat("the server already has a model (version %d); join again to take it",
+                        (*c)->store->version()));
+  }
+  PS_RETURN_IF_ERROR(CheckLoaded());
+  if (header.encoding().encoding() != v1::ENCODING_FP32) {
+    return absl::InvalidArgumentError("an initial model is uploaded as FP32");
+  }
+  absl::StatusOr<Layout> layout = Layout::FromProto(header.layout());
+  if (!layout.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the initial model's layout: ", layout.status().message()));
+  }
+  if (!options_.required_layout.empty()) {
+    PS_RETURN_IF_ERROR(CheckSameLayout(options_.required_layout, *layout, "the server's --layout"));
+  }
+  PushAdmission admission{CallSlot(&active_uploads_), RulesFor(*layout, {v1::ENCODING_FP32})};
+  const uint64_t bytes = admission.rules.shard_size() * sizeof(float);
+  if (bytes > options_.max_model_bytes) {
+    ++refused_limit_;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "this shard's part of the initial model is %d MiB, more than --max_model_mb=%d",
+        bytes >> 20, options_.max_model_bytes >> 20));
+  }
+  if (++active_uploads_ > 1) {
+    return absl::UnavailableError(
+        "another worker is uploading the initial model; retry shortly (then join again)");
+  }
+  return admission;
 }
 
 absl::StatusOr<SubmitResult> ServiceHandler::SubmitPush(const v1::UpdateHeader& header,
                                                         absl::string_view payload) {
+  if (header.kind() == v1::UPDATE_KIND_INITIAL_MODEL) return SubmitInitialUpload(header, payload);
   PS_ASSIGN_OR_RETURN(const Components* c, Ready());
   Update update;
   update.worker_id = header.worker_id();
@@ -238,6 +366,30 @@ absl::StatusOr<SubmitResult> ServiceHandler::SubmitPush(const v1::UpdateHeader& 
   return result;
 }
 
+// The whole payload arrived and the stream ended cleanly: checked, then installed as version 1,
+// unless another upload got there first.
+absl::StatusOr<SubmitResult> ServiceHandler::SubmitInitialUpload(const v1::UpdateHeader& header,
+                                                                 absl::string_view payload) {
+  PS_ASSIGN_OR_RETURN(Layout layout, Layout::FromProto(header.layout()));
+  double max_abs = 0;
+  PS_RETURN_IF_ERROR(ValidatePayload(header.encoding(), payload, header.num_elements(), &max_abs));
+  if (max_abs > kMaxModelMagnitude) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the initial model has a coordinate of magnitude %g, past the largest a coordinate may "
+        "have (%g)",
+        max_abs, kMaxModelMagnitude));
+  }
+  std::vector<float> values(header.num_elements());
+  std::memcpy(values.data(), payload.data(), payload.size());
+  if (!options_.install_uploaded) return absl::InternalError("no way to install a model");
+  PS_ASSIGN_OR_RETURN(uint64_t version,
+                      options_.install_uploaded(layout, std::move(values), header.base_version()));
+  wire_.raw_bytes_received += header.num_elements() * sizeof(float);
+  LogInfo(absl::StrFormat("event=initial_model_uploaded layout=\"%s\" fingerprint=%s version=%d",
+                          LogSafe(layout.Summary(), 1024), layout.Fingerprint(), version));
+  return SubmitResult{/*duplicate=*/false, /*folded=*/false, version};
+}
+
 void ServiceHandler::NoteRefusedPush(const Caller& caller, const absl::Status& status) {
   ++refused_at_stream_;
   LogWarning(absl::StrFormat("event=push_refused peer=%s code=%s msg=\"%s\"", LogSafe(caller.peer),
@@ -247,7 +399,7 @@ void ServiceHandler::NoteRefusedPush(const Caller& caller, const absl::Status& s
 
 absl::StatusOr<PullAdmission> ServiceHandler::AdmitPull(const Caller& caller,
                                                         const v1::PullRequest& request) {
-  PS_ASSIGN_OR_RETURN(const Components* c, Ready());
+  PS_ASSIGN_OR_RETURN(const Components* c, Ready(request.worker_id()));
   PullAdmission admission;
   admission.slot = CallSlot(&active_pulls_);
   const int limit = options_.max_pending_pulls;
@@ -308,7 +460,7 @@ PullPlan ServiceHandler::PlanPull(uint64_t have_version, const std::vector<int>&
   if (!c.ok()) return plan;  // not reached: pulls are planned only once admitted
   plan.snapshot = (*c)->store->Snapshot();
   const ModelSnapshot& snapshot = plan.snapshot;
-  const uint64_t d = shard_size();
+  const uint64_t d = (*c)->range.size();
   if (snapshot.version <= have_version) {
     // Only possible when timed out (or shutting down): nothing newer to send.
     PullSegment unchanged;

@@ -2,9 +2,12 @@
 // submission, pull admission and planning. Each returns absl::Status(Or) and knows nothing of
 // gRPC; service.cc only adapts them to the callback API and converts the status in one place.
 //
-// Readiness is checked once, on entry to every call: until Attach hands over the loaded
-// components, every call is refused with UNAVAILABLE ("loading"). The components are reachable
-// only through that check (Ready()), so no call can touch a component that is not there yet.
+// Readiness is checked once, on entry to every call. The server starts loading (every call is
+// refused with UNAVAILABLE), then either has a model (Attach hands over the components) or waits
+// for one (AwaitModel): then Join answers "initial model needed", Status answers, and a push of
+// UPDATE_KIND_INITIAL_MODEL may upload the first values (docs/layouts.md); everything else is
+// UNAVAILABLE until the upload is installed. The components are reachable only through that
+// check (Ready()), so no call can touch a component that is not there yet.
 #ifndef PS_SERVER_SERVICE_HANDLER_H_
 #define PS_SERVER_SERVICE_HANDLER_H_
 
@@ -20,6 +23,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/layout.h"
 #include "common/metrics.h"
 #include "ps/v1/ps.pb.h"
 #include "server/aggregator.h"
@@ -32,9 +36,6 @@ namespace ps {
 
 struct ServiceOptions {
   v1::TrainingConfig training;
-  uint64_t model_size = 0;
-  uint64_t shard_begin = 0;
-  uint64_t shard_end = 0;
   uint32_t shard_index = 0;
   uint32_t shard_count = 1;
   absl::Duration max_pull_wait = absl::Seconds(30);
@@ -48,6 +49,17 @@ struct ServiceOptions {
   absl::Duration idle_timeout = absl::Seconds(60);
   // Adds what the service does not know (checkpoints) to Status answers.
   std::function<void(v1::StatusResponse*)> add_status;
+  // The layout every worker must have (--layout, --model_size); empty = taken from the first
+  // initial model uploaded.
+  Layout required_layout;
+  // Largest part of an uploaded initial model this shard takes, in bytes.
+  uint64_t max_model_bytes = uint64_t{16} << 30;
+  // Installs an uploaded initial model (this shard's part of `layout`, at `version`: 0 or 1 for a
+  // fresh model, a worker's version when a server that lost its model gets it back) and returns
+  // its version; ALREADY_EXISTS when a model was installed meanwhile. Called from the pool.
+  std::function<absl::StatusOr<uint64_t>(const Layout& layout, std::vector<float> values,
+                                         uint64_t version)>
+      install_uploaded;
 };
 
 // Counters of serialized gRPC message bytes (HTTP/2 and TLS framing not included). Thread-safe.
@@ -100,6 +112,13 @@ struct PullPlan {
   std::vector<PullSegment> segments;
 };
 
+// An admitted push: its place under max_concurrent_pushes and the rules its stream must follow
+// (the shard's, or for an initial upload those of the layout it carries).
+struct PushAdmission {
+  CallSlot slot;
+  PushRules rules;
+};
+
 // An admitted pull: its place under max_pending_pulls, the version to compare against (0 when the
 // client claimed one from the future), and when to stop waiting.
 struct PullAdmission {
@@ -113,16 +132,21 @@ class ServiceHandler {
  public:
   explicit ServiceHandler(const ServiceOptions& options);
 
-  // Hands over the loaded components; calls are served from then on. Call once.
-  void Attach(ParameterStore* store, Membership* membership, Aggregator* aggregator,
-              VersionWaitList* wait_list);
-  // OK once attached, else UNAVAILABLE ("loading"): for a stream to refuse before its first
-  // message.
-  absl::Status CheckReady() const { return Ready().status(); }
+  // Hands over the components of the model `layout` describes; calls are served from then on.
+  // Call once.
+  void Attach(const Layout& layout, ParameterStore* store, Membership* membership,
+              Aggregator* aggregator, VersionWaitList* wait_list);
+  // Loading is over but there is no model: initial uploads are taken from now on.
+  void AwaitModel();
+  // OK once loading is over, else UNAVAILABLE: for a push stream to refuse before its first
+  // message (the header then says whether it is an initial upload).
+  absl::Status CheckLoaded() const;
 
-  // INVALID_ARGUMENT for a name over 256 bytes or a bad rank; ALREADY_EXISTS, RESOURCE_EXHAUSTED
-  // as Membership::Join. A refused Join changes nothing (a live member with the same identity
-  // is replaced only when the Join succeeds).
+  // INVALID_ARGUMENT for a name over 256 bytes, a bad rank or a malformed layout;
+  // FAILED_PRECONDITION for a layout other than the server's (naming the first tensor that
+  // differs); ALREADY_EXISTS, RESOURCE_EXHAUSTED as Membership::Join. A refused Join changes
+  // nothing (a live member with the same identity is replaced only when the Join succeeds).
+  // Without a model: initial_model_needed, and no membership.
   absl::StatusOr<v1::JoinResponse> Join(const Caller& caller, const v1::JoinRequest& request);
   // Renews the lease. INVALID_ARGUMENT for an evaluation report that is not finite, has an
   // accuracy outside [0, 1] or version 0; a version past this shard's is kept as this shard's.
@@ -136,10 +160,13 @@ class ServiceHandler {
   // Status for in-process readers (metrics, tests); the version is 0 while loading.
   v1::StatusResponse BuildStatus() const;
 
-  // A push header that passed the shard's rules: is the caller this member, and is there a place
-  // for it? NOT_FOUND, PERMISSION_DENIED, RESOURCE_EXHAUSTED.
-  absl::StatusOr<CallSlot> AdmitPush(const Caller& caller, const v1::UpdateHeader& header);
-  // Hands a complete, cleanly ended push to the aggregator (see Aggregator::Submit for the codes).
+  // A push's header: is the caller this member, and is there a place for it? NOT_FOUND,
+  // PERMISSION_DENIED, RESOURCE_EXHAUSTED. An initial upload: ALREADY_EXISTS once there is a
+  // model, UNAVAILABLE while another upload is in progress, INVALID_ARGUMENT or
+  // FAILED_PRECONDITION for its layout, RESOURCE_EXHAUSTED past max_model_bytes.
+  absl::StatusOr<PushAdmission> AdmitPush(const Caller& caller, const v1::UpdateHeader& header);
+  // Hands a complete, cleanly ended push to the aggregator (see Aggregator::Submit for the codes),
+  // or an initial upload to install_uploaded.
   absl::StatusOr<SubmitResult> SubmitPush(const v1::UpdateHeader& header,
                                           absl::string_view payload);
   // A push refused before it reached the aggregator (bad stream, bad header), counted and logged.
@@ -161,7 +188,6 @@ class ServiceHandler {
   PullPlan PlanPull(uint64_t have_version, const std::vector<int>& accept, absl::Time started);
 
   const ServiceOptions& options() const { return options_; }
-  const PushRules& push_rules() const { return push_rules_; }
   WireCounters& wire() { return wire_; }
   // How long pulls waited for a newer version before being answered, in seconds: the time
   // workers spend at the barrier of a sync round.
@@ -169,23 +195,34 @@ class ServiceHandler {
 
  private:
   struct Components {
+    Layout layout;
+    KeyRange range;  // this shard's part of the model
+    PushRules rules;
     ParameterStore* store = nullptr;
     Membership* membership = nullptr;
     Aggregator* aggregator = nullptr;
     VersionWaitList* wait_list = nullptr;
   };
-  // The one readiness check: the components, or UNAVAILABLE while the model loads.
-  absl::StatusOr<const Components*> Ready() const;
+  enum class State { kLoading, kAwaitingModel, kReady };
+  // The one readiness check: the components, or UNAVAILABLE while loading or without a model.
+  // For a call acting as a member (worker_id != 0) a server without a model answers NOT_FOUND:
+  // it restarted and lost everything, so the worker joins again and gives it its model back.
+  absl::StatusOr<const Components*> Ready(uint64_t worker_id = 0) const;
+  absl::StatusOr<v1::JoinResponse> JoinWithoutModel(const v1::JoinRequest& request,
+                                                    const Layout* theirs);
+  absl::StatusOr<PushAdmission> AdmitInitialUpload(const v1::UpdateHeader& header);
+  absl::StatusOr<SubmitResult> SubmitInitialUpload(const v1::UpdateHeader& header,
+                                                   absl::string_view payload);
   // Identity check of a call acting as worker `id`, counting refusals.
   absl::Status CheckIdentity(const Components& c, uint64_t id, const Caller& caller);
   absl::Status CheckEval(const Components& c, const v1::EvalReport& eval) const;
-  uint64_t shard_size() const { return options_.shard_end - options_.shard_begin; }
+  PushRules RulesFor(const Layout& layout, std::vector<int> allowed) const;
 
   const ServiceOptions options_;
-  const PushRules push_rules_;
-  // Set once by Attach, before ready_ (release); read only after ready_ (acquire).
-  std::atomic<bool> ready_{false};
+  // Set once by Attach, before state_ becomes kReady (release); read only after (acquire).
+  std::atomic<State> state_{State::kLoading};
   Components components_;
+  std::atomic<int> active_uploads_{0};  // initial uploads: one at a time
 
   WireCounters wire_;
   std::atomic<uint64_t> refused_at_stream_{0};  // pushes refused before reaching the aggregator

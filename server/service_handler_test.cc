@@ -3,6 +3,7 @@
 #include "server/service_handler.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -24,11 +25,11 @@ ServiceOptions Options(int num_workers) {
   o.training.set_mode(v1::AGGREGATION_MODE_ASYNC);
   o.training.set_num_workers(num_workers);
   o.training.add_allowed_encodings(v1::ENCODING_FP32);
-  o.model_size = 4;
-  o.shard_end = 4;
   o.chunk_bytes = 1024;
   return o;
 }
+
+Layout FourFloats() { return *Layout::Create({{"w", {2, 2}}}); }
 
 v1::UpdateHeader Header(uint64_t worker_id) {
   v1::UpdateHeader h;
@@ -56,7 +57,8 @@ class ServiceHandlerTest : public ::testing::Test {
     wait_list_ = std::make_unique<VersionWaitList>(1);
   }
   void Attach() {
-    handler_.Attach(store_.get(), membership_.get(), aggregator_.get(), wait_list_.get());
+    handler_.Attach(FourFloats(), store_.get(), membership_.get(), aggregator_.get(),
+                    wait_list_.get());
   }
   uint64_t JoinAs(const std::string& identity, int rank = -1) {
     v1::JoinRequest join;
@@ -178,6 +180,135 @@ TEST_F(ServiceHandlerTest, AWorkerNameCannotForgeOrSplitALogLine) {
   EXPECT_THAT(log, Not(HasSubstr("\nE event=shutdown")));
 }
 
+v1::UpdateHeader UploadHeader(const Layout& layout) {
+  v1::UpdateHeader h;
+  h.set_kind(v1::UPDATE_KIND_INITIAL_MODEL);
+  h.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+  h.set_num_elements(layout.size());
+  h.set_payload_bytes(layout.size() * sizeof(float));
+  *h.mutable_layout() = layout.ToProto();
+  return h;
+}
+
+// Without a model a Join says so (with the range to upload) and makes no member; the first
+// complete upload is installed, a second one is told the model exists, and from then on a Join
+// with another layout is refused naming the tensor.
+TEST(ServiceHandlerWithoutModel, JoinsAskForTheInitialModelAndTheFirstUploadIsInstalled) {
+  ServiceOptions options = Options(2);
+  options.shard_index = 1;
+  options.shard_count = 2;
+  std::vector<std::pair<Layout, std::vector<float>>> installed;
+  ServiceHandler* handler_ptr = nullptr;
+  ParameterStore store(std::vector<float>{3, 4});
+  FakeClock clock;
+  Membership membership(2, absl::Seconds(30), &clock);
+  AggregatorOptions aggregator_options;
+  aggregator_options.mode = v1::AGGREGATION_MODE_ASYNC;
+  aggregator_options.clock = &clock;
+  Aggregator aggregator(aggregator_options, &store, &membership);
+  VersionWaitList wait_list(1);
+  options.install_uploaded = [&](const Layout& layout, std::vector<float> values,
+                                 uint64_t) -> absl::StatusOr<uint64_t> {
+    installed.emplace_back(layout, values);
+    handler_ptr->Attach(layout, &store, &membership, &aggregator, &wait_list);
+    return 1;
+  };
+  ServiceHandler handler(options);
+  handler_ptr = &handler;
+  const Caller caller{"", "test"};
+  EXPECT_EQ(handler.Join(caller, v1::JoinRequest()).status().code(),
+            absl::StatusCode::kUnavailable);  // still loading
+  handler.AwaitModel();
+
+  v1::JoinRequest join;
+  *join.mutable_layout() = FourFloats().ToProto();
+  absl::StatusOr<v1::JoinResponse> asked = handler.Join(caller, join);
+  ASSERT_TRUE(asked.ok()) << asked.status();
+  EXPECT_TRUE(asked->initial_model_needed());
+  EXPECT_EQ(asked->worker_id(), 0u);
+  EXPECT_EQ(asked->shard_begin(), 2u);  // shard 1 of 2 of 4 coordinates
+  EXPECT_EQ(asked->shard_end(), 4u);
+  EXPECT_FALSE(handler.BuildStatus().has_model());
+  EXPECT_EQ(handler.AdmitPull(caller, v1::PullRequest()).status().code(),
+            absl::StatusCode::kUnavailable);
+
+  v1::UpdateHeader header = UploadHeader(FourFloats());
+  header.set_num_elements(2);
+  header.set_payload_bytes(8);
+  absl::StatusOr<PushAdmission> admitted = handler.AdmitPush(caller, header);
+  ASSERT_TRUE(admitted.ok()) << admitted.status();
+  EXPECT_EQ(admitted->rules.shard_begin, 2u);
+  EXPECT_EQ(handler.AdmitPush(caller, header).status().code(), absl::StatusCode::kUnavailable)
+      << "one upload at a time";
+  const std::vector<float> values = {3, 4};
+  std::string payload(reinterpret_cast<const char*>(values.data()), 8);
+  std::string bad = payload;
+  const float inf = std::numeric_limits<float>::infinity();
+  std::memcpy(bad.data(), &inf, 4);
+  EXPECT_EQ(handler.SubmitPush(header, bad).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(installed.empty()) << "a refused upload installs nothing";
+  absl::StatusOr<SubmitResult> result = handler.SubmitPush(header, payload);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->version, 1u);
+  ASSERT_EQ(installed.size(), 1u);
+  EXPECT_EQ(installed[0].second, values);
+  admitted->slot.Release();
+
+  EXPECT_EQ(handler.AdmitPush(caller, header).status().code(), absl::StatusCode::kAlreadyExists);
+  absl::StatusOr<v1::JoinResponse> member = handler.Join(caller, join);
+  ASSERT_TRUE(member.ok()) << member.status();
+  EXPECT_FALSE(member->initial_model_needed());
+  EXPECT_NE(member->worker_id(), 0u);
+  EXPECT_EQ(member->layout().tensors(0).name(), "w");
+  v1::JoinRequest other;
+  *other.mutable_layout() = Layout::Create({{"w", {4}}})->ToProto();
+  absl::Status refused = handler.Join(caller, other).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.message(), HasSubstr("w [4]"));
+  EXPECT_THAT(refused.message(), HasSubstr("w [2, 2]"));
+  EXPECT_TRUE(handler.BuildStatus().has_model());
+  EXPECT_EQ(handler.BuildStatus().layout_fingerprint(), FourFloats().Fingerprint());
+}
+
+TEST(ServiceHandlerWithoutModel, UploadsOfAnotherLayoutThanRequiredOrTooLargeAreRefused) {
+  ServiceOptions options = Options(1);
+  options.required_layout = FourFloats();
+  options.max_model_bytes = 1 << 20;
+  ServiceHandler handler(options);
+  handler.AwaitModel();
+  const Caller caller{"", "test"};
+  v1::JoinRequest join;
+  *join.mutable_layout() = Layout::Create({{"w", {5}}})->ToProto();
+  EXPECT_EQ(handler.Join(caller, join).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(handler.AdmitPush(caller, UploadHeader(*Layout::Create({{"w", {5}}}))).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  ServiceOptions open = Options(1);
+  open.max_model_bytes = 1 << 20;
+  ServiceHandler unbounded(open);
+  unbounded.AwaitModel();
+  absl::Status huge =
+      unbounded.AdmitPush(caller, UploadHeader(*Layout::Create({{"w", {1 << 20}}}))).status();
+  EXPECT_EQ(huge.code(), absl::StatusCode::kResourceExhausted) << huge;
+  v1::UpdateHeader quantized = UploadHeader(FourFloats());
+  quantized.mutable_encoding()->set_encoding(v1::ENCODING_QSGD);
+  EXPECT_EQ(unbounded.AdmitPush(caller, quantized).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // A member of the server before it lost its model is told to join again, not to wait.
+  v1::HeartbeatRequest heartbeat;
+  heartbeat.set_worker_id(77);
+  EXPECT_EQ(unbounded.Heartbeat(caller, heartbeat).status().code(), absl::StatusCode::kNotFound);
+  v1::PullRequest pull;
+  pull.set_worker_id(77);
+  EXPECT_EQ(unbounded.AdmitPull(caller, pull).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(unbounded.AdmitPull(caller, v1::PullRequest()).status().code(),
+            absl::StatusCode::kUnavailable);
+  v1::JoinRequest no_layout;
+  absl::StatusOr<v1::JoinResponse> required = handler.Join(caller, no_layout);
+  ASSERT_TRUE(required.ok());
+  EXPECT_TRUE(required->initial_model_needed());
+  EXPECT_EQ(required->model_size(), 4u) << "the required layout is told to a joiner without one";
+}
+
 TEST(LogSafe, EscapesControlBytesAndBoundsTheLength) {
   EXPECT_EQ(LogSafe("plain-name_1"), "plain-name_1");
   EXPECT_EQ(LogSafe("a\nb\"c\\"), "a\\nb\\\"c\\\\");
@@ -189,13 +320,15 @@ TEST_F(ServiceHandlerTest, PushPlacesAreHeldUntilReleased) {
   ServiceOptions options = Options(2);
   options.max_concurrent_pushes = 1;
   ServiceHandler handler(options);
-  handler.Attach(store_.get(), membership_.get(), aggregator_.get(), wait_list_.get());
+  handler.Attach(FourFloats(), store_.get(), membership_.get(), aggregator_.get(),
+                 wait_list_.get());
   const uint64_t id = membership_->Join("w", -1)->id;
-  absl::StatusOr<CallSlot> first = handler.AdmitPush({"", "test"}, Header(id));
+  absl::StatusOr<PushAdmission> first = handler.AdmitPush({"", "test"}, Header(id));
   ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->rules.shard_size(), 4u);
   EXPECT_EQ(handler.AdmitPush({"", "test"}, Header(id)).status().code(),
             absl::StatusCode::kResourceExhausted);
-  first->Release();
+  first->slot.Release();
   EXPECT_TRUE(handler.AdmitPush({"", "test"}, Header(id)).ok());
   EXPECT_EQ(handler.BuildStatus().pushes_in_progress(), 0u) << "the slot went with its owner";
 }

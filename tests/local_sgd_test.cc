@@ -42,7 +42,7 @@ TEST(LocalSgd, OneWorkerOneLocalStepIsExactlyPlainMiniBatchSgd) {
   options.training.set_rounds(40);
   options.training.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME);
   options.training.set_lr_decay(0.01f);
-  options.model_seed = 3;
+  options.training.set_model_seed(3);
   auto server = StartServer(options);
   ASSERT_NE(server, nullptr);
   absl::StatusOr<TrainingResult> result = TrainOneWorker(*server);
@@ -60,7 +60,7 @@ TEST(LocalSgd, OneWorkerOneLocalStepIsExactlyPlainMiniBatchSgd) {
       all->Subset(PartitionIndices(*all, 1, 0, PartitionScheme::kIid, config.data_seed()));
   BatchSampler sampler(&train, config.batch_size(), SamplerSeed(config.data_seed(), 0));
   std::vector<float> x((*model)->num_parameters()), grad(x.size());
-  (*model)->Initialize(options.model_seed, absl::MakeSpan(x));
+  (*model)->Initialize(options.training.model_seed(), absl::MakeSpan(x));
   RowMatrix bx;
   std::vector<int32_t> by;
   const StepSchedule schedule = WorkerSchedule(config, config.rounds());

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The wire contract from a client that is not ours: Python grpcio and messages generated from
-proto/ps/v1/ps.proto by protoc. Join, pull the full model, push a delta in two chunks, pull the new
-version, see a NaN push refused with INVALID_ARGUMENT, read Status, leave. Then what a hostile or
+proto/ps/v1/ps.proto by protoc. A server told nothing of the model: join with a layout, upload the
+initial model, join again, pull it, push a delta in two chunks, pull the new version, see a NaN
+push refused with INVALID_ARGUMENT and a Join of another layout refused naming the tensor, read
+Status, leave. Then what a hostile or
 careless client can send that our C++ client never would (raw bytes, compressed messages, two
 messages to a unary call, control characters in names), and what the server answers.
 
@@ -22,7 +24,12 @@ subprocess.run(["protoc", f"--proto_path={PROTO_ROOT}", f"--python_out={WORK}",
 sys.path.insert(0, WORK)
 
 import grpc  # noqa: E402
+import numpy  # noqa: E402
 from ps.v1 import ps_pb2 as pb  # noqa: E402
+
+# An initial model for the servers that are given one (10 float32 zeros), as numpy writes it.
+INIT_NPY = os.path.join(WORK, "init.npy")
+numpy.save(INIT_NPY, numpy.zeros(10, dtype=numpy.float32))
 
 SERVICE = "/ps.v1.ParameterServer/"
 
@@ -89,19 +96,50 @@ class ServerTestCase(unittest.TestCase):
 
 
 class PythonClientTest(ServerTestCase):
-    FLAGS = ["--mode=async", "--num_workers=1", "--input_dim=4", "--num_classes=2",
-             "--model=softmax"]
+    FLAGS = ["--mode=async", "--num_workers=1"]
+    LAYOUT = pb.ModelLayout(tensors=[pb.TensorSpec(name="w", shape=[2, 4]),
+                                     pb.TensorSpec(name="b", shape=[2])])
+
+    def upload(self, values):
+        payload = array.array("f", values).tobytes()
+        header = pb.UpdateHeader(
+            kind=pb.UPDATE_KIND_INITIAL_MODEL, encoding=pb.EncodingParams(encoding=pb.ENCODING_FP32),
+            num_elements=len(values), payload_bytes=len(payload), layout=self.LAYOUT)
+        return self.call("stream_unary", "Push", pb.UpdateChunk, pb.PushAck)(
+            iter([pb.UpdateChunk(header=header, offset=0, data=payload)]), timeout=30)
 
     def test_join_pull_push_pull_status_leave(self):
         join = self.call("unary_unary", "Join", pb.JoinRequest, pb.JoinResponse)
-        joined = join(pb.JoinRequest(worker_name="python", requested_rank=-1), timeout=30)
+        request = pb.JoinRequest(worker_name="python", requested_rank=-1, layout=self.LAYOUT)
+        asked = join(request, timeout=30)
+        self.assertTrue(asked.initial_model_needed)
+        self.assertEqual(asked.worker_id, 0)
+        self.assertEqual((asked.shard_begin, asked.shard_end), (0, 10))
+        initial = [0.5 * i for i in range(10)]
+        ack = self.upload(initial)
+        self.assertEqual(ack.version, 1)
+        with self.assertRaises(grpc.RpcError) as again:
+            self.upload(initial)
+        self.assertEqual(again.exception.code(), grpc.StatusCode.ALREADY_EXISTS)
+
+        joined = join(request, timeout=30)
+        self.assertFalse(joined.initial_model_needed)
         self.assertEqual(joined.model_size, 2 * 4 + 2)
         self.assertEqual(joined.config.mode, pb.AGGREGATION_MODE_ASYNC)
+        self.assertEqual([t.name for t in joined.layout.tensors], ["w", "b"])
 
         header, x0 = self.pull(joined.worker_id, 0)
         self.assertEqual(header.kind, pb.ModelHeader.KIND_FULL)
         self.assertEqual(header.version, 1)
-        self.assertEqual(len(x0), joined.model_size)
+        self.assertEqual(list(x0), initial)
+
+        other = pb.JoinRequest(worker_name="other", layout=pb.ModelLayout(
+            tensors=[pb.TensorSpec(name="w", shape=[4, 2]), pb.TensorSpec(name="b", shape=[2])]))
+        with self.assertRaises(grpc.RpcError) as refused:
+            join(other, timeout=30)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("w [4, 2]", refused.exception.details())
+        self.assertIn("w [2, 4]", refused.exception.details())
 
         delta = [0.25 * (i + 1) for i in range(joined.model_size)]
         ack = self.push(joined.worker_id, 1, 1, delta)
@@ -125,6 +163,10 @@ class PythonClientTest(ServerTestCase):
         self.assertEqual(status.updates_applied, 1)
         self.assertGreaterEqual(status.updates_refused_invalid, 1)
         self.assertEqual(len(status.members), 1)
+        self.assertTrue(status.has_model)
+        self.assertEqual([(t.name, list(t.shape)) for t in status.layout.tensors],
+                         [("w", [2, 4]), ("b", [2])])
+        self.assertEqual(len(status.layout_fingerprint), 16)
 
         self.call("unary_unary", "Leave", pb.LeaveRequest, pb.LeaveResponse)(
             pb.LeaveRequest(worker_id=joined.worker_id), timeout=30)
@@ -135,8 +177,7 @@ class PythonClientTest(ServerTestCase):
 
 class HostileClientTest(ServerTestCase):
     """Issue 10: what the server does with input that only a hostile or broken client sends."""
-    FLAGS = ["--mode=async", "--num_workers=8", "--input_dim=4", "--num_classes=2",
-             "--model=softmax"]
+    FLAGS = ["--mode=async", "--num_workers=8", "--init_model=" + INIT_NPY]
 
     def raw(self, kind, method):
         return getattr(self.channel, kind)(SERVICE + method)  # bytes in, bytes out
@@ -197,6 +238,50 @@ class HostileClientTest(ServerTestCase):
         self.assertNotIn(b"\n2026-01-01T00:00:00.000Z E event=shutdown", log)
         self.assertNotIn(b"\x00", log)
         self.assertIn(b'name="evil\\n2026-01-01', log)
+
+
+class ExportTest(unittest.TestCase):
+    """numpy in, numpy out: two shards start from an .npz numpy wrote (the layout comes with it),
+    checkpoint at shutdown, and ps-server --export_model gives back the same arrays by name."""
+
+    def test_an_npz_round_trips_through_two_shards_and_their_checkpoints(self):
+        work = tempfile.mkdtemp(dir=WORK)
+        rng = numpy.random.default_rng(5)
+        arrays = {"encoder.weight": rng.standard_normal((7, 3), dtype=numpy.float32),
+                  "encoder.bias": rng.standard_normal(7, dtype=numpy.float32),
+                  "head": rng.standard_normal((2, 2, 2), dtype=numpy.float32)}
+        init = os.path.join(work, "init.npz")
+        numpy.savez(init, **arrays)
+        dirs = [os.path.join(work, "shard%d" % i) for i in range(2)]
+        servers = []
+        for i, ckpt in enumerate(dirs):
+            port_file = os.path.join(work, "port%d" % i)
+            servers.append(subprocess.Popen(
+                [SERVER, "--listen=127.0.0.1:0", "--port_file=" + port_file, "--mode=sync",
+                 "--num_workers=1", "--init_model=" + init, "--shard_index=%d" % i,
+                 "--shard_count=2", "--checkpoint_dir=" + ckpt],
+                stderr=subprocess.DEVNULL))
+            for _ in range(100):
+                if os.path.exists(port_file):
+                    break
+                time.sleep(0.1)
+        for server in servers:
+            server.terminate()
+            self.assertEqual(server.wait(timeout=30), 0)
+        out = os.path.join(work, "model.npz")
+        exported = subprocess.run([SERVER, "--export_model=" + out,
+                                   "--checkpoint_dir=" + ",".join(dirs)],
+                                  capture_output=True, text=True)
+        self.assertEqual(exported.returncode, 0, exported.stderr)
+        self.assertIn("exported version 1", exported.stdout)
+        with numpy.load(out) as loaded:
+            self.assertEqual(list(loaded.keys()), list(arrays.keys()))
+            for name, values in arrays.items():
+                numpy.testing.assert_array_equal(loaded[name], values)
+        one = subprocess.run([SERVER, "--export_model=" + out, "--checkpoint_dir=" + dirs[1]],
+                             capture_output=True, text=True)
+        self.assertNotEqual(one.returncode, 0)
+        self.assertIn("all 2 shards", one.stderr)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,17 @@ ServerOptions SmallServerOptions(v1::AggregationMode mode, int num_workers, int 
 }
 
 std::unique_ptr<ParameterServer> StartServer(const ServerOptions& options) {
+  ServerOptions with_model = options;
+  if (!options.initial_model.has_value() && options.initial_model_file.empty() &&
+      options.layout.empty()) {
+    absl::StatusOr<ModelValues> builtin = BuiltinInitialModel(options.training);
+    EXPECT_TRUE(builtin.ok()) << builtin.status();
+    if (builtin.ok()) with_model.initial_model = *std::move(builtin);
+  }
+  return StartServerWithoutModel(with_model);
+}
+
+std::unique_ptr<ParameterServer> StartServerWithoutModel(const ServerOptions& options) {
   auto server = ParameterServer::Create(options);
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? std::move(*server) : nullptr;

@@ -18,8 +18,13 @@ inline constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
 // Softmax regression on Fashion-MNIST's shape, FP32 allowed, everything else at its default.
 ServerOptions SmallServerOptions(v1::AggregationMode mode, int num_workers, int local_steps);
 
-// Starts a server or fails the calling test (ASSERT in the caller on nullptr).
+// Starts a server or fails the calling test (ASSERT in the caller on nullptr). Unless the options
+// give a model (layout, values or a file), the server starts with the built-in model that
+// options.training names, as the first ps-worker would upload it.
 std::unique_ptr<ParameterServer> StartServer(const ServerOptions& options);
+// The same, taking the options as they are: without a model given (and no checkpoint), the
+// server waits for a worker's initial upload.
+std::unique_ptr<ParameterServer> StartServerWithoutModel(const ServerOptions& options);
 
 std::unique_ptr<PsClient> Connect(const ParameterServer& server, const std::string& name = "test");
 

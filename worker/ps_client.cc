@@ -96,11 +96,13 @@ grpc::Status PsClient::WithRetries(absl::string_view what, Attempt attempt,
   }
 }
 
-absl::StatusOr<v1::JoinResponse> PsClient::Join(std::optional<int> requested_rank) {
+absl::StatusOr<v1::JoinResponse> PsClient::Join(std::optional<int> requested_rank,
+                                                const Layout* layout) {
   v1::JoinRequest request;
   request.set_worker_name(options_.worker_name);
   request.set_requested_rank(requested_rank.value_or(options_.requested_rank));
   request.add_supported_encodings(v1::ENCODING_FP32);
+  if (layout != nullptr) *request.mutable_layout() = layout->ToProto();
   v1::JoinResponse response;
   grpc::Status status = WithRetries(
       "Join",
@@ -212,10 +214,39 @@ absl::StatusOr<v1::PushAck> PsClient::PushLocked(v1::UpdateKind kind, uint64_t b
   header.set_num_elements(num_elements);
   header.set_payload_bytes(payload.size());
   header.set_train_loss(train_loss);
-  const std::vector<ByteRange> ranges = ChunkRanges(payload.size(), chunk_bytes_);
-
   v1::PushAck ack;
-  grpc::Status status = WithRetries(
+  grpc::Status status = SendPush(header, payload, &ack);
+  if (!status.ok()) return WithContext(status, "Push", options_.servers[0]);
+  bytes_received_ += ack.ByteSizeLong();
+  raw_sent_ += num_elements * sizeof(float);
+  return ack;
+}
+
+absl::Status PsClient::UploadInitialModel(const Layout& layout, absl::Span<const float> values,
+                                          uint64_t version) {
+  v1::UpdateHeader header;
+  header.set_kind(v1::UPDATE_KIND_INITIAL_MODEL);
+  header.set_base_version(version);
+  header.mutable_encoding()->set_encoding(v1::ENCODING_FP32);
+  header.set_num_elements(values.size());
+  header.set_payload_bytes(values.size() * sizeof(float));
+  *header.mutable_layout() = layout.ToProto();
+  const absl::string_view payload(reinterpret_cast<const char*>(values.data()),
+                                  values.size() * sizeof(float));
+  v1::PushAck ack;
+  absl::MutexLock lock(&push_mu_);
+  grpc::Status status = SendPush(header, payload, &ack);
+  if (!status.ok()) return WithContext(status, "initial model upload", options_.servers[0]);
+  bytes_received_ += ack.ByteSizeLong();
+  raw_sent_ += payload.size();
+  return absl::OkStatus();
+}
+
+grpc::Status PsClient::SendPush(const v1::UpdateHeader& header, absl::string_view payload,
+                                v1::PushAck* ack_out) {
+  const std::vector<ByteRange> ranges = ChunkRanges(payload.size(), chunk_bytes_);
+  v1::PushAck& ack = *ack_out;
+  return WithRetries(
       "Push",
       [&] {
         grpc::ClientContext context;
@@ -236,10 +267,6 @@ absl::StatusOr<v1::PushAck> PsClient::PushLocked(v1::UpdateKind kind, uint64_t b
         return writer->Finish();
       },
       grpc::StatusCode::DEADLINE_EXCEEDED);
-  if (!status.ok()) return WithContext(status, "Push", options_.servers[0]);
-  bytes_received_ += ack.ByteSizeLong();
-  raw_sent_ += num_elements * sizeof(float);
-  return ack;
 }
 
 absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration wait,

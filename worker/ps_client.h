@@ -20,6 +20,7 @@
 #include "absl/types/span.h"
 #include "common/backoff.h"
 #include "common/chunking.h"
+#include "common/layout.h"
 #include "ps/v1/ps.grpc.pb.h"
 
 namespace ps {
@@ -62,8 +63,18 @@ class PsClient {
   ~PsClient();
 
   // Becomes a member; later calls act as the returned worker id. `requested_rank` overrides the
-  // options' (a worker re-joining asks for the rank it had).
-  absl::StatusOr<v1::JoinResponse> Join(std::optional<int> requested_rank = std::nullopt);
+  // options' (a worker re-joining asks for the rank it had). With `layout`, a server holding
+  // another model refuses (FAILED_PRECONDITION naming the tensor). A server without a model
+  // answers initial_model_needed and makes no member (see UploadInitialModel).
+  absl::StatusOr<v1::JoinResponse> Join(std::optional<int> requested_rank = std::nullopt,
+                                        const Layout* layout = nullptr);
+  // Gives a server without a model its first values: `values` is this shard's range (from the
+  // JoinResponse) of a model of `layout`, at `version` (0: a fresh model, version 1; else the
+  // version of the model this worker holds, for a server that lost its own). OK once installed;
+  // ALREADY_EXISTS if the server got one meanwhile (join again and take it). Retries
+  // UNAVAILABLE (another upload in progress).
+  absl::Status UploadInitialModel(const Layout& layout, absl::Span<const float> values,
+                                  uint64_t version = 0);
   // `eval` may be null.
   absl::Status Heartbeat(const v1::EvalReport* eval);
   // Renews the lease every lease/3 from a background thread until Leave or destruction.
@@ -108,6 +119,9 @@ class PsClient {
                                          uint64_t sample_count, const v1::EncodingParams& encoding,
                                          absl::string_view payload, uint64_t num_elements,
                                          double train_loss) ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
+  // Streams `header` and `payload` in chunks, with retries.
+  grpc::Status SendPush(const v1::UpdateHeader& header, absl::string_view payload,
+                        v1::PushAck* ack);
 
   const PsClientOptions options_;
   std::unique_ptr<v1::ParameterServer::Stub> stub_;

@@ -3,6 +3,8 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include "common/backoff.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace ps {
@@ -12,7 +14,7 @@ absl::StatusOr<std::unique_ptr<ShardedClient>> ShardedClient::Create(
   if (options.servers.empty()) {
     return absl::InvalidArgumentError("no server address given (--servers)");
   }
-  std::unique_ptr<ShardedClient> client(new ShardedClient());
+  std::unique_ptr<ShardedClient> client(new ShardedClient(options));
   for (const std::string& address : options.servers) {
     PsClientOptions one = options;
     one.servers = {address};
@@ -35,8 +37,9 @@ void ShardedClient::ForEachShard(Fn fn) {
   for (std::thread& t : threads) t.join();
 }
 
-absl::StatusOr<v1::JoinResponse> ShardedClient::Join(std::optional<int> requested_rank) {
-  absl::StatusOr<v1::JoinResponse> joined = JoinAll(requested_rank);
+absl::StatusOr<v1::JoinResponse> ShardedClient::Join(std::optional<int> requested_rank,
+                                                     const ModelValues* initial) {
+  absl::StatusOr<v1::JoinResponse> joined = JoinAll(requested_rank, initial);
   if (!joined.ok()) {
     // Leave the shards that did let us in, so that no rank is held until a lease runs out.
     for (auto& shard : shards_) {
@@ -46,11 +49,45 @@ absl::StatusOr<v1::JoinResponse> ShardedClient::Join(std::optional<int> requeste
   return joined;
 }
 
-absl::StatusOr<v1::JoinResponse> ShardedClient::JoinAll(std::optional<int> requested_rank) {
-  PS_ASSIGN_OR_RETURN(v1::JoinResponse first, shards_[0]->Join(requested_rank));
+absl::StatusOr<v1::JoinResponse> ShardedClient::JoinShard(size_t i, std::optional<int> rank,
+                                                          const ModelValues* initial,
+                                                          uint64_t version) {
+  const Layout* layout = initial != nullptr ? &initial->layout : nullptr;
+  Backoff backoff(options_.backoff);
+  const absl::Time give_up = absl::Now() + options_.retry_budget;
+  while (true) {
+    PS_ASSIGN_OR_RETURN(v1::JoinResponse r, shards_[i]->Join(rank, layout));
+    if (!r.initial_model_needed()) return r;
+    if (initial != nullptr) {
+      if (r.shard_end() > initial->values.size() || r.shard_begin() > r.shard_end()) {
+        return absl::InternalError("the server asked for a range outside the model");
+      }
+      absl::Status uploaded = shards_[i]->UploadInitialModel(
+          *layout,
+          absl::MakeConstSpan(initial->values)
+              .subspan(r.shard_begin(), r.shard_end() - r.shard_begin()),
+          version);
+      // Installed, or another worker's was: either way the next Join takes the server's.
+      if (!uploaded.ok() && !absl::IsAlreadyExists(uploaded)) return uploaded;
+      LogInfo(absl::StrFormat("event=initial_model shard=%d %s", i,
+                              uploaded.ok() ? "uploaded=ours" : "uploaded=another worker's"));
+      continue;
+    }
+    const absl::Duration delay = backoff.NextDelay();
+    if (absl::Now() + delay > give_up) {
+      return absl::UnavailableError(absl::StrFormat(
+          "server shard %d has no model yet, and this client has none to give it", i));
+    }
+    absl::SleepFor(delay);
+  }
+}
+
+absl::StatusOr<v1::JoinResponse> ShardedClient::JoinAll(std::optional<int> requested_rank,
+                                                        const ModelValues* initial) {
+  PS_ASSIGN_OR_RETURN(v1::JoinResponse first, JoinShard(0, requested_rank, initial));
   std::vector<absl::StatusOr<v1::JoinResponse>> joined(shards_.size(), first);
   ForEachShard([&](size_t i) {
-    if (i > 0) joined[i] = shards_[i]->Join(static_cast<int>(first.rank()));
+    if (i > 0) joined[i] = JoinShard(i, static_cast<int>(first.rank()), initial);
   });
   uint64_t next = 0;
   for (size_t i = 0; i < shards_.size(); ++i) {
@@ -107,8 +144,9 @@ absl::Status ShardedClient::DiscoverRanges() {
   return absl::OkStatus();
 }
 
-absl::Status ShardedClient::Rejoin(size_t i, int rank) {
-  PS_ASSIGN_OR_RETURN(v1::JoinResponse r, shards_[i]->Join(rank));
+absl::Status ShardedClient::Rejoin(size_t i, int rank, const ModelValues* current,
+                                   uint64_t version) {
+  PS_ASSIGN_OR_RETURN(v1::JoinResponse r, JoinShard(i, rank, current, version));
   if (r.shard_begin() != ranges_[i].begin || r.shard_end() != ranges_[i].end) {
     return absl::FailedPreconditionError(
         absl::StrFormat("shard %d now holds [%d, %d), before [%d, %d)", i, r.shard_begin(),

@@ -34,10 +34,17 @@ class ShardedClient {
   absl::Status DiscoverRanges();
   // Joins shard 0, then every other shard with the rank shard 0 gave. FAILED_PRECONDITION if the
   // shards disagree (model size, shard count and order, settings) or their ranges do not tile the
-  // model. Returns shard 0's answer with the range widened to the whole model.
-  absl::StatusOr<v1::JoinResponse> Join(std::optional<int> requested_rank = std::nullopt);
+  // model, or if a shard holds a model of another layout than `initial`'s. A shard without a
+  // model gets its range of `initial`'s values first (the first worker's initial model becomes
+  // everyone's); without `initial`, such a shard is waited for (UNAVAILABLE after the retry
+  // budget). Returns shard 0's answer with the range widened to the whole model.
+  absl::StatusOr<v1::JoinResponse> Join(std::optional<int> requested_rank = std::nullopt,
+                                        const ModelValues* initial = nullptr);
   // Joins shard `i` again with `rank` (it answered NOT_FOUND: restarted, or our lease ran out).
-  absl::Status Rejoin(size_t i, int rank);
+  // A shard that came back without a model gets its range of `current` (may be null), at
+  // `version`, the shard's version of it.
+  absl::Status Rejoin(size_t i, int rank, const ModelValues* current = nullptr,
+                      uint64_t version = 0);
   void StartHeartbeats();
   // To every shard (the evaluation goes into each server's summary).
   absl::Status Heartbeat(const v1::EvalReport* eval);
@@ -65,8 +72,13 @@ class ShardedClient {
   ClientWireStats wire() const;
 
  private:
-  ShardedClient() = default;
-  absl::StatusOr<v1::JoinResponse> JoinAll(std::optional<int> requested_rank);
+  explicit ShardedClient(const PsClientOptions& options) : options_(options) {}
+  const PsClientOptions options_;
+  absl::StatusOr<v1::JoinResponse> JoinAll(std::optional<int> requested_rank,
+                                           const ModelValues* initial);
+  // Joins shard i, first uploading `initial` if it has no model.
+  absl::StatusOr<v1::JoinResponse> JoinShard(size_t i, std::optional<int> rank,
+                                             const ModelValues* initial, uint64_t version = 0);
   // Runs fn(i) for every shard, on threads when there is more than one.
   template <typename Fn>
   void ForEachShard(Fn fn);

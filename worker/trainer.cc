@@ -183,17 +183,17 @@ absl::Status Trainer::RepushOneRoundLate(v1::UpdateKind kind, uint64_t sample_co
 
 absl::StatusOr<TrainingResult> Trainer::Run() {
   const absl::Time start = absl::Now();
-  PS_ASSIGN_OR_RETURN(v1::JoinResponse joined, client_->Join());
+  // The server's settings name the built-in model; its layout and initial values (from the
+  // server's seed) go with the Join: a server without a model takes them as version 1.
+  PS_ASSIGN_OR_RETURN(v1::StatusResponse server_status, client_->Status());
+  PS_ASSIGN_OR_RETURN(ModelValues initial, BuiltinInitialModel(server_status.config()));
+  PS_ASSIGN_OR_RETURN(v1::JoinResponse joined, client_->Join(std::nullopt, &initial));
+  initial.values = std::vector<float>();
   v1::TrainingConfig config = joined.config();
   PS_RETURN_IF_ERROR(ApplyOverrides(options_.overrides, &config));
   prefix_ = absl::StrFormat("[worker %d] ", joined.rank());
   const ModelSpec spec = ModelSpecFromConfig(config);
   PS_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, CreateModel(spec));
-  if (static_cast<uint64_t>(model->num_parameters()) != joined.model_size()) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("server model has %d parameters, but %s with these settings has %d",
-                        joined.model_size(), spec.type, model->num_parameters()));
-  }
   client_->StartHeartbeats();
 
   PS_ASSIGN_OR_RETURN(Dataset all_train, LoadTrainingData(options_.data, spec));
@@ -270,7 +270,9 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
                             " does not know this worker (restarted, or the lease ran out): "
                             "joining again as rank ",
                             joined.rank()));
-    PS_RETURN_IF_ERROR(client_->Rejoin(i, static_cast<int>(joined.rank())));
+    // A shard that came back without any model takes ours: the newest there is.
+    ModelValues current{initial.layout, global};
+    PS_RETURN_IF_ERROR(client_->Rejoin(i, static_cast<int>(joined.rank()), &current, versions[i]));
     ++result.rejoins;
     compressors[i].ResetResidual();
     versions[i] = 0;

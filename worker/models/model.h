@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/eigen_types.h"
+#include "common/layout.h"
 #include "ps/v1/ps.pb.h"
 
 namespace ps {
@@ -28,6 +29,8 @@ class Model {
 
   virtual const ModelSpec& spec() const = 0;
   virtual int64_t num_parameters() const = 0;
+  // The parameters as named tensors, in the order of the flat vector (what a Join carries).
+  virtual Layout layout() const = 0;
 
   // Writes the initial parameters drawn from `seed`. REQUIRES: params.size() == num_parameters().
   virtual void Initialize(uint64_t seed, absl::Span<float> params) const = 0;
@@ -48,6 +51,9 @@ ModelSpec ModelSpecFromConfig(const v1::TrainingConfig& config);
 
 // INVALID_ARGUMENT for an unknown type or non-positive sizes.
 absl::StatusOr<std::unique_ptr<Model>> CreateModel(const ModelSpec& spec);
+
+// The layout and initial values (from config.model_seed) of the model `config` describes.
+absl::StatusOr<ModelValues> BuiltinInitialModel(const v1::TrainingConfig& config);
 
 }  // namespace ps
 

@@ -42,6 +42,10 @@ class SoftmaxRegression : public Model {
   int64_t num_parameters() const override {
     return int64_t{spec_.num_classes} * spec_.input_dim + spec_.num_classes;
   }
+  Layout layout() const override {
+    const uint64_t classes = spec_.num_classes, dim = spec_.input_dim;
+    return *Layout::Create({{"weights", {classes, dim}}, {"bias", {classes}}});
+  }
 
   void Initialize(uint64_t seed, absl::Span<float> params) const override {
     FillNormal(seed, 0.01f, params.subspan(0, weights()));
@@ -89,6 +93,9 @@ class LogisticRegression : public Model {
   explicit LogisticRegression(const ModelSpec& spec) : spec_(spec) {}
   const ModelSpec& spec() const override { return spec_; }
   int64_t num_parameters() const override { return spec_.input_dim + 1; }
+  Layout layout() const override {
+    return *Layout::Create({{"weights", {static_cast<uint64_t>(spec_.input_dim)}}, {"bias", {}}});
+  }
 
   void Initialize(uint64_t seed, absl::Span<float> params) const override {
     FillNormal(seed, 0.01f, params.subspan(0, spec_.input_dim));
@@ -148,6 +155,11 @@ class Mlp : public Model {
   explicit Mlp(const ModelSpec& spec) : spec_(spec) {}
   const ModelSpec& spec() const override { return spec_; }
   int64_t num_parameters() const override { return OffsetB2() + spec_.num_classes; }
+  Layout layout() const override {
+    const uint64_t dim = spec_.input_dim, hidden = spec_.hidden_units, classes = spec_.num_classes;
+    return *Layout::Create(
+        {{"w1", {hidden, dim}}, {"b1", {hidden}}, {"w2", {classes, hidden}}, {"b2", {classes}}});
+  }
 
   void Initialize(uint64_t seed, absl::Span<float> params) const override {
     // He initialisation for the ReLU layer, Xavier-like for the output; biases start at zero.
@@ -250,6 +262,16 @@ absl::StatusOr<std::unique_ptr<Model>> CreateModel(const ModelSpec& spec) {
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown model '", spec.type, "'; choose softmax, logistic or mlp"));
+}
+
+absl::StatusOr<ModelValues> BuiltinInitialModel(const v1::TrainingConfig& config) {
+  absl::StatusOr<std::unique_ptr<Model>> model = CreateModel(ModelSpecFromConfig(config));
+  if (!model.ok()) return model.status();
+  ModelValues out;
+  out.layout = (*model)->layout();
+  out.values.resize((*model)->num_parameters());
+  (*model)->Initialize(config.model_seed(), absl::MakeSpan(out.values));
+  return out;
 }
 
 }  // namespace ps

@@ -102,5 +102,29 @@ TEST(CreateModel, RefusesUnknownTypesAndBadShapes) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(BuiltinModels, LayoutsNameEveryParameterInOrder) {
+  v1::TrainingConfig config;
+  config.set_input_dim(6);
+  config.set_num_classes(3);
+  config.set_hidden_units(4);
+  config.set_model_seed(9);
+  for (const char* type : {"softmax", "mlp"}) {
+    config.set_model(type);
+    absl::StatusOr<ModelValues> initial = BuiltinInitialModel(config);
+    ASSERT_TRUE(initial.ok()) << initial.status();
+    auto model = CreateModel(ModelSpecFromConfig(config));
+    EXPECT_EQ(initial->layout.size(), static_cast<uint64_t>((*model)->num_parameters())) << type;
+    EXPECT_EQ(initial->values.size(), initial->layout.size());
+    std::vector<float> again(initial->values.size());
+    (*model)->Initialize(9, absl::MakeSpan(again));
+    EXPECT_EQ(again, initial->values) << "initial values come from config.model_seed";
+  }
+  config.set_model("mlp");
+  EXPECT_EQ(BuiltinInitialModel(config)->layout.tensors()[2].ToString(), "w2 [3, 4]");
+  config.set_model("logistic");
+  config.set_num_classes(2);
+  EXPECT_EQ(BuiltinInitialModel(config)->layout.size(), 7u);
+}
+
 }  // namespace
 }  // namespace ps
