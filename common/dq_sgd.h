@@ -1,5 +1,5 @@
-// DQ-SGD's dynamic bit width (ALGORITHMS.md section 7), for any stream of quantized messages: a
-// worker's updates, and the server's deltas of the broadcast model on the downlink.
+// DQ-SGD's dynamic bit width (docs/algorithms.md section 7), for any stream of quantized messages:
+// a worker's updates, and the server's deltas of the broadcast model on the downlink.
 #ifndef PS_COMMON_DQ_SGD_H_
 #define PS_COMMON_DQ_SGD_H_
 

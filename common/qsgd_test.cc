@@ -1,5 +1,5 @@
-// QSGD and scaled-sign codecs: statistics against ALGORITHMS.md section 4, exact wire sizes, edge
-// cases, and refusal of malformed payloads.
+// QSGD and scaled-sign codecs: statistics against docs/algorithms.md section 4, exact wire sizes,
+// edge cases, and refusal of malformed payloads.
 #include <cmath>
 #include <limits>
 #include <random>

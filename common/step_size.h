@@ -1,4 +1,4 @@
-// Learning-rate schedules. ALGORITHMS.md section 1: the step size at global step t follows the
+// Learning-rate schedules. docs/algorithms.md section 1: the step size at global step t follows the
 // same schedule as single-node SGD. Workers use it for their local steps and, in gradient mode, the
 // server for its own steps. Plain values; thread-compatible.
 #ifndef PS_COMMON_STEP_SIZE_H_

@@ -1,5 +1,5 @@
 // Turns pushed updates into new model versions: synchronous rounds or asynchronous application
-// with staleness weighting (ALGORITHMS.md sections 1-3). Knows nothing of gRPC.
+// with staleness weighting (docs/algorithms.md sections 1-3). Knows nothing of gRPC.
 #ifndef PS_SERVER_AGGREGATOR_H_
 #define PS_SERVER_AGGREGATOR_H_
 
@@ -31,7 +31,7 @@ struct AggregatorOptions {
   // Gradient mode: the server's step size at its step t, which the version tells (sync: a
   // version per step; async: a round of K updates per step), so a resumed server goes on with it.
   StepSchedule server_step{v1::LEARNING_RATE_SCHEDULE_CONSTANT, 0.1f};
-  // Sync rounds that never hang (ALGORITHMS.md section 6).
+  // Sync rounds that never hang (docs/algorithms.md section 6).
   int backup_workers = 0;  // b: close at the first num_workers - b updates
   absl::Duration round_deadline = absl::InfiniteDuration();  // counted from the first update
   int min_quorum = 1;  // updates a round needs before the deadline may close it

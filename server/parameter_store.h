@@ -33,8 +33,8 @@ struct DownlinkDelta {
 // An immutable published state. Readers keep it alive as long as they stream it.
 struct ModelSnapshot {
   uint64_t version = 0;
-  // What workers hold: the broadcast model x_b (ALGORITHMS.md section 9), which is the true model
-  // itself when the downlink is not compressed.
+  // What workers hold: the broadcast model x_b (docs/algorithms.md section 9), which is the true
+  // model itself when the downlink is not compressed.
   std::shared_ptr<const std::vector<float>> values;
   // The most recent deltas, consecutive, oldest first, the last one ending at `version`; empty when
   // the downlink is not compressed.

@@ -34,8 +34,8 @@ StoreOptions FourBitDownlink() {
   return o;
 }
 
-// ALGORITHMS.md section 9: whoever starts from the broadcast model of some version and applies the
-// published deltas in order holds exactly the server's broadcast model, bit for bit.
+// docs/algorithms.md section 9: whoever starts from the broadcast model of some version and applies
+// the published deltas in order holds exactly the server's broadcast model, bit for bit.
 TEST(ParameterStore, ApplyingTheDeltaChainReproducesTheBroadcastModelBitForBit) {
   const size_t d = 1000;
   std::vector<float> initial(d);

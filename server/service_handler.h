@@ -99,9 +99,9 @@ class CallSlot {
   std::atomic<std::atomic<int>*> count_{nullptr};
 };
 
-// What a pull sends: one full model, the chain of deltas from the client's version (ALGORITHMS.md
-// section 9), or "unchanged"; each segment starts with a chunk that carries its header. The
-// segments point into `snapshot`, which the plan keeps alive.
+// What a pull sends: one full model, the chain of deltas from the client's version
+// (docs/algorithms.md section 9), or "unchanged"; each segment starts with a chunk that carries its
+// header. The segments point into `snapshot`, which the plan keeps alive.
 struct PullSegment {
   v1::ModelHeader header;
   const char* data = nullptr;
