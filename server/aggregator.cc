@@ -14,7 +14,10 @@ double StalenessWeight(double tau, double exponent) {
 
 Aggregator::Aggregator(const AggregatorOptions& options, ParameterStore* store,
                        Membership* membership)
-    : options_(options), store_(store), membership_(membership) {
+    : options_(options),
+      store_(store),
+      membership_(membership),
+      outer_(options.outer, store->size()) {
   if (options_.mode == v1::AGGREGATION_MODE_SYNC) round_sum_.assign(store_->size(), 0.0);
   model_max_abs_ = MaxAbs(*store_->TrueModel());
 }
@@ -119,6 +122,7 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64
                             static_cast<double>(update.sample_count), absl::MakeSpan(round_sum_));
   if (round_pushed_.empty()) round_first_update_ = options_.clock->Now();
   round_weight_ += static_cast<double>(update.sample_count);
+  round_lr_sum_ += static_cast<double>(update.sample_count) * update.inner_learning_rate;
   round_pushed_.insert(update.worker_id);
   staleness_.Observe(0.0);
   CloseRoundIfComplete();
@@ -163,21 +167,40 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitAsync(const Update& update, uint6
   // Applied to the next version's copy, which is published only if every coordinate stayed in
   // range (checked in the same pass): a refused update costs no version and changes nothing.
   float new_max_abs = 0.0f;
-  absl::StatusOr<uint64_t> new_version = store_->TryApply([&](absl::Span<float> model) {
-    const float max_abs = DecodeAccumulateValidated(update.encoding, update.payload,
-                                                    static_cast<float>(weight), model);
-    if (max_abs <= kMaxModelMagnitude) {
-      new_max_abs = max_abs;
-      return absl::OkStatus();
-    }
-    size_t i = 0;
-    while (i + 1 < model.size() && std::abs(model[i]) <= kMaxModelMagnitude) ++i;
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "applying this update (weight %g) would take model coordinate %d to %g, past the largest "
-        "magnitude a coordinate may have (%g); nothing was applied",
-        weight, i, model[i], kMaxModelMagnitude));
-  });
-  if (!new_version.ok()) return new_version.status();
+  const bool delayed_nesterov = options_.outer.kind == OuterKind::kDelayedNesterov;
+  // Delayed Nesterov changes its buffers as it applies; they are put back if the update is
+  // refused, so that a refused update changes nothing (this costs a copy of them per update).
+  std::vector<std::vector<float>> saved;
+  if (delayed_nesterov) saved = outer_.buffers();
+  absl::StatusOr<uint64_t> new_version =
+      store_->TryApply([&](absl::Span<float> model) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        float max_abs = 0.0f;
+        if (delayed_nesterov) {
+          scratch_.assign(model.size(), 0.0f);
+          DecodeAccumulateValidated(update.encoding, update.payload, 1.0f,
+                                    absl::MakeSpan(scratch_));
+          outer_.ApplyUpdate(model, scratch_, static_cast<float>(s));
+          max_abs = MaxAbs(model);
+        } else {
+          max_abs = DecodeAccumulateValidated(update.encoding, update.payload,
+                                              static_cast<float>(weight), model);
+        }
+        if (max_abs <= kMaxModelMagnitude) {
+          new_max_abs = max_abs;
+          return absl::OkStatus();
+        }
+        size_t i = 0;
+        while (i + 1 < model.size() && std::abs(model[i]) <= kMaxModelMagnitude) ++i;
+        return absl::InvalidArgumentError(
+            absl::StrFormat("applying this update (weight %g) would take model coordinate %d to "
+                            "%g, past the largest "
+                            "magnitude a coordinate may have (%g); nothing was applied",
+                            weight, i, model[i], kMaxModelMagnitude));
+      });
+  if (!new_version.ok()) {
+    if (delayed_nesterov) (void)outer_.Restore(outer_.steps() - 1, std::move(saved));
+    return new_version.status();
+  }
   model_max_abs_ = new_max_abs;
   staleness_.Observe(tau);
   ++stats_.rounds_completed;
@@ -234,10 +257,14 @@ void Aggregator::CloseRound() {
       gradient ? options_.server_step.At(static_cast<double>(store_->version() - 1)) : 0.0f;
   const double* sum = round_sum_.data();  // read under mu_, which the lambda runs under
   float max_abs = 0.0f;                   // of the new model, for the next round's range checks
-  store_->Apply([&](absl::Span<float> model) {
+  const double inner_lr = round_lr_sum_ * inv_weight;
+  store_->Apply([&](absl::Span<float> model) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    if (!gradient) {
+      max_abs = outer_.ApplyRound(model, round_sum_, inv_weight, inner_lr);
+      return;
+    }
     for (size_t i = 0; i < model.size(); ++i) {
-      const float average = static_cast<float>(sum[i] * inv_weight);
-      model[i] += gradient ? -lr * average : average;
+      model[i] += -lr * static_cast<float>(sum[i] * inv_weight);
       max_abs = std::max(max_abs, std::abs(model[i]));
     }
   });
@@ -247,6 +274,7 @@ void Aggregator::CloseRound() {
   round_wait_.Observe(absl::ToDoubleSeconds(stats_.last_round_wait));
   std::fill(round_sum_.begin(), round_sum_.end(), 0.0);
   round_weight_ = 0.0;
+  round_lr_sum_ = 0.0;
   round_pushed_.clear();
   round_join_serial_ = membership_->last_join_serial();
   ++stats_.rounds_completed;
@@ -263,6 +291,7 @@ RoundEnd Aggregator::FinishOpenRound() {
     } else {
       std::fill(round_sum_.begin(), round_sum_.end(), 0.0);
       round_weight_ = 0.0;
+      round_lr_sum_ = 0.0;
       round_pushed_.clear();
       ++stats_.rounds_abandoned;
       end = RoundEnd::kAbandoned;
@@ -275,6 +304,16 @@ RoundEnd Aggregator::FinishOpenRound() {
 void Aggregator::Forget(uint64_t worker_id) {
   absl::MutexLock lock(&mu_);
   last_sequence_.erase(worker_id);
+}
+
+Aggregator::Snapshot Aggregator::SnapshotForCheckpoint() const {
+  absl::MutexLock lock(&mu_);
+  return Snapshot{store_->State(), outer_.steps(), outer_.buffers()};
+}
+
+absl::Status Aggregator::RestoreOuter(uint64_t steps, std::vector<std::vector<float>> buffers) {
+  absl::MutexLock lock(&mu_);
+  return outer_.Restore(steps, std::move(buffers));
 }
 
 void Aggregator::RestoreCounters(uint64_t rounds_completed, uint64_t applied) {

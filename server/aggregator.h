@@ -18,6 +18,7 @@
 #include "common/step_size.h"
 #include "ps/v1/ps.pb.h"
 #include "server/membership.h"
+#include "server/outer_optimizer.h"
 #include "server/parameter_store.h"
 
 namespace ps {
@@ -39,6 +40,9 @@ struct AggregatorOptions {
   // > 0: an update whose largest coordinate change (times the server's step) exceeds this many
   // times the model's largest |coordinate| (at least 1) is refused as INVALID_ARGUMENT. 0 = off.
   double max_update_ratio = 0.0;
+  // What a delta-mode round's average (or an async update) does to the model
+  // (docs/algorithms.md section 8); plain averaging by default.
+  OuterOptimizerOptions outer;
   Clock* clock = Clock::Real();
 };
 
@@ -52,6 +56,7 @@ struct Update {
   v1::EncodingParams encoding;
   absl::string_view payload;
   double train_loss = 0.0;
+  double inner_learning_rate = 0.0;  // the worker's step size for this update (SlowMo)
 };
 
 struct SubmitResult {
@@ -110,6 +115,15 @@ class Aggregator {
   void Forget(uint64_t worker_id);
   // Counters carried over from a checkpoint.
   void RestoreCounters(uint64_t rounds_completed, uint64_t applied);
+  // The model with the outer optimizer's state of the same version, for a checkpoint; and
+  // restoring that state (INVALID_ARGUMENT if it is not this optimizer's).
+  struct Snapshot {
+    StoreState store;
+    uint64_t outer_steps = 0;
+    std::vector<std::vector<float>> outer_buffers;
+  };
+  Snapshot SnapshotForCheckpoint() const;
+  absl::Status RestoreOuter(uint64_t steps, std::vector<std::vector<float>> buffers);
 
   AggregatorStats stats() const;
   // Workers whose last sequence number is kept (members that pushed).
@@ -157,6 +171,9 @@ class Aggregator {
   double model_max_abs_ ABSL_GUARDED_BY(mu_) = 0.0;
   std::set<uint64_t> round_pushed_ ABSL_GUARDED_BY(mu_);  // on-time updates; folded ones excluded
   absl::Time round_first_update_ ABSL_GUARDED_BY(mu_);
+  double round_lr_sum_ ABSL_GUARDED_BY(mu_) = 0.0;  // sum of sample_count * inner lr
+  OuterOptimizer outer_ ABSL_GUARDED_BY(mu_);
+  std::vector<float> scratch_ ABSL_GUARDED_BY(mu_);  // an async update, decoded (delayed Nesterov)
   // Members that joined after this serial (after the round opened) are not waited for.
   uint64_t round_join_serial_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;

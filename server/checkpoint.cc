@@ -132,6 +132,10 @@ absl::Status WriteFile(const std::string& path, const std::string& header,
   PS_RETURN_IF_ERROR(WriteAll(fd.get(), path,
                               reinterpret_cast<const char*>(checkpoint.broadcast.data()),
                               checkpoint.broadcast.size() * sizeof(float), &crc));
+  for (const std::vector<float>& buffer : checkpoint.outer) {
+    PS_RETURN_IF_ERROR(WriteAll(fd.get(), path, reinterpret_cast<const char*>(buffer.data()),
+                                buffer.size() * sizeof(float), &crc));
+  }
   char trailer[kCrcBytes];
   PutU32(crc, trailer);
   uint32_t unused = 0;
@@ -291,13 +295,14 @@ class CrcReader {
   uint64_t offset_ = 0;
 };
 
-absl::uint128 DescribedPayload(uint64_t n, bool broadcast) {
-  return absl::uint128(n) * sizeof(float) * (broadcast ? 2 : 1);
+absl::uint128 DescribedPayload(uint64_t n, bool broadcast, uint64_t outer_buffers) {
+  return absl::uint128(n) * sizeof(float) * ((broadcast ? 2 : 1) + absl::uint128(outer_buffers));
 }
 
 struct Layout {
   uint64_t n = 0;  // values per model
   bool broadcast = false;
+  uint64_t outer_buffers = 0;
 };
 
 // Where the payload goes, taken from the header before the CRC vouches for it: only the three
@@ -326,13 +331,18 @@ std::optional<Layout> TentativeLayout(const std::string& header_bytes, uint64_t 
       case v1::CheckpointHeader::kHasBroadcastFieldNumber:
         layout.broadcast = field.varint() != 0;
         break;
+      case v1::CheckpointHeader::kOuterBuffersFieldNumber:
+        layout.outer_buffers = static_cast<uint32_t>(field.varint());
+        break;
       default:
         break;
     }
   }
   if (end < begin) return std::nullopt;
   layout.n = end - begin;
-  if (DescribedPayload(layout.n, layout.broadcast) != payload_size) return std::nullopt;
+  if (DescribedPayload(layout.n, layout.broadcast, layout.outer_buffers) != payload_size) {
+    return std::nullopt;
+  }
   return layout;
 }
 
@@ -381,6 +391,16 @@ absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& checkpoin
     return absl::InvalidArgumentError(absl::StrCat(
         "checkpoint broadcast model has ", checkpoint.broadcast.size(), " values, expected ",
         broadcast_size, header.has_broadcast() ? "" : " (header.has_broadcast is false)"));
+  }
+  if (checkpoint.outer.size() != header.outer_buffers()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint has ", checkpoint.outer.size(),
+                                                   " outer-optimizer buffers, the header says ",
+                                                   header.outer_buffers()));
+  }
+  for (const std::vector<float>& buffer : checkpoint.outer) {
+    if (buffer.size() != n) {
+      return absl::InvalidArgumentError("an outer-optimizer buffer is not of the model's size");
+    }
   }
   // The reader rejects non-finite values, so such a file would only shadow an older good one.
   for (const auto& [values, what] :
@@ -465,6 +485,12 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path) {
       PS_RETURN_IF_ERROR(reader.Read(reinterpret_cast<char*>(checkpoint.broadcast.data()),
                                      layout->n * sizeof(float)));
     }
+    checkpoint.outer.resize(layout->outer_buffers);
+    for (std::vector<float>& buffer : checkpoint.outer) {
+      buffer.resize(layout->n);
+      PS_RETURN_IF_ERROR(
+          reader.Read(reinterpret_cast<char*>(buffer.data()), layout->n * sizeof(float)));
+    }
   } else {
     PS_RETURN_IF_ERROR(reader.Read(nullptr, payload_size));
   }
@@ -484,18 +510,23 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path) {
                                        " before shard_begin ", header.shard_begin()));
   }
   const uint64_t n = header.shard_end() - header.shard_begin();
-  const absl::uint128 described = DescribedPayload(n, header.has_broadcast());
+  const absl::uint128 described =
+      DescribedPayload(n, header.has_broadcast(), header.outer_buffers());
   if (described != payload_size) {
     return DataLoss(
         path, absl::StrFormat("size mismatch: file has %d bytes, header describes %d", file_size,
                               described + kPrefixBytes + header_size + kCrcBytes));
   }
   // Unreachable unless the two parsers disagree; then the payload may have been split wrongly.
-  if (!layout.has_value() || layout->n != n || layout->broadcast != header.has_broadcast()) {
+  if (!layout.has_value() || layout->n != n || layout->broadcast != header.has_broadcast() ||
+      layout->outer_buffers != header.outer_buffers()) {
     return DataLoss(path, "header fields are ambiguous");
   }
   PS_RETURN_IF_ERROR(CheckFinite(path, checkpoint.model, "model"));
   PS_RETURN_IF_ERROR(CheckFinite(path, checkpoint.broadcast, "broadcast"));
+  for (const std::vector<float>& buffer : checkpoint.outer) {
+    PS_RETURN_IF_ERROR(CheckFinite(path, buffer, "outer-optimizer buffer"));
+  }
   return checkpoint;
 }
 

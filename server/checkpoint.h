@@ -27,6 +27,8 @@ struct Checkpoint {
   v1::CheckpointHeader header;
   std::vector<float> model;
   std::vector<float> broadcast;  // empty unless header.has_broadcast()
+  // The outer optimizer's buffers, header.outer_buffers() of them, each of the model's size.
+  std::vector<std::vector<float>> outer;
 };
 
 // The file name of version `version` inside `dir`.

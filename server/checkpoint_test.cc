@@ -179,6 +179,21 @@ TEST_F(CheckpointTest, RoundTripWithBroadcast) {
   EXPECT_EQ(read->broadcast.size(), 1000u);
 }
 
+TEST_F(CheckpointTest, RoundTripWithOuterOptimizerState) {
+  Checkpoint c = Make(9, 500, /*broadcast=*/true);
+  c.header.set_outer_optimizer("fedadam");
+  c.header.set_outer_steps(41);
+  c.header.set_outer_buffers(2);
+  c.outer = {std::vector<float>(500, 0.25f), std::vector<float>(500, -1e-30f)};
+  absl::StatusOr<Checkpoint> read = ReadCheckpoint(Write(c));
+  ASSERT_TRUE(read.ok()) << read.status();
+  ExpectSame(c, *read);
+  EXPECT_EQ(read->header.outer_steps(), 41u);
+  EXPECT_EQ(read->outer, c.outer);
+  c.outer.pop_back();  // the header says 2
+  EXPECT_EQ(WriteCheckpoint(dir_, c).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(CheckpointTest, RoundTripEmptyShard) {
   const Checkpoint c = Make(1, 0, /*broadcast=*/true);
   absl::StatusOr<Checkpoint> read = ReadCheckpoint(Write(c));

@@ -21,6 +21,7 @@
 #include "common/dq_sgd.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "server/outer_optimizer.h"
 
 namespace ps {
 
@@ -139,8 +140,17 @@ absl::Status ServerOptions::Validate() const {
   if (initial_model.has_value() && initial_model->values.size() != initial_model->layout.size()) {
     return absl::InvalidArgumentError("the initial model's values do not fill its layout");
   }
-  if (max_model_bytes < sizeof(float))
+  if (max_model_bytes < sizeof(float)) {
     return bad("max_model_bytes", max_model_bytes, "must be >= 4");
+  }
+  if (outer.kind != OuterKind::kAverage && t.update_kind() == v1::UPDATE_KIND_GRADIENT) {
+    return absl::InvalidArgumentError(
+        "an outer optimizer works on model deltas: with --update=gradient the server's step is "
+        "--server_learning_rate");
+  }
+  OuterOptimizerOptions outer_checked = outer;
+  if (outer_checked.period == 0) outer_checked.period = std::max<int>(1, t.num_workers());
+  PS_RETURN_IF_ERROR(ValidateOuterOptions(outer_checked, t.mode() == v1::AGGREGATION_MODE_SYNC));
   return absl::OkStatus();
 }
 
@@ -190,6 +200,13 @@ absl::StatusOr<std::optional<LoadedCheckpoint>> ParameterServer::LoadCheckpoint(
   const v1::CheckpointHeader& h = loaded->checkpoint.header;
   PS_RETURN_IF_ERROR(
       CheckResumable(h, options_.training, options_.shard_index, options_.shard_count));
+  const std::string then = h.outer_optimizer().empty() ? "average" : h.outer_optimizer();
+  if (then != OuterKindName(options_.outer.kind)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(loaded->path, " was written with --outer_optimizer=", then,
+                     ", but this server has ", OuterKindName(options_.outer.kind),
+                     "; start with the same settings, or with an empty --checkpoint_dir"));
+  }
   PS_ASSIGN_OR_RETURN(Layout layout, CheckpointLayout(h));
   if (!options_.layout.empty()) {
     if (absl::Status s = CheckSameLayout(options_.layout, layout, "--layout"); !s.ok()) {
@@ -226,6 +243,8 @@ AggregatorOptions AggregatorOptionsFor(const ServerOptions& options) {
   a.min_quorum = std::max<int>(1, static_cast<int>(config.min_quorum()));
   a.late_policy =
       config.late_policy() == v1::LATE_POLICY_FOLD ? v1::LATE_POLICY_FOLD : v1::LATE_POLICY_DROP;
+  a.outer = options.outer;
+  if (a.outer.period == 0) a.outer.period = std::max(1, a.num_workers);
   return a;
 }
 
@@ -417,7 +436,9 @@ absl::StatusOr<uint64_t> ParameterServer::InstallUploaded(const Layout& layout,
 
 void ParameterServer::Install(const Layout& layout, std::vector<float> values,
                               std::vector<float> broadcast, uint64_t version,
-                              const LoadedCheckpoint* resumed) {
+                              LoadedCheckpoint* resumed) {
+  std::vector<std::vector<float>>* outer_state =
+      resumed != nullptr ? &resumed->checkpoint.outer : nullptr;
   const v1::TrainingConfig& config = options_.training;
   auto shard = std::make_unique<Shard>();
   shard->layout = layout;
@@ -453,9 +474,14 @@ void ParameterServer::Install(const Layout& layout, std::vector<float> values,
       absl::Uniform<uint64_t>(random, uint64_t{1} << 32, uint64_t{1} << 52));
   shard->aggregator = std::make_unique<Aggregator>(AggregatorOptionsFor(options_),
                                                    shard->store.get(), shard->membership.get());
-  if (resumed != nullptr) {
-    shard->aggregator->RestoreCounters(resumed->checkpoint.header.rounds_completed(),
-                                       resumed->checkpoint.header.updates_applied());
+  if (outer_state != nullptr) {
+    const v1::CheckpointHeader& h = resumed->checkpoint.header;
+    shard->aggregator->RestoreCounters(h.rounds_completed(), h.updates_applied());
+    // The optimizer's state is restored bit for bit (its kind was checked by LoadCheckpoint).
+    if (absl::Status s = shard->aggregator->RestoreOuter(h.outer_steps(), std::move(*outer_state));
+        !s.ok()) {
+      LogError(absl::StrFormat("event=outer_state_not_restored error=\"%s\"", s.ToString()));
+    }
   }
   handler_->Attach(layout, shard->store.get(), shard->membership.get(), shard->aggregator.get(),
                    shard->wait_list.get());
@@ -645,7 +671,9 @@ absl::Status ParameterServer::Checkpoint() {
   const Shard* shard = installed();
   if (shard == nullptr) return absl::OkStatus();  // no model yet: nothing to keep
   absl::MutexLock writer(&checkpoint_writer_mu_);
-  const StoreState state = shard->store->State();
+  // The model and the outer optimizer's state of the same version.
+  Aggregator::Snapshot snapshot = shard->aggregator->SnapshotForCheckpoint();
+  const StoreState& state = snapshot.store;
   uint64_t epoch = 0;
   {
     absl::MutexLock lock(&durability_mu_);
@@ -662,6 +690,9 @@ absl::Status ParameterServer::Checkpoint() {
   h.set_shard_begin(shard->range.begin);
   h.set_shard_end(shard->range.end);
   *h.mutable_layout() = shard->layout.ToProto();
+  h.set_outer_optimizer(OuterKindName(options_.outer.kind));
+  h.set_outer_steps(snapshot.outer_steps);
+  h.set_outer_buffers(static_cast<uint32_t>(snapshot.outer_buffers.size()));
   h.set_has_broadcast(state.broadcast != nullptr);
   *h.mutable_config() = options_.training;
   h.set_created_unix_ms(absl::ToUnixMillis(start));
@@ -671,6 +702,7 @@ absl::Status ParameterServer::Checkpoint() {
   h.set_epoch(epoch);
   checkpoint.model = *state.model;
   if (state.broadcast != nullptr) checkpoint.broadcast = *state.broadcast;
+  checkpoint.outer = std::move(snapshot.outer_buffers);
   PS_RETURN_IF_ERROR(
       WriteCheckpoint(options_.checkpoint_dir, checkpoint, options_.checkpoint_keep));
   {

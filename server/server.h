@@ -55,6 +55,9 @@ struct ServerOptions {
   double max_staleness = 4.0;
   double max_update_ratio = 0.0;  // see AggregatorOptions; 0 = off
   float server_learning_rate = 0.1f;
+  // Delta mode: what a round's average (or an async update) does to the model
+  // (docs/algorithms.md section 8). Delayed Nesterov's period 0 = num_workers.
+  OuterOptimizerOptions outer;
   absl::Duration lease = absl::Seconds(30);
   absl::Duration max_pull_wait = absl::Seconds(30);
   uint64_t chunk_bytes = 1 << 20;
@@ -149,7 +152,7 @@ class ParameterServer {
   // Builds the shard for `layout` from its values (this shard's range) at `version` and serves
   // it. Once.
   void Install(const Layout& layout, std::vector<float> values, std::vector<float> broadcast,
-               uint64_t version, const LoadedCheckpoint* resumed)
+               uint64_t version, LoadedCheckpoint* resumed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(install_mu_);
   // An initial model a worker uploaded: ALREADY_EXISTS if there is one already.
   absl::StatusOr<uint64_t> InstallUploaded(const Layout& layout, std::vector<float> values,

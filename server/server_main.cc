@@ -55,6 +55,20 @@ ABSL_FLAG(std::string, export_model, "",
           "Write the model of the newest valid checkpoint in --checkpoint_dir (comma-separated: "
           "one directory per shard, in shard order) to this .npz, one array per tensor, and "
           "exit.");
+ABSL_FLAG(std::string, outer_optimizer, "average",
+          "Delta mode: what the server does with a round's average change (docs/algorithms.md "
+          "section 8). average (x += D_avg); nesterov or sgd (DiLoCo: outer SGD with momentum on "
+          "-D_avg); slowmo; fedadam; async: average or delayed_nesterov.");
+ABSL_FLAG(double, outer_lr, -1,
+          "Outer step size (slowmo: alpha); -1 = the rule's default (nesterov/sgd 0.7, slowmo 1, "
+          "fedadam 0.1, delayed_nesterov 1).");
+ABSL_FLAG(double, outer_momentum, -1,
+          "Outer momentum (slowmo: beta); -1 = the rule's default (nesterov/sgd 0.9, slowmo 0.5, "
+          "delayed_nesterov 0.9).");
+ABSL_FLAG(double, adam_beta1, 0.9, "fedadam: beta1.");
+ABSL_FLAG(double, adam_beta2, 0.99, "fedadam: beta2.");
+ABSL_FLAG(double, adam_tau, 1e-9, "fedadam: tau (added to sqrt(v)).");
+ABSL_FLAG(int, outer_period, 0, "delayed_nesterov: updates per momentum step; 0 = --num_workers.");
 ABSL_FLAG(std::string, model, "softmax",
           "Built-in worker model (passed on to ps-worker): softmax (multinomial logistic), "
           "logistic (binary) or mlp.");
@@ -309,6 +323,16 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.staleness_exponent = absl::GetFlag(FLAGS_staleness_exponent);
   o.max_staleness = absl::GetFlag(FLAGS_max_staleness);
   o.server_learning_rate = static_cast<float>(absl::GetFlag(FLAGS_server_learning_rate));
+  PS_RETURN_IF_ERROR(ParseOuterKind(absl::GetFlag(FLAGS_outer_optimizer)).status());
+  o.outer = DefaultOuterOptions(absl::GetFlag(FLAGS_outer_optimizer));
+  if (absl::GetFlag(FLAGS_outer_lr) >= 0) o.outer.lr = absl::GetFlag(FLAGS_outer_lr);
+  if (absl::GetFlag(FLAGS_outer_momentum) >= 0) {
+    o.outer.momentum = absl::GetFlag(FLAGS_outer_momentum);
+  }
+  o.outer.beta1 = absl::GetFlag(FLAGS_adam_beta1);
+  o.outer.beta2 = absl::GetFlag(FLAGS_adam_beta2);
+  o.outer.tau = absl::GetFlag(FLAGS_adam_tau);
+  if (absl::GetFlag(FLAGS_outer_period) > 0) o.outer.period = absl::GetFlag(FLAGS_outer_period);
   o.lease = absl::GetFlag(FLAGS_lease);
   o.max_pull_wait = absl::GetFlag(FLAGS_max_pull_wait);
   o.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
@@ -438,6 +462,7 @@ int Main() {
       .Add("model", t.model())
       .Add("model_size", status.model_size())
       .Add("layout_fingerprint", status.layout_fingerprint())
+      .Add("outer_optimizer", absl::GetFlag(FLAGS_outer_optimizer))
       .Add("update_encoding", EncodingName(t.update_encoding()))
       .Add("bits_policy", t.bits_policy() == v1::BITS_POLICY_DQSGD ? "dqsgd" : "fixed")
       .Add("error_feedback", t.error_feedback())

@@ -354,6 +354,7 @@ absl::StatusOr<SubmitResult> ServiceHandler::SubmitPush(const v1::UpdateHeader& 
   update.encoding = header.encoding();
   update.payload = payload;
   update.train_loss = header.train_loss();
+  update.inner_learning_rate = header.learning_rate();
   absl::StatusOr<SubmitResult> result = c->aggregator->Submit(update);
   if (!result.ok()) {
     LogWarning(absl::StrFormat("event=push_refused worker_id=%d base_version=%d code=%s msg=\"%s\"",

@@ -180,5 +180,58 @@ TEST_F(DurabilityTest, ACompressedDownlinkResumesWithItsBroadcastModel) {
   EXPECT_EQ(*server->TrueModel(), truth);
 }
 
+// The outer optimizer's momentum lives in checkpoints: a server that restarts from one makes
+// exactly the next version an undisturbed server makes from the same update, and one that lost
+// the momentum does not.
+TEST_F(DurabilityTest, AResumedOuterOptimizerMakesTheSameNextVersionBitForBit) {
+  ServerOptions options = Options();
+  options.outer = DefaultOuterOptions("nesterov");
+  options.checkpoint_every_versions = 1;
+  auto undisturbed = testing::StartServer(options);
+  ASSERT_NE(undisturbed, nullptr);
+  auto client = testing::Connect(*undisturbed);
+  Push(undisturbed.get(), client.get(), 0.25f);
+  Push(undisturbed.get(), client.get(), -0.125f);
+  ASSERT_EQ(undisturbed->Model().version, 3u);
+  ASSERT_TRUE(undisturbed->Checkpoint().ok());
+  // What a kill -9 leaves: the checkpoint directory, copied while the server runs on.
+  const std::string copy = dir_ + "_copy";
+  std::filesystem::remove_all(copy);
+  std::filesystem::copy(dir_, copy);
+  ServerOptions resumed_options = options;
+  resumed_options.checkpoint_dir = copy;
+  auto resumed = testing::StartServer(resumed_options);
+  ASSERT_NE(resumed, nullptr);
+  ASSERT_EQ(resumed->Model().version, 3u);
+  ASSERT_EQ(*resumed->Model().values, *undisturbed->Model().values);
+
+  auto other = testing::Connect(*resumed);
+  std::vector<float> plain = *resumed->Model().values;
+  Push(undisturbed.get(), client.get(), 0.5f);
+  Push(resumed.get(), other.get(), 0.5f);
+  EXPECT_EQ(resumed->Model().version, 4u);
+  EXPECT_EQ(*resumed->Model().values, *undisturbed->Model().values) << "momentum restored";
+  // Plain averaging would have added the update itself (K = 1): the momentum made a difference.
+  for (size_t i = 0; i < plain.size(); ++i) plain[i] += 0.5f * static_cast<float>(i % 7 + 1);
+  EXPECT_NE(*resumed->Model().values, plain);
+  resumed.reset();
+  std::filesystem::remove_all(copy);
+}
+
+TEST_F(DurabilityTest, ACheckpointOfAnotherOuterOptimizerIsRefused) {
+  {
+    ServerOptions options = Options();
+    options.outer = DefaultOuterOptions("nesterov");
+    auto server = testing::StartServer(options);
+    ASSERT_NE(server, nullptr);
+    auto client = testing::Connect(*server);
+    Push(server.get(), client.get(), 0.5f);
+  }
+  auto server = ParameterServer::Create(Options());  // plain averaging
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr("--outer_optimizer=sgd"));
+}
+
 }  // namespace
 }  // namespace ps

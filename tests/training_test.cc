@@ -20,8 +20,10 @@ struct RunOutcome {
   EvalResult final_model;  // the server's model once every worker finished
 };
 
-RunOutcome TrainThreeWorkers(v1::AggregationMode mode) {
+RunOutcome TrainThreeWorkers(v1::AggregationMode mode,
+                             const OuterOptimizerOptions& outer = OuterOptimizerOptions()) {
   ServerOptions options = SmallServerOptions(mode, 3, 8);
+  options.outer = outer;
   options.training.set_epochs(5.0f);
   options.training.set_learning_rate(0.2f);
   options.training.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_COSINE);
@@ -70,6 +72,21 @@ TEST(Training, AsyncLocalSgdWithThreeWorkersReachesEightyPercent) {
   EXPECT_GE(run.final_model.accuracy, 0.80);
   for (const TrainingResult& r : run.results) {
     EXPECT_GE(r.final_test.accuracy, 0.75) << "worker " << r.rank;
+  }
+}
+
+// The outer optimizers through the real server and workers: DiLoCo's outer Nesterov (sync),
+// SlowMo and FedAdam (sync) and delayed Nesterov (async) all train the model.
+TEST(Training, EveryOuterOptimizerTrains) {
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  for (const char* name : {"nesterov", "slowmo", "fedadam", "delayed_nesterov"}) {
+    OuterOptimizerOptions outer = DefaultOuterOptions(name);
+    const bool async = outer.kind == OuterKind::kDelayedNesterov;
+    if (outer.kind == OuterKind::kFedAdam) outer.lr = 0.01;  // an adaptive step in model units
+    RunOutcome run =
+        TrainThreeWorkers(async ? v1::AGGREGATION_MODE_ASYNC : v1::AGGREGATION_MODE_SYNC, outer);
+    ASSERT_EQ(run.results.size(), 3u) << name;
+    EXPECT_GE(run.final_model.accuracy, 0.78) << name;
   }
 }
 

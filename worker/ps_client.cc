@@ -194,17 +194,19 @@ absl::StatusOr<v1::PushAck> PsClient::PushEncoded(v1::UpdateKind kind, uint64_t 
                                                   uint64_t sample_count,
                                                   const v1::EncodingParams& encoding,
                                                   absl::string_view payload, uint64_t num_elements,
-                                                  double train_loss) {
+                                                  double train_loss, double learning_rate) {
   absl::MutexLock lock(&push_mu_);
-  return PushLocked(kind, base_version, sample_count, encoding, payload, num_elements, train_loss);
+  return PushLocked(kind, base_version, sample_count, encoding, payload, num_elements, train_loss,
+                    learning_rate);
 }
 
 absl::StatusOr<v1::PushAck> PsClient::PushLocked(v1::UpdateKind kind, uint64_t base_version,
                                                  uint64_t sample_count,
                                                  const v1::EncodingParams& encoding,
                                                  absl::string_view payload, uint64_t num_elements,
-                                                 double train_loss) {
+                                                 double train_loss, double learning_rate) {
   v1::UpdateHeader header;
+  header.set_learning_rate(learning_rate);
   header.set_worker_id(worker_id_);
   header.set_sequence(next_sequence_++);
   header.set_kind(kind);

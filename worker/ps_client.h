@@ -87,10 +87,11 @@ class PsClient {
                                    uint64_t sample_count, absl::Span<const float> values,
                                    double train_loss);
   // The same for an update already encoded (e.g. by UpdateCompressor) from `num_elements` values.
+  // `learning_rate` is the step size the update was made with (0 = not told).
   absl::StatusOr<v1::PushAck> PushEncoded(v1::UpdateKind kind, uint64_t base_version,
                                           uint64_t sample_count, const v1::EncodingParams& encoding,
                                           absl::string_view payload, uint64_t num_elements,
-                                          double train_loss);
+                                          double train_loss, double learning_rate = 0.0);
   // Waits up to `wait` for a model newer than `have_version` and brings `model` to it: a full
   // model, or the chain of quantized deltas from `have_version` (so `model` must hold exactly the
   // model of `have_version` as pulled before). model.size() must be the model size. On error
@@ -118,7 +119,8 @@ class PsClient {
   absl::StatusOr<v1::PushAck> PushLocked(v1::UpdateKind kind, uint64_t base_version,
                                          uint64_t sample_count, const v1::EncodingParams& encoding,
                                          absl::string_view payload, uint64_t num_elements,
-                                         double train_loss) ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
+                                         double train_loss, double learning_rate = 0.0)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(push_mu_);
   // Streams `header` and `payload` in chunks, with retries.
   grpc::Status SendPush(const v1::UpdateHeader& header, absl::string_view payload,
                         v1::PushAck* ack);

@@ -176,11 +176,11 @@ absl::Status ShardedClient::Leave() {
 std::vector<absl::StatusOr<v1::PushAck>> ShardedClient::Push(
     v1::UpdateKind kind, const std::vector<uint64_t>& base_versions, uint64_t sample_count,
     const std::vector<v1::EncodingParams>& encodings, const std::vector<std::string>& payloads,
-    double train_loss) {
+    double train_loss, double learning_rate) {
   std::vector<absl::StatusOr<v1::PushAck>> acks(shards_.size(), absl::UnknownError("not sent"));
   ForEachShard([&](size_t i) {
     acks[i] = shards_[i]->PushEncoded(kind, base_versions[i], sample_count, encodings[i],
-                                      payloads[i], ranges_[i].size(), train_loss);
+                                      payloads[i], ranges_[i].size(), train_loss, learning_rate);
   });
   return acks;
 }
@@ -188,9 +188,10 @@ std::vector<absl::StatusOr<v1::PushAck>> ShardedClient::Push(
 absl::StatusOr<v1::PushAck> ShardedClient::PushShard(size_t i, v1::UpdateKind kind,
                                                      uint64_t base_version, uint64_t sample_count,
                                                      const v1::EncodingParams& encoding,
-                                                     absl::string_view payload, double train_loss) {
+                                                     absl::string_view payload, double train_loss,
+                                                     double learning_rate) {
   return shards_[i]->PushEncoded(kind, base_version, sample_count, encoding, payload,
-                                 ranges_[i].size(), train_loss);
+                                 ranges_[i].size(), train_loss, learning_rate);
 }
 
 std::vector<absl::StatusOr<PullResult>> ShardedClient::Pull(

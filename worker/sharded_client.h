@@ -56,11 +56,12 @@ class ShardedClient {
                                                 uint64_t sample_count,
                                                 const std::vector<v1::EncodingParams>& encodings,
                                                 const std::vector<std::string>& payloads,
-                                                double train_loss);
+                                                double train_loss, double learning_rate = 0.0);
   // Pushes one shard's payload alone (a re-push, see Trainer::Run).
   absl::StatusOr<v1::PushAck> PushShard(size_t i, v1::UpdateKind kind, uint64_t base_version,
                                         uint64_t sample_count, const v1::EncodingParams& encoding,
-                                        absl::string_view payload, double train_loss);
+                                        absl::string_view payload, double train_loss,
+                                        double learning_rate = 0.0);
   // For every shard i with which[i], pulls its range of `model` from have_versions[i] (see
   // PsClient::Pull), in parallel. Entries for shards not pulled are "unchanged".
   std::vector<absl::StatusOr<PullResult>> Pull(const std::vector<uint64_t>& have_versions,

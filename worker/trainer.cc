@@ -147,8 +147,8 @@ void Trainer::Progress(const std::string& line) {
 absl::Status Trainer::RepushOneRoundLate(v1::UpdateKind kind, uint64_t sample_count,
                                          const std::vector<v1::EncodingParams>& encodings,
                                          const std::vector<std::string>& payloads,
-                                         double train_loss, absl::Span<float> global,
-                                         std::vector<uint64_t>* versions,
+                                         double train_loss, double learning_rate,
+                                         absl::Span<float> global, std::vector<uint64_t>* versions,
                                          std::vector<uint64_t>* have,
                                          std::vector<absl::StatusOr<v1::PushAck>>* acks) {
   const size_t n = acks->size();
@@ -168,8 +168,9 @@ absl::Status Trainer::RepushOneRoundLate(v1::UpdateKind kind, uint64_t sample_co
     const uint64_t late_by = pulled[i]->version - (*versions)[i];
     (*versions)[i] = pulled[i]->version;
     if (late_by != 1) continue;
-    absl::StatusOr<v1::PushAck> again = client_->PushShard(i, kind, (*versions)[i], sample_count,
-                                                           encodings[i], payloads[i], train_loss);
+    absl::StatusOr<v1::PushAck> again =
+        client_->PushShard(i, kind, (*versions)[i], sample_count, encodings[i], payloads[i],
+                           train_loss, learning_rate);
     if (!again.ok()) continue;  // handled as the first refusal would have been
     (*acks)[i] = std::move(again);
     (*have)[i] = (*versions)[i];  // now wait for the round it was pushed to
@@ -401,14 +402,17 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
           &encodings[i], &payloads[i]));
       bits_sum += static_cast<double>(compressors[i].last_bits()) / num_shards;
     }
-    std::vector<absl::StatusOr<v1::PushAck>> acks = client_->Push(
-        kind, versions, uint64_t{h} * config.batch_size(), encodings, payloads, round_loss);
+    // The round's step size goes with the update (the outer optimizer SlowMo divides by it).
+    const double round_lr = schedule.At(round * h);
+    std::vector<absl::StatusOr<v1::PushAck>> acks =
+        client_->Push(kind, versions, uint64_t{h} * config.batch_size(), encodings, payloads,
+                      round_loss, round_lr);
     const uint64_t rejoins_before = result.rejoins;
     std::vector<uint64_t> have = versions;
     if (sync && num_shards > 1) {
       PS_RETURN_IF_ERROR(RepushOneRoundLate(kind, uint64_t{h} * config.batch_size(), encodings,
-                                            payloads, round_loss, absl::MakeSpan(global), &versions,
-                                            &have, &acks));
+                                            payloads, round_loss, round_lr, absl::MakeSpan(global),
+                                            &versions, &have, &acks));
     }
     for (size_t i = 0; i < num_shards; ++i) {
       if (acks[i].ok()) continue;

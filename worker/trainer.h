@@ -116,8 +116,8 @@ class Trainer {
   absl::Status RepushOneRoundLate(v1::UpdateKind kind, uint64_t sample_count,
                                   const std::vector<v1::EncodingParams>& encodings,
                                   const std::vector<std::string>& payloads, double train_loss,
-                                  absl::Span<float> global, std::vector<uint64_t>* versions,
-                                  std::vector<uint64_t>* have,
+                                  double learning_rate, absl::Span<float> global,
+                                  std::vector<uint64_t>* versions, std::vector<uint64_t>* have,
                                   std::vector<absl::StatusOr<v1::PushAck>>* acks);
   uint64_t stale_repushes_ = 0;
 
