@@ -57,7 +57,9 @@ TSAN_TARGETS = ps_common_test ps_checkpoint_test ps_server_test ps_worker_test p
 	ps_data_test local_sgd_test bad_input_test large_model_test training_test compression_test \
 	security_test durability_test sharding_test health_test model_layout_test tsan_planted_race
 
+# Configured again first: a target added since the last configure is otherwise unknown to make.
 tsan-build: deps $(TSAN_DIR)/CMakeCache.txt
+	cmake -S . -B $(TSAN_DIR) > /dev/null
 	cmake --build $(TSAN_DIR) -j$(JOBS) --target $(TSAN_TARGETS)
 
 # Debian's gRPC, protobuf and Abseil are not instrumented: accesses inside them are ignored, and

@@ -98,6 +98,146 @@ double Fp32MaxAbs(absl::string_view payload, int64_t* first_non_finite) {
   return FromAbsBits(max_abs_bits);
 }
 
+// 16-bit floats (FP16, BF16): round to nearest even on encoding, exact on decoding.
+bool Is16Bit(const v1::EncodingParams& params) {
+  return params.encoding() == v1::ENCODING_FP16 || params.encoding() == v1::ENCODING_BF16;
+}
+
+uint32_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+float BitsFloat(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// IEEE half, round to nearest even; overflow gives infinity (0x7c00), which the encoder refuses.
+uint16_t FloatToHalf(float f) {
+  uint32_t u = FloatBits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  u &= 0x7fffffffu;
+  uint32_t h;
+  if (u >= 0x47800000u) {  // >= 65536 (or not finite): infinity
+    h = 0x7c00u;
+  } else if (u < 0x38800000u) {  // below 2^-14: a subnormal half (or zero)
+    // Adding 0.5 aligns the value's bits so that the float addition itself rounds to nearest
+    // even at the half's last subnormal bit.
+    h = FloatBits(BitsFloat(u) + 0.5f) - 0x3f000000u;
+  } else {
+    const uint32_t odd = (u >> 13) & 1u;
+    u += 0xc8000fffu + odd;  // rebias the exponent (-112 << 23) and round to nearest even
+    h = u >> 13;
+  }
+  return static_cast<uint16_t>(h | sign);
+}
+
+// Every half as a float, built once: decoding is one lookup.
+const float* HalfTable() {
+  static const float* table = [] {
+    auto* t = new float[65536];
+    for (uint32_t h = 0; h < 65536; ++h) {
+      const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+      float v;
+      if (exp == 0) {
+        v = static_cast<float>(mant) * 5.9604644775390625e-8f;  // mant * 2^-24, exact
+      } else if (exp == 31) {
+        v = BitsFloat(0x7f800000u | (mant << 13));
+      } else {
+        v = BitsFloat(((exp + 112) << 23) | (mant << 13));
+      }
+      t[h] = BitsFloat(FloatBits(v) | sign);
+    }
+    return t;
+  }();
+  return table;
+}
+
+uint16_t FloatToBf16(float f) {
+  const uint32_t u = FloatBits(f);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+uint16_t Load16(const char* p) {
+  uint16_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+float Decode16(bool bf16, uint16_t v) {
+  return bf16 ? BitsFloat(static_cast<uint32_t>(v) << 16) : HalfTable()[v];
+}
+
+// Finite unless the exponent bits are all set.
+uint16_t ExponentMask(bool bf16) { return bf16 ? 0x7f80u : 0x7c00u; }
+
+absl::Status Validate16(const v1::EncodingParams& params, absl::string_view payload,
+                        double* max_abs) {
+  const bool bf16 = params.encoding() == v1::ENCODING_BF16;
+  const uint16_t mask = ExponentMask(bf16);
+  const size_t n = payload.size() / 2;
+  uint16_t largest = 0;  // |value| orders as its bits without the sign, for both formats
+  bool finite = true;
+  for (size_t i = 0; i < n; ++i) {
+    const uint16_t v = Load16(payload.data() + 2 * i);
+    finite &= (v & mask) != mask;
+    largest = std::max<uint16_t>(largest, v & 0x7fffu);
+  }
+  if (!finite) {
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t v = Load16(payload.data() + 2 * i);
+      if ((v & mask) == mask) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s payload value %d (0x%04x) is NaN or Inf: refused", EncodingName(params), i, v));
+      }
+    }
+  }
+  if (max_abs != nullptr) *max_abs = Decode16(bf16, largest);
+  return absl::OkStatus();
+}
+
+absl::Status Encode16(const v1::EncodingParams& params, absl::Span<const float> values, char* out) {
+  const bool bf16 = params.encoding() == v1::ENCODING_BF16;
+  const uint16_t mask = ExponentMask(bf16);
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint16_t v = bf16 ? FloatToBf16(values[i]) : FloatToHalf(values[i]);
+    if ((v & mask) == mask) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("value %d is %g, outside %s's range (largest %g); use %s", i, values[i],
+                          EncodingName(params), bf16 ? 3.3895313892515355e38 : 65504.0,
+                          bf16 ? "FP32" : "BF16 or FP32"));
+    }
+    std::memcpy(out + 2 * i, &v, sizeof v);
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+void DecodeAccumulate16(const v1::EncodingParams& params, absl::string_view payload, T weight,
+                        absl::Span<T> out, uint32_t* max_abs_bits = nullptr) {
+  const bool bf16 = params.encoding() == v1::ENCODING_BF16;
+  const char* p = payload.data();
+  if (bf16) {
+    for (size_t i = 0; i < out.size(); ++i) {
+      out[i] += weight * static_cast<T>(BitsFloat(static_cast<uint32_t>(Load16(p + 2 * i)) << 16));
+    }
+  } else {
+    const float* table = HalfTable();
+    for (size_t i = 0; i < out.size(); ++i)
+      out[i] += weight * static_cast<T>(table[Load16(p + 2 * i)]);
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (max_abs_bits != nullptr) {
+      uint32_t m = 0;
+      for (float v : out) m = std::max(m, AbsBits(v));
+      *max_abs_bits = m;
+    }
+  }
+}
+
 }  // namespace
 
 absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view payload,
@@ -109,6 +249,7 @@ absl::Status ValidatePayload(const v1::EncodingParams& params, absl::string_view
         absl::StrFormat("%s payload of %d elements must have %d bytes, got %d",
                         EncodingName(params), num_elements, *expected, payload.size()));
   }
+  if (Is16Bit(params)) return Validate16(params, payload, max_abs);
   if (params.encoding() == v1::ENCODING_FP32) {
     int64_t bad;
     const double m = Fp32MaxAbs(payload, &bad);
@@ -316,6 +457,8 @@ void DecodeAccumulateUnchecked(const v1::EncodingParams& params, absl::string_vi
     for (size_t i = 0; i < out.size(); ++i) {
       out[i] += weight * static_cast<T>(LoadFloat(p + i * sizeof(float)));
     }
+  } else if (Is16Bit(params)) {
+    DecodeAccumulate16(params, payload, weight, out);
   } else {
     DecodeAccumulateBucketed(params, payload, weight, out);
   }
@@ -337,6 +480,8 @@ std::string EncodingName(const v1::EncodingParams& params) {
       return "FP32";
     case v1::ENCODING_FP16:
       return "FP16";
+    case v1::ENCODING_BF16:
+      return "BF16";
     case v1::ENCODING_SIGN:
       return absl::StrFormat("SIGN(bucket=%d)", params.bucket_size());
     case v1::ENCODING_QSGD:
@@ -351,8 +496,10 @@ absl::StatusOr<v1::Encoding> ParseEncoding(absl::string_view name) {
   if (lower == "fp32") return v1::ENCODING_FP32;
   if (lower == "qsgd") return v1::ENCODING_QSGD;
   if (lower == "sign") return v1::ENCODING_SIGN;
+  if (lower == "fp16") return v1::ENCODING_FP16;
+  if (lower == "bf16") return v1::ENCODING_BF16;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown encoding '", name, "'; choose fp32, qsgd or sign"));
+      absl::StrCat("unknown encoding '", name, "'; choose fp32, fp16, bf16, qsgd or sign"));
 }
 
 absl::Status ValidateEncodingParams(const v1::EncodingParams& params) {
@@ -365,6 +512,8 @@ absl::Status ValidateEncodingParams(const v1::EncodingParams& params) {
   };
   switch (params.encoding()) {
     case v1::ENCODING_FP32:
+    case v1::ENCODING_FP16:
+    case v1::ENCODING_BF16:
       return absl::OkStatus();
     case v1::ENCODING_QSGD:
       if (params.bits() < 2 || params.bits() > 8) {
@@ -379,8 +528,9 @@ absl::Status ValidateEncodingParams(const v1::EncodingParams& params) {
     case v1::ENCODING_SIGN:
       return check_bucket();
     default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "encoding ", EncodingName(params), " is not supported (supported: FP32, QSGD, SIGN)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("encoding ", EncodingName(params),
+                       " is not supported (supported: FP32, FP16, BF16, QSGD, SIGN)"));
   }
 }
 
@@ -392,6 +542,9 @@ absl::StatusOr<uint64_t> EncodedSize(const v1::EncodingParams& params, uint64_t 
              (num_elements * params.bits() + 7) / 8;
     case v1::ENCODING_SIGN:
       return Buckets(num_elements, params.bucket_size()) * sizeof(float) + (num_elements + 7) / 8;
+    case v1::ENCODING_FP16:
+    case v1::ENCODING_BF16:
+      return num_elements * sizeof(uint16_t);
     default:
       return num_elements * sizeof(float);
   }
@@ -422,6 +575,9 @@ absl::Status EncodeInto(const v1::EncodingParams& params, absl::Span<const float
     case v1::ENCODING_SIGN:
       EncodeSign(params, values, out->data());
       break;
+    case v1::ENCODING_FP16:
+    case v1::ENCODING_BF16:
+      return Encode16(params, values, out->data());
     default:
       if (!values.empty()) std::memcpy(out->data(), values.data(), out->size());
   }
@@ -447,6 +603,8 @@ float DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_v
       out[i] += weight * LoadFloat(p + i * sizeof(float));
       max_abs_bits = std::max(max_abs_bits, AbsBits(out[i]));
     }
+  } else if (Is16Bit(params)) {
+    DecodeAccumulate16(params, payload, weight, out, &max_abs_bits);
   } else {
     DecodeAccumulateBucketed(params, payload, weight, out, &max_abs_bits);
   }
@@ -486,6 +644,9 @@ absl::Status Decode(const v1::EncodingParams& params, absl::string_view payload,
   if (absl::Status s = ValidatePayload(params, payload, out.size()); !s.ok()) return s;
   if (params.encoding() == v1::ENCODING_FP32) {
     if (!out.empty()) std::memcpy(out.data(), payload.data(), payload.size());  // keeps -0.0
+  } else if (Is16Bit(params)) {
+    const bool bf16 = params.encoding() == v1::ENCODING_BF16;
+    for (size_t i = 0; i < out.size(); ++i) out[i] = Decode16(bf16, Load16(payload.data() + 2 * i));
   } else {
     std::fill(out.begin(), out.end(), 0.0f);
     DecodeAccumulateBucketed(params, payload, 1.0f, out);

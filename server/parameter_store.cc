@@ -110,7 +110,7 @@ absl::StatusOr<uint64_t> ParameterStore::TryApply(
       }
       auto payload = std::make_shared<std::string>();
       if (EncodeInto(encoding, delta_scratch_, payload.get()).ok()) {
-        downlink_bits_sum_ += encoding.bits();
+        downlink_bits_sum_ += encoding.encoding() == v1::ENCODING_QSGD ? encoding.bits() : 16;
         ++downlink_deltas_;
         std::shared_ptr<std::vector<float>> broadcast = CopyOf(*base.values, &spare_broadcast_);
         // Our own encoding of finite values: valid by construction.

@@ -78,7 +78,11 @@ class ParameterStore {
   uint64_t version() const;
   StoreState State() const;
   size_t size() const { return size_; }
-  bool downlink_compressed() const { return options_.downlink.encoding() == v1::ENCODING_QSGD; }
+  // Deltas of the broadcast model (QSGD, FP16 or BF16) instead of the full model every time.
+  bool downlink_compressed() const {
+    const v1::Encoding e = options_.downlink.encoding();
+    return e == v1::ENCODING_QSGD || e == v1::ENCODING_FP16 || e == v1::ENCODING_BF16;
+  }
   // Bits per coordinate of the downlink deltas so far, averaged (0 before the first one).
   double mean_downlink_bits() const;
 

@@ -66,10 +66,11 @@ absl::Status ServerOptions::Validate() const {
     return bad("dq_alpha", t.dq_alpha(), "dqsgd needs 0 < dq_alpha <= 1");
   }
   const v1::EncodingParams& pull = t.pull_encoding();
-  if (pull.encoding() == v1::ENCODING_QSGD) {
+  if (pull.encoding() == v1::ENCODING_QSGD || pull.encoding() == v1::ENCODING_FP16 ||
+      pull.encoding() == v1::ENCODING_BF16) {
     PS_RETURN_IF_ERROR(ValidateEncodingParams(pull));
   } else if (pull.encoding() != v1::ENCODING_UNSPECIFIED && pull.encoding() != v1::ENCODING_FP32) {
-    return absl::InvalidArgumentError("pull encoding must be fp32 or qsgd");
+    return absl::InvalidArgumentError("pull encoding must be fp32, fp16, bf16 or qsgd");
   }
   if (t.pull_bits_policy() == v1::BITS_POLICY_DQSGD && pull.encoding() != v1::ENCODING_QSGD) {
     return absl::InvalidArgumentError("pull_bits_policy = dqsgd needs pull_encoding = qsgd");

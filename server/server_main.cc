@@ -90,11 +90,12 @@ ABSL_FLAG(int, eval_every, 50,
 ABSL_FLAG(uint64_t, data_seed, 1,
           "Seed of data partitioning and shuffling (same on every worker).");
 ABSL_FLAG(std::string, partition, "iid", "iid, or label_sorted (each worker sees few classes).");
-ABSL_FLAG(std::string, encodings, "fp32,qsgd,sign",
+ABSL_FLAG(std::string, encodings, "fp32,fp16,bf16,qsgd,sign",
           "Comma-separated update encodings the server accepts (workers may pick among them).");
 ABSL_FLAG(std::string, update_encoding, "fp32",
-          "How workers encode their updates: fp32, qsgd (bit-packed stochastic quantizer) or sign "
-          "(1-bit scaled sign; use with --error_feedback).");
+          "How workers encode their updates: fp32, fp16 or bf16 (16-bit floats, rounded to "
+          "nearest even), qsgd (bit-packed stochastic quantizer) or sign (1-bit scaled sign; use "
+          "with --error_feedback).");
 ABSL_FLAG(int, bits, 4,
           "qsgd: bits per coordinate, sign included (2..8), for --bits_policy=fixed.");
 ABSL_FLAG(int, bucket_size, 512, "qsgd and sign: coordinates per scale.");
@@ -110,8 +111,9 @@ ABSL_FLAG(
 ABSL_FLAG(bool, error_feedback, true,
           "Workers carry what quantization dropped into the next message.");
 ABSL_FLAG(std::string, pull_encoding, "fp32",
-          "How new versions go to workers: fp32 (the full model) or qsgd (quantized deltas of the "
-          "broadcast model with error feedback; workers too far behind get the full model).");
+          "How new versions go to workers: fp32 (the full model), or deltas of the broadcast model "
+          "with error feedback as qsgd (quantized), fp16 or bf16; workers too far behind get the "
+          "full model.");
 ABSL_FLAG(int, pull_bits, 4,
           "qsgd pulls: bits per coordinate (2..8), for --pull_bits_policy=fixed.");
 ABSL_FLAG(std::string, pull_bits_policy, "fixed",
@@ -250,9 +252,11 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
       Pick<v1::BitsPolicy>("bits_policy", absl::GetFlag(FLAGS_bits_policy),
                            {{"fixed", v1::BITS_POLICY_FIXED}, {"dqsgd", v1::BITS_POLICY_DQSGD}});
   if (!policy.ok()) return policy.status();
-  auto pull_encoding =
-      Pick<v1::Encoding>("pull_encoding", absl::GetFlag(FLAGS_pull_encoding),
-                         {{"fp32", v1::ENCODING_FP32}, {"qsgd", v1::ENCODING_QSGD}});
+  auto pull_encoding = Pick<v1::Encoding>("pull_encoding", absl::GetFlag(FLAGS_pull_encoding),
+                                          {{"fp32", v1::ENCODING_FP32},
+                                           {"qsgd", v1::ENCODING_QSGD},
+                                           {"fp16", v1::ENCODING_FP16},
+                                           {"bf16", v1::ENCODING_BF16}});
   if (!pull_encoding.ok()) return pull_encoding.status();
   auto pull_policy =
       Pick<v1::BitsPolicy>("pull_bits_policy", absl::GetFlag(FLAGS_pull_bits_policy),

@@ -21,9 +21,13 @@ struct RunOutcome {
 };
 
 RunOutcome TrainThreeWorkers(v1::AggregationMode mode,
-                             const OuterOptimizerOptions& outer = OuterOptimizerOptions()) {
+                             const OuterOptimizerOptions& outer = OuterOptimizerOptions(),
+                             v1::Encoding both_ways = v1::ENCODING_FP32) {
   ServerOptions options = SmallServerOptions(mode, 3, 8);
   options.outer = outer;
+  options.training.add_allowed_encodings(both_ways);
+  options.training.mutable_update_encoding()->set_encoding(both_ways);
+  options.training.mutable_pull_encoding()->set_encoding(both_ways);
   options.training.set_epochs(5.0f);
   options.training.set_learning_rate(0.2f);
   options.training.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_COSINE);
@@ -87,6 +91,22 @@ TEST(Training, EveryOuterOptimizerTrains) {
         TrainThreeWorkers(async ? v1::AGGREGATION_MODE_ASYNC : v1::AGGREGATION_MODE_SYNC, outer);
     ASSERT_EQ(run.results.size(), 3u) << name;
     EXPECT_GE(run.final_model.accuracy, 0.78) << name;
+  }
+}
+
+// 16-bit floats both ways (updates with error feedback, pulls as deltas of the broadcast model)
+// train as well as FP32: within 0.3 points of test accuracy.
+TEST(Training, Fp16AndBf16BothWaysMatchFp32Accuracy) {
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  const RunOutcome fp32 = TrainThreeWorkers(v1::AGGREGATION_MODE_SYNC);
+  for (v1::Encoding e : {v1::ENCODING_FP16, v1::ENCODING_BF16}) {
+    const RunOutcome run = TrainThreeWorkers(v1::AGGREGATION_MODE_SYNC, OuterOptimizerOptions(), e);
+    ASSERT_EQ(run.results.size(), 3u);
+    EXPECT_NEAR(run.final_model.accuracy, fp32.final_model.accuracy, 0.003) << v1::Encoding_Name(e);
+    // Half the bytes of FP32 both ways, give or take the messages' framing.
+    EXPECT_LT(run.results[0].wire.bytes_sent, 0.55 * fp32.results[0].wire.bytes_sent);
+    EXPECT_LT(run.results[0].wire.bytes_received, 0.55 * fp32.results[0].wire.bytes_received);
+    EXPECT_EQ(run.results[0].final_model, run.results[1].final_model) << "one broadcast model";
   }
 }
 

@@ -39,7 +39,9 @@ absl::Status UpdateCompressor::Compress(absl::Span<const float> update, uint64_t
   }
   last_bits_ = base_.encoding() == v1::ENCODING_QSGD   ? params->bits()
                : base_.encoding() == v1::ENCODING_SIGN ? 1
-                                                       : 32;
+               : base_.encoding() == v1::ENCODING_FP16 || base_.encoding() == v1::ENCODING_BF16
+                   ? 16
+                   : 32;
   if (absl::Status s = EncodeInto(*params, input, payload); !s.ok()) return s;
   if (error_feedback_) {
     decoded_.resize(input.size());

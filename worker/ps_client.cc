@@ -278,6 +278,8 @@ absl::StatusOr<PullResult> PsClient::Pull(uint64_t have_version, absl::Duration 
   request.set_have_version(have_version);
   request.add_accept_encodings(v1::ENCODING_FP32);
   request.add_accept_encodings(v1::ENCODING_QSGD);
+  request.add_accept_encodings(v1::ENCODING_FP16);
+  request.add_accept_encodings(v1::ENCODING_BF16);
   request.set_max_wait_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(wait)));
   absl::MutexLock lock(&pull_mu_);
   // The lambdas below run with pull_mu_ held; the analysis cannot see that through them.

@@ -233,7 +233,8 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       config.error_feedback() && config.update_encoding().encoding() != v1::ENCODING_FP32
           ? " with error feedback"
           : "",
-      config.pull_encoding().encoding() == v1::ENCODING_QSGD
+      config.pull_encoding().encoding() != v1::ENCODING_FP32 &&
+              config.pull_encoding().encoding() != v1::ENCODING_UNSPECIFIED
           ? absl::StrCat(EncodingName(config.pull_encoding()), " deltas")
           : "FP32"));
   // One compressor per shard: each shard gets its own message, with its own scales, bits and
