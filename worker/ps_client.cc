@@ -14,11 +14,13 @@
 namespace ps {
 namespace {
 
+// The one status conversion (common/grpc_status.h), with the call and the server named.
 absl::Status WithContext(const grpc::Status& status, absl::string_view what,
                          absl::string_view server) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(what, " to ", server, ": ", status.error_message()));
+  const absl::Status converted = FromGrpcStatus(status);
+  if (converted.ok()) return converted;
+  return absl::Status(converted.code(),
+                      absl::StrCat(what, " to ", server, ": ", converted.message()));
 }
 
 }  // namespace
