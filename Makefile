@@ -10,6 +10,7 @@ JOBS ?= 2
 CMAKE_FLAGS ?=
 
 .PHONY: all deps bench-deps build demo test sanitize-build sanitize-test tsan-build tsan-test bench compression-table \
+	outer-optimizer-table \
 	time-to-accuracy chaos clean
 
 all: build
@@ -75,6 +76,11 @@ bench: build
 
 compression-table: build bench-deps
 	./bench/compression_table.sh $(BUILD_DIR)
+
+# Bytes to accuracy with the server-side outer optimizer (MLP, K = 4, sync; about 8 minutes):
+# bench/results/outer_optimizer.*
+outer-optimizer-table: build bench-deps
+	/usr/bin/python3 bench/outer_optimizer.py $(BUILD_DIR) --epochs 5
 
 # Workers behind 100 Mbit/s links in network namespaces (needs root): bench/results/time_to_accuracy.*
 time-to-accuracy: build bench-deps
