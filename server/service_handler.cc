@@ -326,14 +326,16 @@ absl::StatusOr<PushAdmission> ServiceHandler::AdmitInitialUpload(const v1::Updat
   if (!options_.required_layout.empty()) {
     PS_RETURN_IF_ERROR(CheckSameLayout(options_.required_layout, *layout, "the server's --layout"));
   }
-  PushAdmission admission{CallSlot(&active_uploads_), RulesFor(*layout, {v1::ENCODING_FP32})};
-  const uint64_t bytes = admission.rules.shard_size() * sizeof(float);
+  PushRules rules = RulesFor(*layout, {v1::ENCODING_FP32});
+  const uint64_t bytes = rules.shard_size() * sizeof(float);
   if (bytes > options_.max_model_bytes) {
     ++refused_limit_;
     return absl::ResourceExhaustedError(absl::StrFormat(
         "this shard's part of the initial model is %d MiB, more than --max_model_mb=%d",
         bytes >> 20, options_.max_model_bytes >> 20));
   }
+  // The slot is made only now: it gives back what the increment below takes.
+  PushAdmission admission{CallSlot(&active_uploads_), std::move(rules)};
   if (++active_uploads_ > 1) {
     return absl::UnavailableError(
         "another worker is uploading the initial model; retry shortly (then join again)");

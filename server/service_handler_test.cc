@@ -289,6 +289,12 @@ TEST(ServiceHandlerWithoutModel, UploadsOfAnotherLayoutThanRequiredOrTooLargeAre
   absl::Status huge =
       unbounded.AdmitPush(caller, UploadHeader(*Layout::Create({{"w", {1 << 20}}}))).status();
   EXPECT_EQ(huge.code(), absl::StatusCode::kResourceExhausted) << huge;
+  // A refused upload holds no place: still one upload at a time afterwards.
+  absl::StatusOr<PushAdmission> first = unbounded.AdmitPush(caller, UploadHeader(FourFloats()));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(unbounded.AdmitPush(caller, UploadHeader(FourFloats())).status().code(),
+            absl::StatusCode::kUnavailable);
+  first->slot.Release();
   v1::UpdateHeader quantized = UploadHeader(FourFloats());
   quantized.mutable_encoding()->set_encoding(v1::ENCODING_QSGD);
   EXPECT_EQ(unbounded.AdmitPush(caller, quantized).status().code(),
