@@ -127,22 +127,30 @@ absl::StatusOr<v1::JoinResponse> PsClient::Join(std::optional<int> requested_ran
   return response;
 }
 
+template <typename Request, typename Response>
+absl::Status PsClient::CallIdempotent(absl::string_view what,
+                                      grpc::Status (v1::ParameterServer::Stub::*method)(
+                                          grpc::ClientContext*, const Request&, Response*),
+                                      const Request& request, Response* response) {
+  grpc::Status status = WithRetries(
+      what,
+      [&] {
+        grpc::ClientContext context;
+        Prepare(&context, options_.rpc_timeout);
+        bytes_sent_ += request.ByteSizeLong();
+        return (stub_.get()->*method)(&context, request, response);
+      },
+      grpc::StatusCode::DEADLINE_EXCEEDED);
+  if (status.ok()) bytes_received_ += response->ByteSizeLong();
+  return WithContext(status, what, options_.servers[0]);
+}
+
 absl::Status PsClient::Heartbeat(const v1::EvalReport* eval) {
   v1::HeartbeatRequest request;
   request.set_worker_id(worker_id_);
   if (eval != nullptr) *request.mutable_eval() = *eval;
   v1::HeartbeatResponse response;
-  grpc::Status status = WithRetries(
-      "Heartbeat",
-      [&] {
-        grpc::ClientContext context;
-        Prepare(&context, options_.rpc_timeout);
-        bytes_sent_ += request.ByteSizeLong();
-        return stub_->Heartbeat(&context, request, &response);
-      },
-      grpc::StatusCode::DEADLINE_EXCEEDED);
-  if (status.ok()) bytes_received_ += response.ByteSizeLong();
-  return WithContext(status, "Heartbeat", options_.servers[0]);
+  return CallIdempotent("Heartbeat", &v1::ParameterServer::Stub::Heartbeat, request, &response);
 }
 
 void PsClient::StartHeartbeats() {
@@ -168,17 +176,8 @@ absl::Status PsClient::Leave() {
   StopHeartbeats();
   v1::LeaveRequest request;
   request.set_worker_id(worker_id_);
-  v1::LeaveResponse response;
-  grpc::Status status = WithRetries(
-      "Leave",
-      [&] {
-        grpc::ClientContext context;
-        Prepare(&context, options_.rpc_timeout);
-        bytes_sent_ += request.ByteSizeLong();
-        return stub_->Leave(&context, request, &response);
-      },
-      grpc::StatusCode::DEADLINE_EXCEEDED);
-  return WithContext(status, "Leave", options_.servers[0]);
+  v1::LeaveResponse response;  // empty: counting it adds nothing
+  return CallIdempotent("Leave", &v1::ParameterServer::Stub::Leave, request, &response);
 }
 
 absl::StatusOr<v1::PushAck> PsClient::Push(v1::UpdateKind kind, uint64_t base_version,

@@ -115,6 +115,13 @@ class PsClient {
   template <typename Attempt>
   grpc::Status WithRetries(absl::string_view what, Attempt attempt,
                            grpc::StatusCode also_retry = grpc::StatusCode::UNAVAILABLE);
+  // One idempotent unary call with retries (DEADLINE_EXCEEDED too), its bytes counted, and its
+  // error naming the call and the server.
+  template <typename Request, typename Response>
+  absl::Status CallIdempotent(absl::string_view what,
+                              grpc::Status (v1::ParameterServer::Stub::*method)(
+                                  grpc::ClientContext*, const Request&, Response*),
+                              const Request& request, Response* response);
   void StopHeartbeats();
   absl::StatusOr<v1::PushAck> PushLocked(v1::UpdateKind kind, uint64_t base_version,
                                          uint64_t sample_count, const v1::EncodingParams& encoding,
