@@ -12,7 +12,7 @@
 #include "absl/time/clock.h"
 #include "common/json_writer.h"
 #include "common/malloc_tuning.h"
-#include "worker/ps_client.h"
+#include "client/ps_client.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
           "ps-server address (async mode, K >= --clients).");

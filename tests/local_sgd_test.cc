@@ -25,8 +25,8 @@ TrainerOptions OneWorkerOptions() {
 }
 
 absl::StatusOr<TrainingResult> TrainOneWorker(const ParameterServer& server) {
-  auto client = ConnectShards({&server});
-  Trainer trainer(OneWorkerOptions(), client.get());
+  auto session = testing::ConnectSession({&server});
+  Trainer trainer(OneWorkerOptions(), session.get());
   return trainer.Run();
 }
 

@@ -68,6 +68,17 @@ std::unique_ptr<ShardedClient> ConnectShards(const std::vector<const ParameterSe
   return client.ok() ? std::move(*client) : nullptr;
 }
 
+std::unique_ptr<Session> ConnectSession(const std::vector<const ParameterServer*>& shards,
+                                        const std::string& name) {
+  SessionOptions o;
+  for (const ParameterServer* shard : shards) o.connection.servers.push_back(shard->address());
+  o.connection.worker_name = name;
+  o.connection.rpc_timeout = absl::Seconds(60);
+  auto session = Session::Connect(o);
+  EXPECT_TRUE(session.ok()) << session.status();
+  return session.ok() ? std::move(*session) : nullptr;
+}
+
 std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_workers,
                                          int64_t train_limit, int64_t test_limit) {
   return TrainWorkers(std::vector<const ParameterServer*>{&server}, num_workers, train_limit,
@@ -76,10 +87,10 @@ std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_
 
 std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer*>& shards,
                                          int num_workers, int64_t train_limit, int64_t test_limit) {
-  std::vector<std::unique_ptr<ShardedClient>> clients;
+  std::vector<std::unique_ptr<Session>> sessions;
   std::vector<absl::StatusOr<TrainingResult>> results(num_workers, absl::UnknownError("not run"));
   for (int k = 0; k < num_workers; ++k) {
-    clients.push_back(ConnectShards(shards, "w" + std::to_string(k)));
+    sessions.push_back(ConnectSession(shards, "w" + std::to_string(k)));
   }
   std::vector<std::thread> threads;
   for (int k = 0; k < num_workers; ++k) {
@@ -89,7 +100,7 @@ std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer
       o.data.train_limit = train_limit;
       o.data.test_limit = test_limit;
       o.quiet = true;
-      Trainer trainer(o, clients[k].get());
+      Trainer trainer(o, sessions[k].get());
       results[k] = trainer.Run();
     });
   }

@@ -6,9 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "client/ps_client.h"
+#include "client/session.h"
+#include "client/sharded_client.h"
 #include "server/server.h"
-#include "worker/ps_client.h"
-#include "worker/sharded_client.h"
 #include "worker/trainer.h"
 
 namespace ps::testing {
@@ -31,6 +32,10 @@ std::unique_ptr<PsClient> Connect(const ParameterServer& server, const std::stri
 // A worker's client of the whole model served by `shards` (in shard order).
 std::unique_ptr<ShardedClient> ConnectShards(const std::vector<const ParameterServer*>& shards,
                                              const std::string& name = "test");
+
+// A session (what a Trainer drives) of the whole model served by `shards`, in shard order.
+std::unique_ptr<Session> ConnectSession(const std::vector<const ParameterServer*>& shards,
+                                        const std::string& name = "test");
 
 bool FashionMnistInstalled();
 

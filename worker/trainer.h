@@ -10,12 +10,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/session.h"
 #include "common/step_size.h"
 #include "ps/v1/ps.pb.h"
-#include "worker/compression.h"
 #include "worker/data/dataset.h"
 #include "worker/models/model.h"
-#include "worker/sharded_client.h"
 
 namespace ps {
 
@@ -48,16 +47,6 @@ inline uint64_t SamplerSeed(uint64_t data_seed, uint32_t rank) {
   return data_seed * 1000003 + rank;
 }
 
-// What a worker may choose for itself, within the encodings the server allows.
-struct CompressionOverrides {
-  std::string update_encoding;  // "" = the server's
-  uint32_t bits = 0;            // 0 = the server's
-  std::string bits_policy;      // "" = the server's; "fixed" or "dqsgd"
-};
-
-// Applies `overrides` to the server's `config`; INVALID_ARGUMENT when the server does not allow it.
-absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingConfig* config);
-
 // One test-set evaluation during a run (TrainerOptions::on_eval).
 struct EvalRecord {
   uint64_t round = 0;  // rounds done when evaluated
@@ -73,8 +62,6 @@ struct EvalRecord {
 
 struct TrainerOptions {
   DataOptions data;
-  CompressionOverrides overrides;
-  absl::Duration pull_wait = absl::Seconds(10);
   absl::Duration progress_every = absl::Seconds(2);
   bool quiet = false;  // no progress lines
   // Set (by a signal) to stop after the current round's push: the worker then leaves cleanly.
@@ -94,7 +81,7 @@ struct TrainingResult {
   EvalResult final_test;
   uint64_t stale_refusals = 0;
   // Sharded sync: refused as one round late by one shard while others took the round's update,
-  // and pushed again on that shard's current version (see Trainer::Run).
+  // and pushed again on that shard's current version (see GrpcSession).
   uint64_t stale_repushes = 0;
   uint64_t rejoins = 0;            // times the server had forgotten us (restart, expired lease)
   bool stopped_early = false;      // by `stop`, before all rounds ran
@@ -104,25 +91,29 @@ struct TrainingResult {
   std::vector<float> final_model;
 };
 
-// Not thread-safe; one per worker.
+// Not thread-safe; one per worker. All protocol work (joining, compression, refusals, re-joins)
+// is the Session's; the Trainer owns data, model, steps, evaluation and progress.
 class Trainer {
  public:
-  Trainer(const TrainerOptions& options, ShardedClient* client);
+  // `session` is not joined yet; Run joins it and leaves it at the end.
+  Trainer(const TrainerOptions& options, Session* session);
   absl::StatusOr<TrainingResult> Run();
 
  private:
+  struct Setup {
+    JoinedRun joined;
+    ModelSpec spec;
+    std::unique_ptr<Model> model;
+    Dataset train, test;
+    uint64_t rounds = 0;
+    uint32_t h = 1;
+  };
+  // Joins with the built-in model the server's settings name and loads this worker's data.
+  absl::StatusOr<Setup> Prepare();
   void Progress(const std::string& line);
-  // Sharded sync: pushes again what a shard refused as one round late (see trainer.cc).
-  absl::Status RepushOneRoundLate(v1::UpdateKind kind, uint64_t sample_count,
-                                  const std::vector<v1::EncodingParams>& encodings,
-                                  const std::vector<std::string>& payloads, double train_loss,
-                                  double learning_rate, absl::Span<float> global,
-                                  std::vector<uint64_t>* versions, std::vector<uint64_t>* have,
-                                  std::vector<absl::StatusOr<v1::PushAck>>* acks);
-  uint64_t stale_repushes_ = 0;
 
   TrainerOptions options_;
-  ShardedClient* client_;
+  Session* session_;
   std::string prefix_;
 };
 

@@ -1,7 +1,12 @@
 #include "worker/trainer.h"
 
+#include <atomic>
 #include <cmath>
+#include <fstream>
+#include <string>
+#include <vector>
 
+#include "client/fake_session.h"
 #include "gtest/gtest.h"
 
 namespace ps {
@@ -44,6 +49,124 @@ TEST(Evaluate, ReportsMeanLossAndAccuracyOverBlocks) {
   EXPECT_NEAR(r.accuracy, 0.75, 1e-12);
   const double right = std::log1p(std::exp(-2.0)), wrong = std::log1p(std::exp(2.0));
   EXPECT_NEAR(r.loss, 0.75 * right + 0.25 * wrong, 1e-5);
+}
+
+// The Trainer against FakeSession: its loop, without sockets or a server.
+constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
+
+bool FashionMnistInstalled() {
+  return std::ifstream(std::string(kFashionMnistDir) + "/train-images-idx3-ubyte.gz").good();
+}
+
+v1::TrainingConfig SoftmaxRun(uint64_t rounds, uint32_t local_steps) {
+  v1::TrainingConfig c;
+  c.set_mode(v1::AGGREGATION_MODE_SYNC);
+  c.set_update_kind(v1::UPDATE_KIND_MODEL_DELTA);
+  c.set_model("softmax");
+  c.set_input_dim(784);
+  c.set_num_classes(10);
+  c.set_num_workers(1);
+  c.set_local_steps(local_steps);
+  c.set_rounds(rounds);
+  c.set_batch_size(32);
+  c.set_learning_rate(0.05f);
+  c.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_CONSTANT);
+  c.set_data_seed(7);
+  c.set_partition(v1::PARTITION_IID);
+  c.mutable_update_encoding()->set_encoding(v1::ENCODING_FP32);
+  return c;
+}
+
+TrainerOptions SmallData() {
+  TrainerOptions o;
+  o.data.fashion_mnist_dir = kFashionMnistDir;
+  o.data.train_limit = 2000;
+  o.data.test_limit = 500;
+  o.quiet = true;
+  return o;
+}
+
+TEST(Trainer, TrainsTheBuiltInModelThroughAFakeSession) {
+  if (!FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  FakeSession session(SoftmaxRun(30, 4));
+  Trainer trainer(SmallData(), &session);
+  absl::StatusOr<TrainingResult> result = trainer.Run();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->rounds, 30u);
+  EXPECT_EQ(result->steps, 120u);
+  EXPECT_EQ(result->final_version, 31u);
+  EXPECT_GT(result->final_test.accuracy, 0.6);
+  const std::vector<UpdateInfo> pushes = session.pushes();
+  ASSERT_EQ(pushes.size(), 30u);
+  for (uint64_t r = 0; r < pushes.size(); ++r) {
+    EXPECT_EQ(pushes[r].round, r);
+    EXPECT_EQ(pushes[r].total_rounds, 30u);
+    EXPECT_EQ(pushes[r].sample_count, 4u * 32u);
+    EXPECT_FLOAT_EQ(pushes[r].learning_rate, 0.05);
+    EXPECT_TRUE(std::isfinite(pushes[r].train_loss));
+  }
+  EXPECT_LT(pushes.back().train_loss, pushes.front().train_loss);
+  // The final evaluation is reported, and the trainer leaves; the model it returns is the
+  // session's.
+  ASSERT_FALSE(session.reports().empty());
+  EXPECT_DOUBLE_EQ(session.reports().back().test_accuracy(), result->final_test.accuracy);
+  EXPECT_TRUE(session.left());
+  EXPECT_EQ(result->final_model,
+            std::vector<float>(session.model().begin(), session.model().end()));
+}
+
+TEST(Trainer, FollowsTheServerBackToItsCheckpointAfterARestart) {
+  if (!FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  v1::TrainingConfig config = SoftmaxRun(10, 2);
+  config.set_eval_every(5);
+  FakeSession session(config);
+  TrainerOptions options = SmallData();
+  bool restarted = false;
+  // After round 5 (version 6) the server "restarts" from its checkpoint of version 3.
+  options.on_eval = [&](const EvalRecord&) {
+    if (!restarted) session.RestartServerAt(3);
+    restarted = true;
+  };
+  Trainer trainer(options, &session);
+  absl::StatusOr<TrainingResult> result = trainer.Run();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->rejoins, 1u);
+  // Rounds 1-5, the push that found the server restarted, then rounds 3-10 again.
+  const std::vector<UpdateInfo> pushes = session.pushes();
+  ASSERT_EQ(pushes.size(), 14u);
+  EXPECT_EQ(pushes[5].round, 5u);
+  EXPECT_EQ(pushes[6].round, 2u);
+  EXPECT_EQ(pushes.back().round, 9u);
+  EXPECT_EQ(result->final_version, 11u);
+}
+
+TEST(Trainer, CountsAStaleRefusalAndGoesOn) {
+  if (!FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  FakeSession session(SoftmaxRun(6, 1));
+  session.RefuseNextPush();
+  Trainer trainer(SmallData(), &session);
+  absl::StatusOr<TrainingResult> result = trainer.Run();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->stale_refusals, 1u);
+  EXPECT_EQ(result->rounds, 6u);
+  EXPECT_EQ(result->final_version, 6u);  // 6 pushes, 5 applied, from version 1
+}
+
+TEST(Trainer, StopsAfterTheCurrentRoundWhenAskedAndLeaves) {
+  if (!FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  v1::TrainingConfig config = SoftmaxRun(20, 1);
+  config.set_eval_every(4);
+  FakeSession session(config);
+  std::atomic<bool> stop{false};
+  TrainerOptions options = SmallData();
+  options.stop = &stop;
+  options.on_eval = [&](const EvalRecord&) { stop = true; };
+  Trainer trainer(options, &session);
+  absl::StatusOr<TrainingResult> result = trainer.Run();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->stopped_early);
+  EXPECT_EQ(result->rounds, 4u);
+  EXPECT_TRUE(session.left());
 }
 
 }  // namespace

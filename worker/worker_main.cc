@@ -21,6 +21,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "client/session.h"
+#include "client/sharded_client.h"
 #include "common/env_flags.h"
 #include "common/files.h"
 #include "common/json_writer.h"
@@ -92,7 +94,9 @@ absl::Status WriteSummary(const JsonObject& summary) {
   return path.empty() ? absl::OkStatus() : summary.WriteToFile(path);
 }
 
-absl::Status EvaluateOnly(ShardedClient* client) {
+// An observer: reads the model without joining.
+absl::Status EvaluateOnly(const PsClientOptions& options) {
+  PS_ASSIGN_OR_RETURN(std::unique_ptr<ShardedClient> client, ShardedClient::Create(options));
   PS_RETURN_IF_ERROR(client->DiscoverRanges());
   PS_ASSIGN_OR_RETURN(v1::StatusResponse status, client->Status());
   const v1::TrainingConfig& config = status.config();
@@ -119,7 +123,8 @@ absl::Status EvaluateOnly(ShardedClient* client) {
   return WriteSummary(summary);
 }
 
-absl::Status HealthCheck(ShardedClient* client) {
+absl::Status HealthCheck(const PsClientOptions& options) {
+  PS_ASSIGN_OR_RETURN(std::unique_ptr<ShardedClient> client, ShardedClient::Create(options));
   for (size_t i = 0; i < client->num_shards(); ++i) {
     PS_ASSIGN_OR_RETURN(v1::StatusResponse status, client->shard(i)->Status());
     std::printf("server %zu: shard %u of %u, version %llu, %d members\n", i, status.shard_index(),
@@ -147,7 +152,8 @@ void WriteEvalLine(std::FILE* log, const EvalRecord& record) {
   std::fflush(log);
 }
 
-absl::Status Train(ShardedClient* client, TrainerOptions options) {
+absl::Status Train(const SessionOptions& session_options, TrainerOptions options) {
+  PS_ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Connect(session_options));
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> eval_log(nullptr, &std::fclose);
   if (const std::string path = absl::GetFlag(FLAGS_eval_log); !path.empty()) {
     eval_log.reset(std::fopen(path.c_str(), "a"));
@@ -156,7 +162,7 @@ absl::Status Train(ShardedClient* client, TrainerOptions options) {
     }
     options.on_eval = [log = eval_log.get()](const EvalRecord& r) { WriteEvalLine(log, r); };
   }
-  Trainer trainer(options, client);
+  Trainer trainer(options, session.get());
   PS_ASSIGN_OR_RETURN(TrainingResult r, trainer.Run());
   JsonObject summary;
   summary.Add("binary", "ps-worker")
@@ -234,23 +240,25 @@ int Main() {
     }
     client_options.token = std::string(absl::StripAsciiWhitespace(*token));
   }
-  absl::StatusOr<std::unique_ptr<ShardedClient>> client = ShardedClient::Create(client_options);
-  if (!client.ok()) {
-    std::fprintf(stderr, "ps-worker: %s\n", std::string(client.status().message()).c_str());
+  if (client_options.servers.empty()) {
+    std::fprintf(stderr, "ps-worker: no server address given (--servers)\n");
     return 2;
   }
+  SessionOptions session_options;
+  session_options.connection = client_options;
+  session_options.pull_wait = absl::GetFlag(FLAGS_pull_wait);
+  session_options.compression.update_encoding = absl::GetFlag(FLAGS_update_encoding);
+  session_options.compression.bits = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_bits)));
+  session_options.compression.bits_policy = absl::GetFlag(FLAGS_bits_policy);
   TrainerOptions options;
   options.data = DataFromFlags();
-  options.pull_wait = absl::GetFlag(FLAGS_pull_wait);
   options.progress_every = absl::GetFlag(FLAGS_progress_every);
   options.quiet = absl::GetFlag(FLAGS_quiet);
   options.stop = &stop;
-  options.overrides.update_encoding = absl::GetFlag(FLAGS_update_encoding);
-  options.overrides.bits = static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_bits)));
-  options.overrides.bits_policy = absl::GetFlag(FLAGS_bits_policy);
-  const absl::Status status = absl::GetFlag(FLAGS_health_check)    ? HealthCheck(client->get())
-                              : absl::GetFlag(FLAGS_evaluate_only) ? EvaluateOnly(client->get())
-                                                                   : Train(client->get(), options);
+  const absl::Status status = absl::GetFlag(FLAGS_health_check) ? HealthCheck(client_options)
+                              : absl::GetFlag(FLAGS_evaluate_only)
+                                  ? EvaluateOnly(client_options)
+                                  : Train(session_options, options);
   if (!status.ok()) {
     std::fprintf(stderr, "ps-worker: %s\n", status.ToString().c_str());
     return 1;

@@ -1,4 +1,4 @@
-#include "worker/sharded_client.h"
+#include "client/sharded_client.h"
 
 #include <thread>
 

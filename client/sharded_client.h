@@ -1,8 +1,8 @@
 // ShardedClient: a worker's connection to the whole model when it is split by key range over S
 // ps-server shards (S = 1 is one server). It joins every shard with the same rank, splits every
 // push and pull by the shards' ranges, and talks to all shards in parallel.
-#ifndef PS_WORKER_SHARDED_CLIENT_H_
-#define PS_WORKER_SHARDED_CLIENT_H_
+#ifndef PS_CLIENT_SHARDED_CLIENT_H_
+#define PS_CLIENT_SHARDED_CLIENT_H_
 
 #include <cstdint>
 #include <memory>
@@ -14,7 +14,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/layout.h"
-#include "worker/ps_client.h"
+#include "client/ps_client.h"
 
 namespace ps {
 
@@ -90,4 +90,4 @@ class ShardedClient {
 
 }  // namespace ps
 
-#endif  // PS_WORKER_SHARDED_CLIENT_H_
+#endif  // PS_CLIENT_SHARDED_CLIENT_H_

@@ -1,7 +1,7 @@
 // How a worker compresses its updates: a bit-width policy (fixed, or DQ-SGD's dynamic choice) and
 // error feedback. Knows nothing of gRPC.
-#ifndef PS_WORKER_COMPRESSION_H_
-#define PS_WORKER_COMPRESSION_H_
+#ifndef PS_CLIENT_COMPRESSION_H_
+#define PS_CLIENT_COMPRESSION_H_
 
 #include <cstdint>
 #include <string>
@@ -13,6 +13,22 @@
 #include "ps/v1/ps.pb.h"
 
 namespace ps {
+
+// What a worker may choose for itself, within the encodings the server allows.
+struct CompressionOverrides {
+  std::string update_encoding;  // "" = the server's
+  uint32_t bits = 0;            // 0 = the server's
+  std::string bits_policy;      // "" = the server's; "fixed" or "dqsgd"
+};
+
+// Applies `overrides` to the server's `config`; INVALID_ARGUMENT when the server does not allow it.
+absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingConfig* config);
+
+// The seed of shard `shard`'s compressor in worker `rank` (QSGD's stochastic rounding):
+// different per worker and shard, reproducible per run.
+inline uint64_t CompressorSeed(uint64_t data_seed, uint32_t rank, size_t shard) {
+  return data_seed * 1000003 + rank + 17 + 1000 * shard;
+}
 
 // Encodes a worker's updates. Not thread-safe; one per worker.
 class UpdateCompressor {
@@ -45,4 +61,4 @@ class UpdateCompressor {
 
 }  // namespace ps
 
-#endif  // PS_WORKER_COMPRESSION_H_
+#endif  // PS_CLIENT_COMPRESSION_H_

@@ -1,4 +1,4 @@
-#include "worker/compression.h"
+#include "client/compression.h"
 
 #include <cmath>
 #include <random>

@@ -1,4 +1,4 @@
-#include "worker/ps_client.h"
+#include "client/ps_client.h"
 
 #include <grpcpp/grpcpp.h>
 

@@ -1,8 +1,8 @@
 // PsClient: a worker's connection to one parameter server shard (ShardedClient holds one per
 // shard). Every call has a deadline; UNAVAILABLE is retried with exponential backoff and jitter
 // (pushes keep their sequence number, so a retried push is never applied twice).
-#ifndef PS_WORKER_PS_CLIENT_H_
-#define PS_WORKER_PS_CLIENT_H_
+#ifndef PS_CLIENT_PS_CLIENT_H_
+#define PS_CLIENT_PS_CLIENT_H_
 
 #include <atomic>
 #include <cstdint>
@@ -157,4 +157,4 @@ class PsClient {
 
 }  // namespace ps
 
-#endif  // PS_WORKER_PS_CLIENT_H_
+#endif  // PS_CLIENT_PS_CLIENT_H_

@@ -1,9 +1,11 @@
-#include "worker/compression.h"
+#include "client/compression.h"
 
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "common/codec.h"
+#include "common/status_macros.h"
 
 namespace ps {
 
@@ -49,6 +51,40 @@ absl::Status UpdateCompressor::Compress(absl::Span<const float> update, uint64_t
     for (size_t i = 0; i < input.size(); ++i) residual_[i] = input[i] - decoded_[i];
   }
   return absl::OkStatus();
+}
+
+absl::Status ApplyOverrides(const CompressionOverrides& overrides, v1::TrainingConfig* config) {
+  v1::EncodingParams* update = config->mutable_update_encoding();
+  if (!overrides.update_encoding.empty()) {
+    PS_ASSIGN_OR_RETURN(v1::Encoding encoding, ParseEncoding(overrides.update_encoding));
+    const auto& allowed = config->allowed_encodings();
+    if (std::find(allowed.begin(), allowed.end(), encoding) == allowed.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the server does not allow update encoding ", overrides.update_encoding));
+    }
+    update->set_encoding(encoding);
+  }
+  if (update->encoding() != v1::ENCODING_FP32 && update->bucket_size() == 0) {
+    update->set_bucket_size(512);
+  }
+  if (update->encoding() == v1::ENCODING_QSGD &&
+      update->scaling() == v1::QUANT_SCALING_UNSPECIFIED) {
+    update->set_scaling(v1::QUANT_SCALING_MAX_ABS);
+  }
+  if (overrides.bits > 0) update->set_bits(overrides.bits);
+  if (update->encoding() == v1::ENCODING_QSGD && update->bits() == 0) update->set_bits(4);
+  if (overrides.bits_policy == "fixed") {
+    config->set_bits_policy(v1::BITS_POLICY_FIXED);
+  } else if (overrides.bits_policy == "dqsgd") {
+    config->set_bits_policy(v1::BITS_POLICY_DQSGD);
+  } else if (!overrides.bits_policy.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--bits_policy=", overrides.bits_policy, " is not one of: fixed, dqsgd"));
+  }
+  if (config->min_bits() == 0) config->set_min_bits(2);
+  if (config->max_bits() == 0) config->set_max_bits(8);
+  if (update->encoding() == v1::ENCODING_UNSPECIFIED) update->set_encoding(v1::ENCODING_FP32);
+  return ValidateEncodingParams(*update);
 }
 
 }  // namespace ps
