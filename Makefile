@@ -54,7 +54,7 @@ $(TSAN_DIR)/CMakeCache.txt:
 	  -DPS_WERROR=ON $(CMAKE_FLAGS)
 
 # Only what the unit and integration tests need (no binaries, fuzzer or benchmarks).
-TSAN_TARGETS = ps_common_test ps_checkpoint_test ps_server_test ps_client_test ps_worker_test ps_models_test \
+TSAN_TARGETS = ps_common_test ps_app_test ps_checkpoint_test ps_server_test ps_client_test ps_worker_test ps_models_test \
 	ps_data_test local_sgd_test bad_input_test large_model_test training_test compression_test \
 	security_test durability_test sharding_test health_test model_layout_test tsan_planted_race
 

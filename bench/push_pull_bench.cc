@@ -11,7 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/json_writer.h"
-#include "common/malloc_tuning.h"
+#include "app/malloc_tuning.h"
 #include "client/ps_client.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",

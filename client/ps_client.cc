@@ -7,14 +7,14 @@
 #include "common/chunking.h"
 #include "common/codec.h"
 #include "common/files.h"
-#include "common/grpc_status.h"
+#include "rpc/grpc_status.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace ps {
 namespace {
 
-// The one status conversion (common/grpc_status.h), with the call and the server named.
+// The one status conversion (rpc/grpc_status.h), with the call and the server named.
 absl::Status WithContext(const grpc::Status& status, absl::string_view what,
                          absl::string_view server) {
   const absl::Status converted = FromGrpcStatus(status);

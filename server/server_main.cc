@@ -13,11 +13,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "app/enum_flags.h"
+#include "app/env_flags.h"
+#include "app/malloc_tuning.h"
+#include "app/stop_signals.h"
 #include "common/codec.h"
-#include "common/env_flags.h"
 #include "common/json_writer.h"
 #include "common/logging.h"
-#include "common/malloc_tuning.h"
 #include "common/status_macros.h"
 #include "server/server.h"
 
@@ -30,10 +32,10 @@ ABSL_FLAG(std::string, health_listen, "",
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound port is written to this file once listening.");
 ABSL_FLAG(
-    std::string, mode, "sync",
+    ps::v1::AggregationMode, mode, ps::v1::AGGREGATION_MODE_SYNC,
     "sync: a round closes when every live worker pushed, then the server applies the "
     "sample-weighted average. async: each update is applied on arrival, weighted by staleness.");
-ABSL_FLAG(std::string, update, "delta",
+ABSL_FLAG(ps::v1::UpdateKind, update, ps::v1::UPDATE_KIND_MODEL_DELTA,
           "delta: workers push their model change every --local_steps steps (Local SGD). gradient: "
           "workers push a gradient every step and the server applies --server_learning_rate.");
 ABSL_FLAG(int, num_workers, 4,
@@ -77,7 +79,7 @@ ABSL_FLAG(int, num_classes, 10, "Built-in model: classes (2 for logistic).");
 ABSL_FLAG(int, hidden_units, 128, "Built-in model: hidden ReLU units (mlp).");
 ABSL_FLAG(double, l2, 0.0, "L2 regularisation: (l2/2)*||weights||^2 is added to the loss.");
 ABSL_FLAG(double, learning_rate, 0.2, "Workers' initial SGD step size.");
-ABSL_FLAG(std::string, lr_schedule, "cosine",
+ABSL_FLAG(ps::v1::LearningRateSchedule, lr_schedule, ps::v1::LEARNING_RATE_SCHEDULE_COSINE,
           "constant, inverse_time (lr/(1+decay*t)) or cosine (over the whole run); t counts global "
           "steps.");
 ABSL_FLAG(double, lr_decay, 0.0, "decay of the inverse_time schedule.");
@@ -89,18 +91,20 @@ ABSL_FLAG(int, eval_every, 50,
           "Rounds between test-set evaluations on the workers; 0 = only at the end.");
 ABSL_FLAG(uint64_t, data_seed, 1,
           "Seed of data partitioning and shuffling (same on every worker).");
-ABSL_FLAG(std::string, partition, "iid", "iid, or label_sorted (each worker sees few classes).");
+ABSL_FLAG(ps::v1::Partition, partition, ps::v1::PARTITION_IID,
+          "iid, or label_sorted (each worker sees few classes).");
 ABSL_FLAG(std::string, encodings, "fp32,fp16,bf16,qsgd,sign",
           "Comma-separated update encodings the server accepts (workers may pick among them).");
-ABSL_FLAG(std::string, update_encoding, "fp32",
+ABSL_FLAG(ps::v1::Encoding, update_encoding, ps::v1::ENCODING_FP32,
           "How workers encode their updates: fp32, fp16 or bf16 (16-bit floats, rounded to "
           "nearest even), qsgd (bit-packed stochastic quantizer) or sign (1-bit scaled sign; use "
           "with --error_feedback).");
 ABSL_FLAG(int, bits, 4,
           "qsgd: bits per coordinate, sign included (2..8), for --bits_policy=fixed.");
 ABSL_FLAG(int, bucket_size, 512, "qsgd and sign: coordinates per scale.");
-ABSL_FLAG(std::string, scaling, "max_abs", "qsgd: bucket scale, max_abs or l2.");
-ABSL_FLAG(std::string, bits_policy, "fixed",
+ABSL_FLAG(ps::v1::QuantScaling, scaling, ps::v1::QUANT_SCALING_MAX_ABS,
+          "qsgd: bucket scale, max_abs or l2.");
+ABSL_FLAG(ps::v1::BitsPolicy, bits_policy, ps::v1::BITS_POLICY_FIXED,
           "qsgd: fixed (--bits), or dqsgd (bits from each update's norm and the steps left).");
 ABSL_FLAG(int, min_bits, 2, "dqsgd: fewest bits.");
 ABSL_FLAG(int, max_bits, 8, "dqsgd: most bits.");
@@ -110,13 +114,13 @@ ABSL_FLAG(
     "dqsgd: contraction per message; below 1 gives fewer bits early and more as steps run out.");
 ABSL_FLAG(bool, error_feedback, true,
           "Workers carry what quantization dropped into the next message.");
-ABSL_FLAG(std::string, pull_encoding, "fp32",
+ABSL_FLAG(ps::v1::Encoding, pull_encoding, ps::v1::ENCODING_FP32,
           "How new versions go to workers: fp32 (the full model), or deltas of the broadcast model "
           "with error feedback as qsgd (quantized), fp16 or bf16; workers too far behind get the "
           "full model.");
 ABSL_FLAG(int, pull_bits, 4,
           "qsgd pulls: bits per coordinate (2..8), for --pull_bits_policy=fixed.");
-ABSL_FLAG(std::string, pull_bits_policy, "fixed",
+ABSL_FLAG(ps::v1::BitsPolicy, pull_bits_policy, ps::v1::BITS_POLICY_FIXED,
           "qsgd pulls: fixed (--pull_bits), or dqsgd (each delta's bits from its norm against the "
           "first deltas', within --min_bits..--max_bits with --dq_beta).");
 ABSL_FLAG(uint64_t, seed, 1,
@@ -141,7 +145,7 @@ ABSL_FLAG(absl::Duration, round_deadline, absl::ZeroDuration(),
           "whatever arrived if that is at least --min_quorum updates; 0 = no deadline.");
 ABSL_FLAG(int, min_quorum, 1,
           "sync: updates a round needs to close at its deadline, or at shutdown.");
-ABSL_FLAG(std::string, late_policy, "drop",
+ABSL_FLAG(ps::v1::LatePolicy, late_policy, ps::v1::LATE_POLICY_DROP,
           "sync: an update for a round that already closed is dropped (the worker is told and "
           "pulls), or fold-ed into the open round with the staleness weight.");
 ABSL_FLAG(std::string, checkpoint_dir, "",
@@ -186,18 +190,6 @@ ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
 namespace ps {
 namespace {
 
-template <typename Enum>
-absl::StatusOr<Enum> Pick(absl::string_view flag, absl::string_view value,
-                          std::initializer_list<std::pair<const char*, Enum>> choices) {
-  std::string names;
-  for (const auto& [name, e] : choices) {
-    if (value == name) return e;
-    absl::StrAppend(&names, names.empty() ? "" : ", ", name);
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--", flag, "=", value, " is not one of: ", names));
-}
-
 absl::StatusOr<Layout> LayoutFromFlags() {
   const std::string file = absl::GetFlag(FLAGS_layout);
   const uint64_t size = absl::GetFlag(FLAGS_model_size);
@@ -214,75 +206,46 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.listen_address = absl::GetFlag(FLAGS_listen);
   o.health_listen_address = absl::GetFlag(FLAGS_health_listen);
   v1::TrainingConfig& t = o.training;
-  auto mode = Pick<v1::AggregationMode>(
-      "mode", absl::GetFlag(FLAGS_mode),
-      {{"sync", v1::AGGREGATION_MODE_SYNC}, {"async", v1::AGGREGATION_MODE_ASYNC}});
-  if (!mode.ok()) return mode.status();
-  t.set_mode(*mode);
-  auto kind = Pick<v1::UpdateKind>(
-      "update", absl::GetFlag(FLAGS_update),
-      {{"delta", v1::UPDATE_KIND_MODEL_DELTA}, {"gradient", v1::UPDATE_KIND_GRADIENT}});
-  if (!kind.ok()) return kind.status();
-  t.set_update_kind(*kind);
-  auto schedule =
-      Pick<v1::LearningRateSchedule>("lr_schedule", absl::GetFlag(FLAGS_lr_schedule),
-                                     {{"constant", v1::LEARNING_RATE_SCHEDULE_CONSTANT},
-                                      {"inverse_time", v1::LEARNING_RATE_SCHEDULE_INVERSE_TIME},
-                                      {"cosine", v1::LEARNING_RATE_SCHEDULE_COSINE}});
-  if (!schedule.ok()) return schedule.status();
-  t.set_lr_schedule(*schedule);
-  auto partition = Pick<v1::Partition>(
-      "partition", absl::GetFlag(FLAGS_partition),
-      {{"iid", v1::PARTITION_IID}, {"label_sorted", v1::PARTITION_LABEL_SORTED}});
-  if (!partition.ok()) return partition.status();
-  t.set_partition(*partition);
+  t.set_mode(absl::GetFlag(FLAGS_mode));
+  t.set_update_kind(absl::GetFlag(FLAGS_update));
+  t.set_lr_schedule(absl::GetFlag(FLAGS_lr_schedule));
+  t.set_partition(absl::GetFlag(FLAGS_partition));
   for (absl::string_view name :
        absl::StrSplit(absl::GetFlag(FLAGS_encodings), ',', absl::SkipEmpty())) {
     auto e = ParseEncoding(name);
     if (!e.ok()) return e.status();
     t.add_allowed_encodings(*e);
   }
-  auto update_encoding = ParseEncoding(absl::GetFlag(FLAGS_update_encoding));
-  if (!update_encoding.ok()) return update_encoding.status();
-  auto scaling = Pick<v1::QuantScaling>(
-      "scaling", absl::GetFlag(FLAGS_scaling),
-      {{"max_abs", v1::QUANT_SCALING_MAX_ABS}, {"l2", v1::QUANT_SCALING_L2}});
-  if (!scaling.ok()) return scaling.status();
-  auto policy =
-      Pick<v1::BitsPolicy>("bits_policy", absl::GetFlag(FLAGS_bits_policy),
-                           {{"fixed", v1::BITS_POLICY_FIXED}, {"dqsgd", v1::BITS_POLICY_DQSGD}});
-  if (!policy.ok()) return policy.status();
-  auto pull_encoding = Pick<v1::Encoding>("pull_encoding", absl::GetFlag(FLAGS_pull_encoding),
-                                          {{"fp32", v1::ENCODING_FP32},
-                                           {"qsgd", v1::ENCODING_QSGD},
-                                           {"fp16", v1::ENCODING_FP16},
-                                           {"bf16", v1::ENCODING_BF16}});
-  if (!pull_encoding.ok()) return pull_encoding.status();
-  auto pull_policy =
-      Pick<v1::BitsPolicy>("pull_bits_policy", absl::GetFlag(FLAGS_pull_bits_policy),
-                           {{"fixed", v1::BITS_POLICY_FIXED}, {"dqsgd", v1::BITS_POLICY_DQSGD}});
-  if (!pull_policy.ok()) return pull_policy.status();
-  v1::EncodingParams* update = t.mutable_update_encoding();
-  update->set_encoding(*update_encoding);
-  if (*update_encoding != v1::ENCODING_FP32)
-    update->set_bucket_size(absl::GetFlag(FLAGS_bucket_size));
-  if (*update_encoding == v1::ENCODING_QSGD) {
-    update->set_bits(absl::GetFlag(FLAGS_bits));
-    update->set_scaling(*scaling);
+  const v1::Encoding update_encoding = absl::GetFlag(FLAGS_update_encoding);
+  const v1::QuantScaling scaling = absl::GetFlag(FLAGS_scaling);
+  const v1::BitsPolicy policy = absl::GetFlag(FLAGS_bits_policy);
+  const v1::Encoding pull_encoding = absl::GetFlag(FLAGS_pull_encoding);
+  if (pull_encoding == v1::ENCODING_SIGN) {
+    return absl::InvalidArgumentError(
+        "--pull_encoding=sign: pulls are fp32, or deltas as qsgd, fp16 or bf16");
   }
-  t.set_bits_policy(*policy);
+  const v1::BitsPolicy pull_policy = absl::GetFlag(FLAGS_pull_bits_policy);
+  v1::EncodingParams* update = t.mutable_update_encoding();
+  update->set_encoding(update_encoding);
+  if (update_encoding != v1::ENCODING_FP32)
+    update->set_bucket_size(absl::GetFlag(FLAGS_bucket_size));
+  if (update_encoding == v1::ENCODING_QSGD) {
+    update->set_bits(absl::GetFlag(FLAGS_bits));
+    update->set_scaling(scaling);
+  }
+  t.set_bits_policy(policy);
   t.set_min_bits(absl::GetFlag(FLAGS_min_bits));
   t.set_max_bits(absl::GetFlag(FLAGS_max_bits));
   t.set_dq_beta(static_cast<float>(absl::GetFlag(FLAGS_dq_beta)));
   t.set_dq_alpha(static_cast<float>(absl::GetFlag(FLAGS_dq_alpha)));
   t.set_error_feedback(absl::GetFlag(FLAGS_error_feedback));
-  t.mutable_pull_encoding()->set_encoding(*pull_encoding);
-  if (*pull_encoding == v1::ENCODING_QSGD) {
+  t.mutable_pull_encoding()->set_encoding(pull_encoding);
+  if (pull_encoding == v1::ENCODING_QSGD) {
     t.mutable_pull_encoding()->set_bits(absl::GetFlag(FLAGS_pull_bits));
     t.mutable_pull_encoding()->set_bucket_size(absl::GetFlag(FLAGS_bucket_size));
     t.mutable_pull_encoding()->set_scaling(v1::QUANT_SCALING_MAX_ABS);
   }
-  t.set_pull_bits_policy(*pull_policy);
+  t.set_pull_bits_policy(pull_policy);
   auto non_negative = [](const char* flag, int64_t v) -> absl::Status {
     if (v < 0)
       return absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 0, got ", v));
@@ -348,11 +311,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   t.set_round_deadline_ms(
       std::max<int64_t>(0, absl::ToInt64Milliseconds(absl::GetFlag(FLAGS_round_deadline))));
   t.set_min_quorum(absl::GetFlag(FLAGS_min_quorum));
-  auto late =
-      Pick<v1::LatePolicy>("late_policy", absl::GetFlag(FLAGS_late_policy),
-                           {{"drop", v1::LATE_POLICY_DROP}, {"fold", v1::LATE_POLICY_FOLD}});
-  if (!late.ok()) return late.status();
-  t.set_late_policy(*late);
+  t.set_late_policy(absl::GetFlag(FLAGS_late_policy));
   o.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   if (!o.checkpoint_dir.empty()) {
     o.checkpoint_every_versions = absl::GetFlag(FLAGS_checkpoint_every_versions);
@@ -415,18 +374,8 @@ int ExportModel() {
 
 int Main() {
   if (!absl::GetFlag(FLAGS_export_model).empty()) return ExportModel();
-  // Signals are taken by one thread with sigwait, so no handler runs on a gRPC thread.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   static StopRequest stop;
-  std::thread([signals] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    stop.Stop(sig == SIGINT ? "SIGINT" : "SIGTERM");
-  }).detach();
+  HandleStopSignals([](const char* signal_name) { stop.Stop(signal_name); });
 
   absl::StatusOr<ServerOptions> options = OptionsFromFlags();
   if (!options.ok()) {

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/chunking.h"
-#include "common/grpc_status.h"
+#include "rpc/grpc_status.h"
 #include "common/happens_before.h"
 #include "common/logging.h"
 

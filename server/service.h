@@ -1,6 +1,6 @@
 // The gRPC adapter: ps.v1.ParameterServer on the callback API. It authenticates the caller,
 // moves bytes and hands every decision to the ServiceHandler (no gRPC there); statuses are
-// converted in one place (common/grpc_status.h). Reactions never block: decoding and applying run
+// converted in one place (rpc/grpc_status.h). Reactions never block: decoding and applying run
 // on the server's ThreadPool.
 #ifndef PS_SERVER_SERVICE_H_
 #define PS_SERVER_SERVICE_H_

@@ -17,7 +17,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # Flags: errors name the flag, --help explains them.
 if "$server" --mode=bogus >"$work/out" 2>&1; then fail "--mode=bogus was accepted"; fi
-grep -q -- "--mode=bogus is not one of: sync, async" "$work/out" || fail "no clear error: $(cat "$work/out")"
+grep -q -- "'bogus' is not one of: sync, async" "$work/out" || fail "no clear error: $(cat "$work/out")"
 "$server" --help >"$work/help" 2>&1 || true
 for flag in listen mode num_workers local_steps staleness_exponent summary_json; do
   grep -q -- "--$flag" "$work/help" || fail "--help does not explain --$flag"

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/test_support.h"
@@ -125,6 +126,50 @@ TEST(Sharding, ShardsListedOutOfOrderAreRefused) {
   for (const auto& s : shards) EXPECT_TRUE(s->GetStatus().members().empty());
   auto one = testing::ConnectShards({shards[0].get()});
   EXPECT_EQ(one->Join().status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Shards out of phase (after a partition, say): shard 1 closed a round without worker A, shard 0
+// did not. A's update is then refused by shard 1 as exactly one round late and taken by shard 0;
+// the session pushes it again on shard 1's current version, so that both open rounds get it
+// (GrpcSession::RepushOneRoundLate), rather than leaving shard 1's round to its deadline.
+TEST(Sharding, AnUpdateOneRoundLateOnOneShardIsPushedAgainThere) {
+  ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 2, 1);
+  options.training.set_round_deadline_ms(300);
+  auto shards = StartShards(options, 2);
+  ASSERT_EQ(shards.size(), 2u);
+  absl::StatusOr<ModelValues> initial = BuiltinInitialModel(options.training);
+  ASSERT_TRUE(initial.ok()) << initial.status();
+  std::unique_ptr<Session> a = testing::ConnectSession(Pointers(shards), "a");
+  ASSERT_TRUE(a->Join(*initial).ok());
+  // B, a plain client of both shards, pushes to shard 1 alone; its round closes at the deadline.
+  auto b = testing::ConnectShards(Pointers(shards), "b");
+  ASSERT_TRUE(b->Join(std::nullopt, &*initial).ok());
+  v1::EncodingParams fp32;
+  fp32.set_encoding(v1::ENCODING_FP32);
+  std::string zeros;
+  ASSERT_TRUE(EncodeInto(fp32, std::vector<float>(b->ranges()[1].size(), 0.0f), &zeros).ok());
+  ASSERT_TRUE(b->PushShard(1, v1::UPDATE_KIND_MODEL_DELTA, 1, 32, fp32, zeros, 0.0).ok());
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (shards[1]->Model().version < 2 && absl::Now() < give_up)
+    absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_EQ(shards[1]->Model().version, 2u);
+  ASSERT_EQ(shards[0]->Model().version, 1u);
+
+  // A holds version 1 of both shards: shard 1 refuses its update as one round late.
+  std::vector<float> update(initial->values.size(), 0.01f);
+  UpdateInfo info;
+  info.sample_count = 32;
+  absl::StatusOr<RoundResult> round = a->Push(update, info);
+  ASSERT_TRUE(round.ok()) << round.status();
+  EXPECT_EQ(round->repushes, 1u);
+  EXPECT_EQ(round->stale_refusals, 0u);
+  EXPECT_EQ(a->counters().stale_repushes, 1u);
+  // Both rounds A's update joined have closed (at their deadline, B being absent): shard 0's
+  // round on version 1 and shard 1's on version 2.
+  EXPECT_EQ(shards[0]->Model().version, 2u);
+  EXPECT_EQ(shards[1]->Model().version, 3u);
+  EXPECT_EQ(round->version, 2u);
+  EXPECT_TRUE(a->Leave().ok());
 }
 
 }  // namespace

@@ -1,10 +1,17 @@
 // End-to-end training through a real server on loopback: three workers, softmax regression on a
 // Fashion-MNIST subset, once with synchronous and once with asynchronous Local SGD.
+#include <unistd.h>
+
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "server/checkpoint.h"
 #include "tests/test_support.h"
 
 namespace ps {
@@ -18,6 +25,8 @@ struct RunOutcome {
   std::vector<TrainingResult> results;
   v1::StatusResponse status;
   EvalResult final_model;  // the server's model once every worker finished
+  // The server's checkpoint written once every worker finished (its outer optimizer's state).
+  std::optional<Checkpoint> checkpoint;
 };
 
 RunOutcome TrainThreeWorkers(v1::AggregationMode mode,
@@ -32,12 +41,21 @@ RunOutcome TrainThreeWorkers(v1::AggregationMode mode,
   options.training.set_learning_rate(0.2f);
   options.training.set_lr_schedule(v1::LEARNING_RATE_SCHEDULE_COSINE);
   options.training.set_eval_every(10);
+  options.checkpoint_dir =
+      std::filesystem::temp_directory_path() / ("ps_training_test_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(options.checkpoint_dir);
   auto server = StartServer(options);
   RunOutcome outcome;
   if (server == nullptr) return outcome;
   outcome.results = testing::TrainWorkers(*server, 3, 20000, 2000);
   outcome.status = server->GetStatus();
   outcome.final_model = testing::EvaluateServerModel(*server, 2000);
+  EXPECT_TRUE(server->Checkpoint().ok());
+  auto loaded = LoadNewestCheckpoint(options.checkpoint_dir);
+  EXPECT_TRUE(loaded.ok() && loaded->has_value()) << loaded.status();
+  if (loaded.ok() && loaded->has_value()) outcome.checkpoint = std::move((*loaded)->checkpoint);
+  server.reset();
+  std::filesystem::remove_all(options.checkpoint_dir);
   std::printf("final model: version %llu, test accuracy %.4f, stale refusals %llu\n",
               static_cast<unsigned long long>(outcome.status.version()),
               outcome.final_model.accuracy,
@@ -91,6 +109,25 @@ TEST(Training, EveryOuterOptimizerTrains) {
         TrainThreeWorkers(async ? v1::AGGREGATION_MODE_ASYNC : v1::AGGREGATION_MODE_SYNC, outer);
     ASSERT_EQ(run.results.size(), 3u) << name;
     EXPECT_GE(run.final_model.accuracy, 0.78) << name;
+    // The rule acted, not plain averaging: the server stepped it once per round (sync) or once
+    // per update (delayed Nesterov counts updates, with a momentum step every K), and its state
+    // (momentum; Adam's two moments) is not zero. Delayed Nesterov's second buffer is the
+    // accumulation of the current period, zero right after a momentum step, so it is not checked.
+    ASSERT_TRUE(run.checkpoint.has_value()) << name;
+    const v1::CheckpointHeader& header = run.checkpoint->header;
+    EXPECT_EQ(header.outer_optimizer(), OuterKindName(outer.kind));  // nesterov is "sgd"
+    EXPECT_EQ(header.outer_steps(),
+              async ? run.status.updates_applied() : run.status.rounds_completed())
+        << name;
+    const bool two_buffers = outer.kind == OuterKind::kFedAdam || async;
+    ASSERT_EQ(run.checkpoint->outer.size(), two_buffers ? 2u : 1u) << name;
+    const size_t checked = outer.kind == OuterKind::kFedAdam ? 2 : 1;
+    for (size_t b = 0; b < checked; ++b) {
+      const std::vector<float>& buffer = run.checkpoint->outer[b];
+      double norm2 = 0.0;
+      for (float v : buffer) norm2 += double{v} * v;
+      EXPECT_GT(std::sqrt(norm2), 1e-6) << name << ": buffer " << b << " stayed zero";
+    }
   }
 }
 

@@ -21,13 +21,14 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "app/env_flags.h"
+#include "app/malloc_tuning.h"
+#include "app/stop_signals.h"
 #include "client/session.h"
 #include "client/sharded_client.h"
-#include "common/env_flags.h"
 #include "common/files.h"
 #include "common/json_writer.h"
 #include "common/logging.h"
-#include "common/malloc_tuning.h"
 #include "common/status_macros.h"
 #include "worker/trainer.h"
 
@@ -205,17 +206,10 @@ int Main() {
   // SIGTERM or SIGINT: finish the current round's push, then leave (one thread takes the signals
   // with sigwait, so no handler runs on a gRPC thread).
   static std::atomic<bool> stop{false};
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::thread([signals] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    LogInfo(absl::StrCat("event=stop_requested signal=", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+  HandleStopSignals([](const char* signal_name) {
+    LogInfo(absl::StrCat("event=stop_requested signal=", signal_name));
     stop = true;
-  }).detach();
+  });
 
   PsClientOptions client_options;
   client_options.servers = absl::StrSplit(absl::GetFlag(FLAGS_servers), ',', absl::SkipEmpty());

@@ -1,8 +1,8 @@
 // Containers configure processes through environment variables; our binaries take flags. The
 // mains (never the libraries) turn PS_<FLAG NAME IN CAPITALS>=value into --<flag name>=value for
 // every flag the binary defines, before the command line, so that the command line wins.
-#ifndef PS_COMMON_ENV_FLAGS_H_
-#define PS_COMMON_ENV_FLAGS_H_
+#ifndef PS_APP_ENV_FLAGS_H_
+#define PS_APP_ENV_FLAGS_H_
 
 #include <map>
 #include <string>
@@ -34,4 +34,4 @@ void ParseCommandLineWithEnvironment(int argc, char** argv, char** envp,
 
 }  // namespace ps
 
-#endif  // PS_COMMON_ENV_FLAGS_H_
+#endif  // PS_APP_ENV_FLAGS_H_

@@ -1,4 +1,4 @@
-#include "common/env_flags.h"
+#include "app/env_flags.h"
 
 #include "gtest/gtest.h"
 

@@ -1,6 +1,6 @@
 // Process-wide allocator settings for mains (never called by libraries).
-#ifndef PS_COMMON_MALLOC_TUNING_H_
-#define PS_COMMON_MALLOC_TUNING_H_
+#ifndef PS_APP_MALLOC_TUNING_H_
+#define PS_APP_MALLOC_TUNING_H_
 
 namespace ps {
 
@@ -12,4 +12,4 @@ void TuneMallocForLargeMessages();
 
 }  // namespace ps
 
-#endif  // PS_COMMON_MALLOC_TUNING_H_
+#endif  // PS_APP_MALLOC_TUNING_H_

@@ -1,7 +1,7 @@
 // The one place where absl::Status and grpc::Status are converted. Both use the same canonical
 // codes.
-#ifndef PS_COMMON_GRPC_STATUS_H_
-#define PS_COMMON_GRPC_STATUS_H_
+#ifndef PS_RPC_GRPC_STATUS_H_
+#define PS_RPC_GRPC_STATUS_H_
 
 #include <grpcpp/support/status.h>
 
@@ -14,4 +14,4 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 
 }  // namespace ps
 
-#endif  // PS_COMMON_GRPC_STATUS_H_
+#endif  // PS_RPC_GRPC_STATUS_H_
