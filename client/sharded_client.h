@@ -57,7 +57,7 @@ class ShardedClient {
                                                 const std::vector<v1::EncodingParams>& encodings,
                                                 const std::vector<std::string>& payloads,
                                                 double train_loss, double learning_rate = 0.0);
-  // Pushes one shard's payload alone (a re-push, see Trainer::Run).
+  // Pushes one shard's payload alone (a re-push, see GrpcSession::RepushOneRoundLate).
   absl::StatusOr<v1::PushAck> PushShard(size_t i, v1::UpdateKind kind, uint64_t base_version,
                                         uint64_t sample_count, const v1::EncodingParams& encoding,
                                         absl::string_view payload, double train_loss,

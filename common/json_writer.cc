@@ -64,6 +64,55 @@ JsonObject& JsonObject::Add(absl::string_view key, bool value) {
   return *this;
 }
 
+bool JsonObject::Has(absl::string_view key) const {
+  for (const auto& field : fields_) {
+    if (field.first == key) return true;
+  }
+  return false;
+}
+
+JsonObject& JsonObject::AddFields(const google::protobuf::Message& message) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Descriptor* descriptor = message.GetDescriptor();
+  const google::protobuf::Reflection* reflection = message.GetReflection();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const FieldDescriptor* field = descriptor->field(i);
+    if (field->is_repeated() || Has(field->name())) continue;
+    switch (field->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_INT32:
+        Add(field->name(), int64_t{reflection->GetInt32(message, field)});
+        break;
+      case FieldDescriptor::CPPTYPE_INT64:
+        Add(field->name(), int64_t{reflection->GetInt64(message, field)});
+        break;
+      case FieldDescriptor::CPPTYPE_UINT32:
+        Add(field->name(), uint64_t{reflection->GetUInt32(message, field)});
+        break;
+      case FieldDescriptor::CPPTYPE_UINT64:
+        Add(field->name(), uint64_t{reflection->GetUInt64(message, field)});
+        break;
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+        Add(field->name(), reflection->GetDouble(message, field));
+        break;
+      case FieldDescriptor::CPPTYPE_FLOAT:
+        Add(field->name(), double{reflection->GetFloat(message, field)});
+        break;
+      case FieldDescriptor::CPPTYPE_BOOL:
+        Add(field->name(), reflection->GetBool(message, field));
+        break;
+      case FieldDescriptor::CPPTYPE_STRING:
+        Add(field->name(), reflection->GetString(message, field));
+        break;
+      case FieldDescriptor::CPPTYPE_ENUM:
+        Add(field->name(), reflection->GetEnum(message, field)->name());
+        break;
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        break;
+    }
+  }
+  return *this;
+}
+
 std::string JsonObject::ToString() const {
   std::string out = "{";
   for (size_t i = 0; i < fields_.size(); ++i) {
