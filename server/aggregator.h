@@ -14,7 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
-#include "common/metrics.h"
+#include "server/metrics.h"
 #include "common/step_size.h"
 #include "ps/v1/ps.pb.h"
 #include "server/membership.h"

@@ -16,7 +16,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/layout.h"
-#include "common/metrics.h"
+#include "server/metrics.h"
 #include "common/model_file.h"
 #include "common/thread_pool.h"
 #include "ps/v1/ps.pb.h"

@@ -57,7 +57,25 @@ ABSL_FLAG(std::string, export_model, "",
           "Write the model of the newest valid checkpoint in --checkpoint_dir (comma-separated: "
           "one directory per shard, in shard order) to this .npz, one array per tensor, and "
           "exit.");
-ABSL_FLAG(std::string, outer_optimizer, "average",
+namespace ps {
+// --outer_optimizer: a name ParseOuterKind knows. "nesterov" is a preset (sgd with Nesterov's
+// momentum) rather than a kind, so the flag keeps the name; the flags library checks it before
+// main runs.
+struct OuterOptimizerName {
+  std::string name;
+};
+bool AbslParseFlag(absl::string_view text, OuterOptimizerName* out, std::string* error) {
+  if (absl::Status s = ParseOuterKind(text).status(); !s.ok()) {
+    *error = std::string(s.message());
+    return false;
+  }
+  out->name = std::string(text);
+  return true;
+}
+std::string AbslUnparseFlag(const OuterOptimizerName& value) { return value.name; }
+}  // namespace ps
+
+ABSL_FLAG(ps::OuterOptimizerName, outer_optimizer, {"average"},
           "Delta mode: what the server does with a round's average change (docs/algorithms.md "
           "section 8). average (x += D_avg); nesterov or sgd (DiLoCo: outer SGD with momentum on "
           "-D_avg); slowmo; fedadam; async: average or delayed_nesterov.");
@@ -290,8 +308,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.staleness_exponent = absl::GetFlag(FLAGS_staleness_exponent);
   o.max_staleness = absl::GetFlag(FLAGS_max_staleness);
   o.server_learning_rate = static_cast<float>(absl::GetFlag(FLAGS_server_learning_rate));
-  PS_RETURN_IF_ERROR(ParseOuterKind(absl::GetFlag(FLAGS_outer_optimizer)).status());
-  o.outer = DefaultOuterOptions(absl::GetFlag(FLAGS_outer_optimizer));
+  o.outer = DefaultOuterOptions(absl::GetFlag(FLAGS_outer_optimizer).name);
   if (absl::GetFlag(FLAGS_outer_lr) >= 0) o.outer.lr = absl::GetFlag(FLAGS_outer_lr);
   if (absl::GetFlag(FLAGS_outer_momentum) >= 0) {
     o.outer.momentum = absl::GetFlag(FLAGS_outer_momentum);
@@ -413,7 +430,7 @@ int Main() {
       .Add("K", t.num_workers())
       .Add("H", t.local_steps())
       .Add("model", t.model())
-      .Add("outer_optimizer", absl::GetFlag(FLAGS_outer_optimizer))
+      .Add("outer_optimizer", absl::GetFlag(FLAGS_outer_optimizer).name)
       .Add("update_encoding", EncodingName(t.update_encoding()))
       .Add("bits_policy", t.bits_policy() == v1::BITS_POLICY_DQSGD ? "dqsgd" : "fixed")
       .Add("error_feedback", t.error_feedback())

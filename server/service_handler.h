@@ -24,7 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/layout.h"
-#include "common/metrics.h"
+#include "server/metrics.h"
 #include "ps/v1/ps.pb.h"
 #include "server/aggregator.h"
 #include "server/membership.h"

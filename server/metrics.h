@@ -1,8 +1,8 @@
 // Prometheus metrics: a fixed-bucket histogram, a builder of metric families, and the HTTP endpoint
 // that serves GET /metrics from a callback. Families, the text format and the HTTP server are
 // Debian's prometheus-cpp (its pull exporter runs on civetweb with a pool of threads).
-#ifndef PS_COMMON_METRICS_H_
-#define PS_COMMON_METRICS_H_
+#ifndef PS_SERVER_METRICS_H_
+#define PS_SERVER_METRICS_H_
 
 #include <prometheus/exposer.h>
 #include <prometheus/metric_family.h>
@@ -89,4 +89,4 @@ class MetricsEndpoint {
 
 }  // namespace ps
 
-#endif  // PS_COMMON_METRICS_H_
+#endif  // PS_SERVER_METRICS_H_

@@ -1,4 +1,4 @@
-#include "common/metrics.h"
+#include "server/metrics.h"
 
 #include <prometheus/collectable.h>
 #include <prometheus/text_serializer.h>

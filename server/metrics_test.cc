@@ -1,4 +1,4 @@
-#include "common/metrics.h"
+#include "server/metrics.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
