@@ -3,12 +3,13 @@
 (examples/own_model.layout: 5 tensors, 3,000,017 floats) is trained by three processes of the
 example program examples/own_model.cc, once in sync mode and once in async mode (two shards, so a
 shard boundary falls inside a tensor). The held-out loss falls; the servers' Status and the
-exported .npz show the tensors by name.
+exported .npz show the tensors by name. Then the README's commands for it, as written.
 
 Usage: own_model_test.py BUILD_DIR SOURCE_DIR
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy
 
 BUILD, SOURCE = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness.procs import Proc, fail, read_port_file  # noqa: E402
+from harness.procs import Proc, fail, free_port, read_port_file  # noqa: E402
 
 LAYOUT = os.path.join(SOURCE, "examples", "own_model.layout")
 EXAMPLE = os.path.join(BUILD, "examples", "own_model")
@@ -109,11 +110,34 @@ def check_export(ckpt, work, mode):
             fail(name + " has non-finite values")
 
 
+def readme_commands(work):
+    """The README's "Use it with your own training code" block as written, with this build, free
+    ports and the test's folders: the three workers finish and numpy shows the five tensors."""
+    text = open(os.path.join(SOURCE, "README.md")).read()
+    section = text[text.index("## Use it with your own training code"):]
+    block = re.search(r"```\n(.*?)```", section, re.S).group(1)
+    for old, new in [("examples/own_model.layout", os.path.join(SOURCE, "examples", "own_model.layout")),
+                     ("build/", BUILD + "/"),
+                     ("50051", str(free_port())), ("50052", str(free_port())),
+                     ("/tmp/own", os.path.join(work, "readme-own")),
+                     ("own.npz", os.path.join(work, "readme-own.npz"))]:
+        block = block.replace(old, new)
+    p = subprocess.run(["bash", "-c", block], capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        fail("the README's commands failed (%d):\n%s\n%s" % (p.returncode, p.stdout[-3000:],
+                                                              p.stderr[-3000:]))
+    shapes = "{'hidden.weight': (1533, 453), 'hidden.bias': (1533,), 'out.weight': (1501, 1533), " \
+             "'out.bias': (1501,), 'out.scale': (1501,)}"
+    if shapes not in p.stdout or p.stdout.count("summary {") != 3:
+        fail("the README's commands printed:\n" + p.stdout[-3000:])
+
+
 def main():
     work = tempfile.mkdtemp(prefix="ps_own_model_")
     try:
         for mode in ("sync", "async"):
             run(mode, work)
+        readme_commands(work)
     finally:
         if not os.environ.get("KEEP"):
             shutil.rmtree(work, ignore_errors=True)
