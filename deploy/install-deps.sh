@@ -13,7 +13,8 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev libzip-dev
   dataset-fashion-mnist
-  zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf python3-numpy
+  zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf python3-numpy python3-dev pybind11-dev
+  python3-pytest
   clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2
 )
 if [ "${1:-}" = "--bench" ]; then packages+=(python3-matplotlib); fi
