@@ -10,9 +10,9 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "common/json_writer.h"
 #include "app/malloc_tuning.h"
 #include "client/ps_client.h"
+#include "common/json_writer.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
           "ps-server address (async mode, K >= --clients).");

@@ -7,9 +7,9 @@
 #include "common/chunking.h"
 #include "common/codec.h"
 #include "common/files.h"
-#include "rpc/grpc_status.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "rpc/grpc_status.h"
 
 namespace ps {
 namespace {

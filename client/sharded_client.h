@@ -13,8 +13,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "common/layout.h"
 #include "client/ps_client.h"
+#include "common/layout.h"
 
 namespace ps {
 

@@ -14,10 +14,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
-#include "server/metrics.h"
 #include "common/step_size.h"
 #include "ps/v1/ps.pb.h"
 #include "server/membership.h"
+#include "server/metrics.h"
 #include "server/outer_optimizer.h"
 #include "server/parameter_store.h"
 

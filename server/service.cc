@@ -9,9 +9,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/chunking.h"
-#include "rpc/grpc_status.h"
 #include "common/happens_before.h"
 #include "common/logging.h"
+#include "rpc/grpc_status.h"
 
 namespace ps {
 
