@@ -14,7 +14,7 @@ packages=(
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev libzip-dev
   dataset-fashion-mnist
   zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf python3-numpy python3-dev pybind11-dev
-  python3-pytest
+  python3-pytest python3-torch python3-tqdm
   clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2
 )
 if [ "${1:-}" = "--bench" ]; then packages+=(python3-matplotlib); fi

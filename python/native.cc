@@ -13,6 +13,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/session.h"
+#include "common/codec.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace py = pybind11;
 
@@ -61,6 +63,18 @@ T OrRaise(absl::StatusOr<T> value) {
   return *std::move(value);
 }
 
+// A proto message as a Python dict (field names as in ps.proto, every field present).
+py::object AsDict(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(message, &json, options).ok()) {
+    throw std::runtime_error("cannot convert a message to JSON");
+  }
+  return py::module_::import("json").attr("loads")(json);
+}
+
 // A float32, C-contiguous array of `size` values (any shape), or a TypeError/ValueError saying
 // what is wrong with it. `writable`: Sync writes the new global model into it.
 py::buffer_info CheckedBuffer(const py::array& array, size_t size, const char* what,
@@ -97,20 +111,88 @@ py::dict RoundDict(const RoundResult& r) {
   return d;
 }
 
-UpdateInfo Info(uint64_t sample_count, double train_loss, double learning_rate) {
+UpdateInfo Info(uint64_t sample_count, double train_loss, double learning_rate, uint64_t round,
+                uint64_t total_rounds) {
   UpdateInfo info;
   info.sample_count = sample_count;
   info.train_loss = train_loss;
   info.learning_rate = learning_rate;
+  info.round = round;
+  info.total_rounds = total_rounds;
   return info;
 }
+
+// A float32, C-contiguous array of any size.
+py::buffer_info AnyFloatBuffer(const py::array& array, const char* what) {
+  return CheckedBuffer(array, static_cast<size_t>(array.size()), what, false);
+}
+
+// One of the wire codecs (common/codec.h), exactly as the session and the server run it.
+class PyCodec {
+ public:
+  PyCodec(const std::string& encoding, uint32_t bits, uint32_t bucket_size,
+          const std::string& scaling, uint64_t seed) {
+    params_.set_encoding(OrRaise(ParseEncoding(encoding)));
+    if (params_.encoding() == v1::ENCODING_QSGD || params_.encoding() == v1::ENCODING_SIGN) {
+      params_.set_bucket_size(bucket_size);
+    }
+    if (params_.encoding() == v1::ENCODING_QSGD) {
+      params_.set_bits(bits);
+      params_.set_seed(seed);
+      if (scaling == "max_abs") {
+        params_.set_scaling(v1::QUANT_SCALING_MAX_ABS);
+      } else if (scaling == "l2") {
+        params_.set_scaling(v1::QUANT_SCALING_L2);
+      } else {
+        Raise(absl::InvalidArgumentError(
+            absl::StrCat("unknown scaling '", scaling, "'; choose max_abs or l2")));
+      }
+    }
+    if (absl::Status s = ValidateEncodingParams(params_); !s.ok()) Raise(s);
+  }
+
+  py::bytes Encode(const py::array& values) const {
+    const py::buffer_info b = AnyFloatBuffer(values, "values");
+    absl::Span<const float> span(static_cast<const float*>(b.ptr), values.size());
+    std::string out;
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = EncodeInto(params_, span, &out);
+    }
+    if (!s.ok()) Raise(s);
+    return py::bytes(out);
+  }
+
+  py::array_t<float> Decode(const py::bytes& payload, size_t size) const {
+    char* data = nullptr;
+    Py_ssize_t length = 0;
+    PyBytes_AsStringAndSize(payload.ptr(), &data, &length);  // no copy; payload outlives the call
+    const absl::string_view bytes(data, static_cast<size_t>(length));
+    py::array_t<float> out(size);
+    absl::Span<float> span(out.mutable_data(), size);
+    absl::Status s;
+    {
+      py::gil_scoped_release release;
+      s = ps::Decode(params_, bytes, span);
+    }
+    if (!s.ok()) Raise(s);
+    return out;
+  }
+
+  uint64_t EncodedSize(uint64_t size) const { return OrRaise(ps::EncodedSize(params_, size)); }
+  std::string Name() const { return EncodingName(params_); }
+
+ private:
+  v1::EncodingParams params_;
+};
 
 class PySession {
  public:
   PySession(std::vector<std::string> servers, std::string name, int rank, double rpc_timeout_s,
             double retry_budget_s, std::string token, std::string tls_ca, std::string tls_cert,
             std::string tls_key, std::string tls_server_name, std::string update_encoding,
-            uint32_t bits) {
+            uint32_t bits, std::string bits_policy) {
     SessionOptions o;
     o.connection.servers = std::move(servers);
     o.connection.worker_name = std::move(name);
@@ -124,7 +206,17 @@ class PySession {
     o.connection.tls_server_name = std::move(tls_server_name);
     o.compression.update_encoding = std::move(update_encoding);
     o.compression.bits = bits;
+    o.compression.bits_policy = std::move(bits_policy);
     session_ = OrRaise(Session::Connect(o));
+  }
+
+  py::object ServerStatus() {
+    absl::StatusOr<v1::StatusResponse> status;
+    {
+      py::gil_scoped_release release;
+      status = session_->ServerStatus();
+    }
+    return AsDict(OrRaise(std::move(status)));
   }
 
   py::dict Join(const Layout& layout, const py::array& initial) {
@@ -149,6 +241,7 @@ class PySession {
     d["sync"] = run.config.mode() == v1::AGGREGATION_MODE_SYNC;
     d["gradient"] = run.config.update_kind() == v1::UPDATE_KIND_GRADIENT;
     d["learning_rate"] = run.config.learning_rate();
+    d["config"] = AsDict(run.config);
     return d;
   }
 
@@ -159,24 +252,26 @@ class PySession {
     return out;
   }
 
-  py::dict Sync(py::array params, uint64_t sample_count, double train_loss, double lr) {
+  py::dict Sync(py::array params, uint64_t sample_count, double train_loss, double lr,
+                uint64_t round, uint64_t total_rounds) {
     const py::buffer_info b = CheckedBuffer(params, session_->model().size(), "params", true);
     absl::Span<float> span(static_cast<float*>(b.ptr), session_->model().size());
     absl::StatusOr<RoundResult> r;
     {
       py::gil_scoped_release release;
-      r = session_->Sync(span, Info(sample_count, train_loss, lr));
+      r = session_->Sync(span, Info(sample_count, train_loss, lr, round, total_rounds));
     }
     return RoundDict(OrRaise(std::move(r)));
   }
 
-  py::dict Push(const py::array& update, uint64_t sample_count, double train_loss, double lr) {
+  py::dict Push(const py::array& update, uint64_t sample_count, double train_loss, double lr,
+                uint64_t round, uint64_t total_rounds) {
     const py::buffer_info b = CheckedBuffer(update, session_->model().size(), "update", false);
     absl::Span<const float> span(static_cast<const float*>(b.ptr), session_->model().size());
     absl::StatusOr<RoundResult> r;
     {
       py::gil_scoped_release release;
-      r = session_->Push(span, Info(sample_count, train_loss, lr));
+      r = session_->Push(span, Info(sample_count, train_loss, lr, round, total_rounds));
     }
     return RoundDict(OrRaise(std::move(r)));
   }
@@ -238,52 +333,112 @@ class PySession {
 }  // namespace ps
 
 PYBIND11_MODULE(_native, m) {
+  using ps::PyCodec;
   using ps::PySession;
-  m.doc() = "The parameter server's client library (C++), bound for Python.";
-  static ps::Errors errors;
-  errors.base = py::exception<std::exception>(m, "Error");
-  auto sub = [&](const char* name) {
-    return py::object(py::exception<std::exception>(m, name, errors.base.ptr()));
+  m.doc() =
+      "The parameter server's client library (C++), bound for Python: Session, Layout, Codec "
+      "and one exception class per status code. See docs/python.md.";
+  // Leaked on purpose: these must outlive the module, and a static destroyed after the
+  // interpreter has finalized would touch freed Python objects.
+  auto* errors = new ps::Errors;
+  errors->base = py::exception<std::exception>(m, "Error");
+  errors->base.attr("__doc__") = "Any error of the client library; the server's message is kept.";
+  auto sub = [&](const char* name, const char* doc) {
+    py::object type = py::exception<std::exception>(m, name, errors->base.ptr());
+    type.attr("__doc__") = doc;
+    return type;
   };
-  errors.invalid_argument = sub("InvalidArgumentError");
-  errors.failed_precondition = sub("FailedPreconditionError");
-  errors.not_member = sub("NotMemberError");
-  errors.unavailable = sub("UnavailableError");
-  errors.deadline = sub("DeadlineExceededError");
-  errors.permission = sub("PermissionDeniedError");
-  ps::errors = &errors;
+  errors->invalid_argument =
+      sub("InvalidArgumentError",
+          "INVALID_ARGUMENT: the caller's input (a bad layout, NaN or Inf in an update, an "
+          "encoding the server does not allow). Nothing was applied.");
+  errors->failed_precondition =
+      sub("FailedPreconditionError",
+          "FAILED_PRECONDITION: the run cannot take this process (another layout, named in the "
+          "message; shards that disagree; a full run).");
+  errors->not_member =
+      sub("NotMemberError", "NOT_FOUND: the server does not know this process (join first).");
+  errors->unavailable =
+      sub("UnavailableError", "UNAVAILABLE: no server answered within the retry budget.");
+  errors->deadline = sub("DeadlineExceededError",
+                         "DEADLINE_EXCEEDED: a server answered too slowly, past the retries.");
+  errors->permission = sub("PermissionDeniedError",
+                           "UNAUTHENTICATED or PERMISSION_DENIED: the token or certificate "
+                           "was refused.");
+  ps::errors = errors;
 
   py::class_<ps::Layout>(m, "Layout", "An ordered list of named float32 tensors.")
       .def(py::init(&ps::MakeLayout), py::arg("tensors"),
-           "tensors: [(name, shape), ...]; InvalidArgumentError names the first problem.")
+           "tensors: [(name, shape), ...] in the order the flat model holds them; "
+           "InvalidArgumentError names the first problem.")
       .def_property_readonly("size", &ps::Layout::size, "Coordinates in all.")
-      .def("fingerprint", &ps::Layout::Fingerprint)
+      .def("fingerprint", &ps::Layout::Fingerprint,
+           "A hash of the names and shapes: two layouts with equal fingerprints match.")
       .def("__repr__", &ps::Layout::Summary);
 
+  py::class_<PyCodec>(m, "Codec",
+                      "A wire codec, the same code the session and the server run: "
+                      "encode(values) -> bytes, decode(payload, size) -> float32 array.")
+      .def(py::init<std::string, uint32_t, uint32_t, std::string, uint64_t>(),
+           py::arg("encoding") = "fp32", py::arg("bits") = 4, py::arg("bucket_size") = 512,
+           py::arg("scaling") = "max_abs", py::arg("seed") = 0,
+           "encoding: fp32, fp16, bf16, qsgd or sign. bits (2..8), scaling (max_abs or l2) and "
+           "seed (of the stochastic rounding) are QSGD's; bucket_size is QSGD's and SIGN's.")
+      .def("encode", &PyCodec::Encode, py::arg("values"),
+           "Encodes a float32, C-contiguous array (InvalidArgumentError on NaN or Inf).")
+      .def("decode", &PyCodec::Decode, py::arg("payload"), py::arg("size"),
+           "Decodes `size` values; InvalidArgumentError if the payload is not exactly that.")
+      .def("encoded_size", &PyCodec::EncodedSize, py::arg("size"),
+           "Bytes of the encoding of `size` values.")
+      .def("__repr__", &PyCodec::Name);
+
   py::class_<PySession>(m, "Session",
-                        "One training process's part in a run (see docs/client.md). Not "
-                        "thread-safe: drive it from one thread.")
+                        "One training process's part in a run (docs/client.md). Driven by one "
+                        "thread at a time; counters() may be read from any thread. Network calls "
+                        "release the GIL.")
       .def(py::init<std::vector<std::string>, std::string, int, double, double, std::string,
-                    std::string, std::string, std::string, std::string, std::string, uint32_t>(),
+                    std::string, std::string, std::string, std::string, std::string, uint32_t,
+                    std::string>(),
            py::arg("servers"), py::arg("name") = "python", py::arg("rank") = -1,
            py::arg("rpc_timeout") = 30.0, py::arg("retry_budget") = 60.0, py::arg("token") = "",
            py::arg("tls_ca") = "", py::arg("tls_cert") = "", py::arg("tls_key") = "",
-           py::arg("tls_server_name") = "", py::arg("update_encoding") = "", py::arg("bits") = 0)
+           py::arg("tls_server_name") = "", py::arg("update_encoding") = "", py::arg("bits") = 0,
+           py::arg("bits_policy") = "",
+           "servers: one address per shard, in shard order. rank: -1 = the server picks. "
+           "Timeouts in seconds. TLS: tls_ca turns it on; tls_cert and tls_key for mutual TLS. "
+           "update_encoding, bits, bits_policy: this process's choice within what the server "
+           "allows ('' and 0 = the server's). Sends nothing until a call needs the server.")
+      .def("server_status", &PySession::ServerStatus,
+           "Shard 0's Status as a dict (the run's config, members, counters), before or after "
+           "joining.")
       .def("join", &PySession::Join, py::arg("layout"), py::arg("initial"),
-           "Joins every shard; a server without a model takes `initial`. Returns the run's "
-           "settings.")
-      .def("model", &PySession::Model, "A copy of the global model as last pulled.")
-      .def_property_readonly("version", &PySession::version)
-      .def_property_readonly("size", &PySession::size)
+           "Joins every shard. A server without a model takes `initial` (float32, layout.size "
+           "values; may be empty if the server has a model). Returns worker_id, rank, version, "
+           "num_workers, local_steps, sync, gradient, learning_rate and the whole config.")
+      .def("model", &PySession::Model, "A copy of the global model as last pulled (flat).")
+      .def_property_readonly("version", &PySession::version,
+                             "Version of the model in model() (the oldest over shards).")
+      .def_property_readonly("size", &PySession::size, "Coordinates of the model.")
       .def("sync", &PySession::Sync, py::arg("params"), py::arg("sample_count") = 1,
-           py::arg("train_loss") = 0.0, py::arg("learning_rate") = 0.0,
-           "One Local SGD synchronisation: pushes params - model(), writes the next global "
-           "model into params (in place).")
+           py::arg("train_loss") = 0.0, py::arg("learning_rate") = 0.0, py::arg("round") = 0,
+           py::arg("total_rounds") = 0,
+           "One Local SGD synchronisation: pushes params - model() compressed as the server "
+           "asks, and writes the next global model into params (in place). Returns version, "
+           "stale_refusals, repushes, rejoined and bits. A stale refusal is not an exception: "
+           "the update is dropped and params is the current model.")
       .def("push", &PySession::Push, py::arg("update"), py::arg("sample_count") = 1,
-           py::arg("train_loss") = 0.0, py::arg("learning_rate") = 0.0)
-      .def("refresh", &PySession::Refresh, py::arg("wait") = 0.0)
+           py::arg("train_loss") = 0.0, py::arg("learning_rate") = 0.0, py::arg("round") = 0,
+           py::arg("total_rounds") = 0,
+           "Pushes an update of the run's kind (a model delta or a gradient), then pulls the "
+           "next global model into model(). Returns what sync returns.")
+      .def("refresh", &PySession::Refresh, py::arg("wait") = 0.0,
+           "Pulls the newest model without pushing, waiting up to `wait` seconds for one newer "
+           "than version. Returns the version.")
       .def("report", &PySession::Report, py::arg("version"), py::arg("test_loss"),
-           py::arg("test_accuracy"))
-      .def("leave", &PySession::Leave)
-      .def("counters", &PySession::Counters);
+           py::arg("test_accuracy"), "Sends a test-set evaluation to every shard.")
+      .def("leave", &PySession::Leave, "Leaves every shard; the session is done afterwards.")
+      .def("counters", &PySession::Counters,
+           "Totals since the session was made: bytes_sent, bytes_received, raw_bytes_sent, "
+           "raw_bytes_received (fp32 equivalents), updates, stale_refusals, stale_repushes, "
+           "rejoins, mean_update_bits.");
 }

@@ -1,4 +1,7 @@
 """The binding against a real ps-server on loopback."""
+import os
+import subprocess
+
 import numpy
 import pytest
 
@@ -58,3 +61,110 @@ def test_a_bad_layout_and_no_server_are_python_exceptions():
     s = slowlink.Session(["127.0.0.1:1"], retry_budget=0.0, rpc_timeout=1.0)
     with pytest.raises((slowlink.UnavailableError, slowlink.DeadlineExceededError)):
         s.join(slowlink.Layout(LAYOUT), numpy.zeros(10, dtype=numpy.float32))
+
+
+
+@pytest.mark.parametrize("encoding", ["fp32", "fp16", "bf16", "qsgd", "sign"])
+def test_push_and_pull_in_every_encoding(server, encoding):
+    address = server("--mode=sync", "--num_workers=1", "--pull_encoding=fp32")
+    s = slowlink.Session([address], update_encoding=encoding, bits=4)
+    run = s.join(slowlink.Layout(LAYOUT), numpy.zeros(10, dtype=numpy.float32))
+    assert run["config"]["update_encoding"]["encoding"] == "ENCODING_" + encoding.upper()
+    delta = numpy.linspace(-1, 1, 10, dtype=numpy.float32)
+    params = s.model() + delta
+    r = s.sync(params)
+    assert r["version"] == 2
+    numpy.testing.assert_array_equal(params, s.model())
+    if encoding in ("fp32", "fp16", "bf16"):  # deterministic: exactly the decoded delta
+        codec = slowlink.Codec(encoding)
+        numpy.testing.assert_array_equal(params, codec.decode(codec.encode(delta), 10))
+    elif encoding == "qsgd":  # 4 bits, max-abs scaling: within one level of 1/7
+        assert numpy.abs(params - delta).max() <= 1 / 7 + 1e-6
+    else:  # one scale per bucket, the sign of each coordinate
+        assert (numpy.sign(params) == numpy.sign(delta)).all()
+    c = s.counters()
+    assert c["updates"] == 1 and 0 < c["bytes_sent"]
+    s.leave()
+
+
+def test_the_codecs_are_the_servers(server):
+    values = numpy.random.default_rng(1).normal(size=1000).astype(numpy.float32)
+    fp32 = slowlink.Codec("fp32")
+    assert fp32.encode(values) == values.tobytes()  # little-endian floats, nothing else
+    numpy.testing.assert_array_equal(fp32.decode(fp32.encode(values), 1000), values)
+    qsgd = slowlink.Codec("qsgd", bits=4, bucket_size=128, seed=7)
+    payload = qsgd.encode(values)
+    assert len(payload) == qsgd.encoded_size(1000) == 8 * 4 + 500
+    assert payload == slowlink.Codec("qsgd", bits=4, bucket_size=128, seed=7).encode(values)
+    decoded = qsgd.decode(payload, 1000)
+    assert numpy.abs(decoded - values).max() < numpy.abs(values).max() / 7 + 1e-5
+    assert repr(qsgd) == "QSGD(bits=4, bucket=128)"
+    with pytest.raises(slowlink.InvalidArgumentError, match="must have 532 bytes, got 531"):
+        qsgd.decode(payload[:-1], 1000)
+    with pytest.raises(slowlink.InvalidArgumentError, match="bits must be in"):
+        slowlink.Codec("qsgd", bits=9)
+    with pytest.raises(slowlink.InvalidArgumentError, match="unknown encoding"):
+        slowlink.Codec("zip")
+    with pytest.raises(slowlink.InvalidArgumentError, match="NaN"):
+        fp32.encode(numpy.array([1.0, numpy.nan], dtype=numpy.float32))
+
+
+def test_two_shards_hold_their_parts_of_the_model(server):
+    shards = [server("--mode=sync", "--num_workers=1", "--shard_count=2", f"--shard_index={i}")
+              for i in range(2)]
+    s = slowlink.Session(shards)
+    initial = numpy.arange(10, dtype=numpy.float32)
+    s.join(slowlink.Layout(LAYOUT), initial)
+    numpy.testing.assert_array_equal(s.model(), initial)
+    params = initial * 2
+    s.sync(params)
+    numpy.testing.assert_array_equal(params, initial * 2)
+    for i, a in enumerate(shards):  # each shard took its own update and made its version 2
+        status = slowlink.Session([a]).server_status()
+        assert (status["shard_index"], status["shard_count"], status["version"]) == (i, 2, "2")
+    s.leave()
+
+
+def make_tls(folder):
+    """A CA and a certificate for 127.0.0.1, made with openssl."""
+    script = """set -e
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key ca.key
+openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=ps-ca 2>/dev/null
+key server.key
+openssl req -new -key server.key -out server.csr -subj /CN=ps-server 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
+  -days 2 -extfile server.ext 2>/dev/null
+printf 'py-worker s3cret-token-0123456789\n' > tokens
+"""
+    subprocess.run(["bash", "-c", script], cwd=folder, check=True)
+    return {name: os.path.join(folder, name) for name in ("ca.pem", "server.pem", "server.key",
+                                                          "tokens")}
+
+
+def test_tls_with_tokens(server, tmp_path):
+    f = make_tls(str(tmp_path))
+    address = server("--mode=sync", "--num_workers=1", f"--tls_cert={f['server.pem']}",
+                     f"--tls_key={f['server.key']}", f"--tokens_file={f['tokens']}")
+    good = slowlink.Session([address], name="py-worker", token="s3cret-token-0123456789", tls_ca=f["ca.pem"])
+    good.join(slowlink.Layout(LAYOUT), numpy.zeros(10, dtype=numpy.float32))
+    params = good.model() + 1
+    assert good.sync(params)["version"] == 2
+    wrong = slowlink.Session([address], name="py-worker", token="a-guess-0123456789", tls_ca=f["ca.pem"],
+                             retry_budget=0.0)
+    with pytest.raises(slowlink.PermissionDeniedError):
+        wrong.join(slowlink.Layout(LAYOUT), numpy.zeros(10, dtype=numpy.float32))
+    plaintext = slowlink.Session([address], name="py-worker", token="s3cret-token-0123456789", retry_budget=0.0,
+                                 rpc_timeout=2.0)
+    with pytest.raises(slowlink.Error):
+        plaintext.join(slowlink.Layout(LAYOUT), numpy.zeros(10, dtype=numpy.float32))
+    assert good.server_status()["version"] == "2"  # the refused calls changed nothing
+    good.leave()
+
+
+def test_help_says_what_things_do():
+    assert "Local SGD synchronisation" in slowlink.Session.sync.__doc__
+    assert "retry budget" in slowlink.UnavailableError.__doc__
+    assert issubclass(slowlink.NotMemberError, slowlink.Error)
+    assert "wire codec" in slowlink.Codec.__doc__
