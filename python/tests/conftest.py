@@ -9,6 +9,7 @@ import pytest
 
 def pytest_addoption(parser):
     parser.addoption("--server", required=True, help="the ps-server binary")
+    parser.addoption("--worker", default="", help="the ps-worker binary (mixed jobs)")
 
 
 @pytest.fixture

@@ -1,0 +1,135 @@
+"""Whole jobs: the CNN example through its launcher, a worker killed mid-run, and a torch worker
+beside a C++ ps-worker in one run. Real processes, a real ps-server, Debian's Fashion-MNIST."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy
+import pytest
+import torch
+from torch import nn
+
+import slowlink
+import slowlink.torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE = os.path.join(ROOT, "examples", "torch_cnn.py")
+DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def test_a_short_cnn_run_through_the_launcher_learns(request, tmp_path):
+    out = tmp_path / "job"
+    subprocess.run([sys.executable, EXAMPLE, "--launch", "2",
+                    "--ps_server", request.config.getoption("--server"), "--out", str(out),
+                    "--train_limit", "4000", "--test_limit", "1000", "--epochs", "2",
+                    "--local_steps", "8", "--eval_every", "5"], check=True, timeout=300)
+    summary = json.load(open(out / "summary.json"))
+    assert summary["test_accuracy"] > 0.6  # from 0.1 at the start
+    # 4-bit QSGD both ways (8x less per message; the first model goes up and down in fp32,
+    # which in a run of 7 rounds is a good part of the bytes)
+    assert summary["bytes_up_fp32"] > 2.5 * summary["bytes_up"]
+    assert summary["bytes_down_fp32"] > 2.5 * summary["bytes_down"]
+    assert [w["rounds"] for w in summary["workers"]] == [7, 7]  # 2 x (2000 // 64) // 8
+
+
+def worker(address, rank, out, *flags):
+    return subprocess.Popen(
+        [sys.executable, EXAMPLE, "--servers", address, "--rank", str(rank), "--quiet",
+         "--train_limit", "3000", "--test_limit", "500", "--epochs", "6",
+         "--summary_json", str(out / f"worker-{rank}.json"), *flags],
+        stdout=subprocess.DEVNULL, stderr=open(out / f"worker-{rank}.log", "w"))
+
+
+def test_a_worker_killed_mid_run_does_not_stop_the_others(server, tmp_path):
+    address = server("--mode=sync", "--num_workers=3", "--local_steps=4", "--lease=2s",
+                     "--outer_optimizer=nesterov", "--update_encoding=qsgd", "--bits=4")
+    procs = [worker(address, k, tmp_path) for k in range(3)]
+    watcher = slowlink.Session([address])
+    deadline = time.time() + 120
+    while int(watcher.server_status()["version"]) < 6 and time.time() < deadline:
+        time.sleep(0.1)
+    procs[2].kill()  # SIGKILL: no Leave; the server finds out when its lease runs out
+    assert [p.wait(timeout=240) for p in procs[:2]] == [0, 0]
+    for k in range(2):
+        summary = json.load(open(tmp_path / f"worker-{k}.json"))
+        assert summary["rounds"] == 22 and summary["test_accuracy"] > 0.5
+    status = watcher.server_status()
+    assert len(status["members"]) == 0 and int(status["version"]) == 23
+
+
+class Softmax(nn.Module):
+    """The built-in softmax model's layout ("weights" [10, 784], "bias" [10]), in torch."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = nn.Parameter(torch.zeros(10, 784))
+        self.bias = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x):
+        return x @ self.weights.t() + self.bias
+
+
+def pixels(split, limit):
+    prefix = "train" if split == "train" else "t10k"
+    with gzip.open(f"{DATA}/{prefix}-images-idx3-ubyte.gz") as f:
+        x = numpy.frombuffer(f.read(), numpy.uint8, offset=16).reshape(-1, 784)[:limit]
+    with gzip.open(f"{DATA}/{prefix}-labels-idx1-ubyte.gz") as f:
+        y = numpy.frombuffer(f.read(), numpy.uint8, offset=8)[:limit]
+    return torch.from_numpy(x / numpy.float32(255)), torch.from_numpy(y.astype(numpy.int64))
+
+
+def torch_softmax_worker(address, result):
+    """A torch process with the server's own settings (step size, batch, H, rounds)."""
+    model = Softmax()
+    session = slowlink.Session([address], name="torch", rank=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    diloco = slowlink.torch.DiLoCo(model, session, optimizer)
+    config = diloco.run["config"]
+    for group in optimizer.param_groups:
+        group["lr"] = config["learning_rate"]
+    x, y = pixels("train", 6000)
+    x, y = x[1::2], y[1::2]
+    batch, rounds = config["batch_size"], int(config["rounds"])
+    step = 0
+    while diloco.rounds < rounds:
+        i = (step * batch) % (len(x) - batch)
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[i:i + batch]), y[i:i + batch])
+        loss.backward()
+        optimizer.step()
+        diloco.step(loss=loss.item(), samples=batch)
+        step += 1
+    test_x, test_y = pixels("test", 2000)
+    result["accuracy"] = (model(test_x).argmax(1) == test_y).float().mean().item()
+    result["rounds"] = diloco.rounds
+    diloco.close()
+
+
+def test_a_torch_worker_and_a_cpp_worker_train_one_model(request, server, tmp_path):
+    cpp_worker = request.config.getoption("--worker")
+    if not cpp_worker:
+        pytest.skip("--worker (the ps-worker binary) not given")
+    address = server("--mode=sync", "--num_workers=2", "--model=softmax", "--input_dim=784",
+                     "--num_classes=10", "--local_steps=8", "--learning_rate=0.2",
+                     "--lr_schedule=constant", "--batch_size=32", "--rounds=20",
+                     "--update_encoding=qsgd", "--bits=4", "--error_feedback")
+    result = {}
+    thread = threading.Thread(target=torch_softmax_worker, args=(address, result))
+    thread.start()
+    cpp = subprocess.run([cpp_worker, f"--servers={address}", "--rank=0", "--name=cpp",
+                          "--train_limit=6000", "--test_limit=2000", "--quiet",
+                          f"--summary_json={tmp_path}/cpp.json"],
+                         capture_output=True, text=True, timeout=240)
+    thread.join(timeout=240)
+    assert cpp.returncode == 0, cpp.stderr
+    assert result["rounds"] == 20
+    status = slowlink.Session([address]).server_status()
+    assert int(status["version"]) == 21 and int(status["rounds_closed_complete"]) == 20
+    cpp_summary = json.load(open(tmp_path / "cpp.json"))
+    assert cpp_summary["test_accuracy"] > 0.7 and result["accuracy"] > 0.7
+    # Both ended on the same global model, so they score it the same on the same images.
+    assert abs(cpp_summary["test_accuracy"] - result["accuracy"]) < 1e-6
