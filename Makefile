@@ -9,7 +9,7 @@ BUILD_TYPE ?= Release
 JOBS ?= 2
 CMAKE_FLAGS ?=
 
-.PHONY: all deps bench-deps build demo test sanitize-build sanitize-test tsan-build tsan-test bench compression-table \
+.PHONY: all deps bench-deps build demo demo-torch python test sanitize-build sanitize-test tsan-build tsan-test bench compression-table \
 	outer-optimizer-table \
 	time-to-accuracy chaos clean
 
@@ -29,6 +29,16 @@ build: deps $(BUILD_DIR)/CMakeCache.txt
 
 demo: build
 	./deploy/demo.sh $(BUILD_DIR)
+
+# The PyTorch demo: a CNN on Fashion-MNIST, 4 torch workers + 1 ps-server, DiLoCo with outer
+# Nesterov, 4-bit QSGD both ways (examples/torch_cnn.py; about 4 minutes here).
+demo-torch: build
+	PYTHONPATH=$(BUILD_DIR)/python /usr/bin/python3 examples/torch_cnn.py --launch 4 \
+	  --ps_server $(BUILD_DIR)/server/ps-server --out $(BUILD_DIR)/demo-torch
+
+# The Python package, built in $(BUILD_DIR)/python (pip install ./python also works: docs/python.md).
+python: build
+	@echo "slowlink is built: PYTHONPATH=$(CURDIR)/$(BUILD_DIR)/python /usr/bin/python3 -c 'import slowlink'"
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
@@ -72,6 +82,7 @@ tsan-test: tsan-build
 
 bench: build
 	./bench/run_push_pull.sh $(BUILD_DIR)
+	PYTHONPATH=$(BUILD_DIR)/python /usr/bin/python3 bench/python_binding.py --build $(BUILD_DIR)
 	$(BUILD_DIR)/bench/ps_codec_bench --benchmark_min_time=0.3 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 
 compression-table: build bench-deps

@@ -3,7 +3,8 @@
 # (libzip for numpy .npz model files; clang-14 and its runtime for the sanitized build and the fuzzer, openssl for the TLS tests,
 # prometheus for promtool, which checks the metrics endpoint, docker-compose to check
 # docker-compose.yml, node and npm to validate the Kubernetes manifests, iproute2 for the tests
-# with several hosts in network namespaces).
+# with several hosts in network namespaces, python3-dev, pybind11-dev, python3-torch and python3-venv
+# for the Python package slowlink, its torch wrapper and `pip install ./python`).
 # With --bench also what the benchmarks' plots need (python3-matplotlib).
 # Idempotent: does nothing (and needs no network) when everything is already there.
 set -euo pipefail
@@ -14,7 +15,7 @@ packages=(
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev libzip-dev
   dataset-fashion-mnist
   zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf python3-numpy python3-dev pybind11-dev
-  python3-pytest python3-torch python3-tqdm
+  python3-pytest python3-torch python3-venv
   clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2
 )
 if [ "${1:-}" = "--bench" ]; then packages+=(python3-matplotlib); fi
