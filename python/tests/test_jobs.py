@@ -3,6 +3,8 @@ beside a C++ ps-worker in one run. Real processes, a real ps-server, Debian's Fa
 import gzip
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -133,3 +135,25 @@ def test_a_torch_worker_and_a_cpp_worker_train_one_model(request, server, tmp_pa
     assert cpp_summary["test_accuracy"] > 0.7 and result["accuracy"] > 0.7
     # Both ended on the same global model, so they score it the same on the same images.
     assert abs(cpp_summary["test_accuracy"] - result["accuracy"]) < 1e-6
+
+
+def test_the_readme_pytorch_commands_as_written(request, tmp_path):
+    """The README's PyTorch block with this build and a free port: both workers finish and say
+    what they reached."""
+    build = os.path.dirname(os.path.dirname(os.path.abspath(request.config.getoption("--server"))))
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index("## PyTorch"):]
+    block = re.search(r"```\n(make python.*?)```", section, re.S).group(1)
+    # `make python` is done already: ctest runs after the build
+    block = block.split("\n", 1)[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    for old, new in [("build/", build + "/"), ("examples/", ROOT + "/examples/"),
+                     ("50051", port)]:
+        block = block.replace(old, new)
+    p = subprocess.run(["bash", "-c", block], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    reached = [float(a) for a in re.findall(r"test accuracy (\d\.\d+)", p.stdout)]
+    assert len(reached) == 2 and min(reached) > 0.8, p.stdout
