@@ -11,7 +11,7 @@ Python runs with glibc told by environment what the C++ mains tell it with mallo
 memory for reuse, app/malloc_tuning.cc), and once without, to show what that setting is worth.
 Part 2: slowlink.torch.DiLoCo.sync() of a 10M-parameter model (one worker, sync mode), fp32 and
 4-bit both ways; the gather/scatter between torch and the flat array is timed on its own.
-Writes bench/results/python_binding.{md,json}.
+Writes bench/results/python_binding.{md,json,png} (the plot needs python3-matplotlib).
 """
 import argparse
 import json
@@ -144,6 +144,7 @@ def write(rows, syncs, args):
         cpp, py, raw = (statistics.median(r[c]) for c in ("cpp", "python", "python-untuned"))
         lines.append(f"| {r['floats']:,} | {span(r['cpp'])} | {span(r['python'])} | "
                      f"{py / cpp:.2f} | {span(r['python-untuned'])} | {raw / cpp:.2f} |")
+    lines += ["", "![Python over C++](python_binding.png)"]
     lines += ["", "DiLoCo sync of a torch model (one worker, sync server; ms, median and range):",
               "", "| parameters | encoding | whole sync | of which torch <-> flat copies |",
               "|---:|---|---:|---:|"]
@@ -157,9 +158,38 @@ def write(rows, syncs, args):
     open(os.path.join(HERE, "results", "python_binding.md"), "w").write(text)
     json.dump(dict(push_pull=rows, diloco_sync=syncs), indent=1,
               fp=open(os.path.join(HERE, "results", "python_binding.json"), "w"))
+    plot(rows, os.path.join(HERE, "results", "python_binding.png"))
+
+
+def plot(rows, path):
+    """Python's rate over the C++ client's, per model size (bars: median; whiskers: range)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    width = 0.25
+    for i, (client, label) in enumerate((("cpp", "C++ Session"), ("python", "Python binding"),
+                                         ("python-untuned", "Python, glibc untuned"))):
+        ratios = [[v / statistics.median(r["cpp"]) for v in r[client]] for r in rows]
+        mid = [statistics.median(v) for v in ratios]
+        err = [[m - min(v) for m, v in zip(mid, ratios)], [max(v) - m for m, v in zip(mid, ratios)]]
+        xs = [j + (i - 1) * width for j in range(len(rows))]
+        ax.bar(xs, mid, width, yerr=err, capsize=3, label=label)
+    ax.axhline(0.8, color="grey", linestyle="--", linewidth=1)
+    ax.text(len(rows) - 0.5, 0.81, "goal 0.8x", color="grey", ha="right", fontsize=8)
+    ax.set_xticks(range(len(rows)), [f"{r['floats']:,} floats" for r in rows])
+    ax.set_ylabel("push+pull rate / C++ median")
+    ax.set_title("slowlink binding against the C++ client (fp32, loopback)")
+    ax.set_ylim(0, 1.5)
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
+    if len(sys.argv) == 2 and sys.argv[1] == "--plot-only":  # from the committed JSON
+        rows = json.load(open(os.path.join(HERE, "results", "python_binding.json")))["push_pull"]
+        return plot(rows, os.path.join(HERE, "results", "python_binding.png"))
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         return python_loop(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -39,8 +39,17 @@ def test_bad_arrays_raise_and_send_nothing(server):
         s.sync(numpy.zeros(20, dtype=numpy.float32)[::2])
     with pytest.raises(slowlink.InvalidArgumentError, match="NaN"):
         s.push(numpy.full(10, numpy.nan, dtype=numpy.float32))
-    # The encoder refuses NaN before anything is sent; the model did not move.
+    with pytest.raises(TypeError, match="float32"):
+        s.push(numpy.zeros(10, dtype=numpy.int32))
+    with pytest.raises(ValueError, match="read-only"):
+        frozen = numpy.zeros(10, dtype=numpy.float32)
+        frozen.setflags(write=False)
+        s.sync(frozen)
+    # The encoder refuses NaN before anything is sent; nothing moved, here or on the server.
     assert s.version == 1 and s.counters()["updates"] == 0
+    status = s.server_status()
+    assert status["version"] == "1" and status["updates_applied"] == "0"
+    numpy.testing.assert_array_equal(s.model(), numpy.zeros(10, dtype=numpy.float32))
     s.leave()
 
 
