@@ -199,7 +199,7 @@ def print_summary(work, workers, seconds):
     up, up_raw = server["bytes_received"], server["raw_bytes_received"]
     down, down_raw = server["bytes_sent"], server["raw_bytes_sent"]
     accuracy = finals[0]["test_accuracy"]
-    print(f"\ndemo-torch summary ({workers} workers, DiLoCo with outer Nesterov, "
+    print(f"\ndemo-torch summary ({workers} workers, DiLoCo with outer {server['outer_optimizer']}, "
           f"{json.load(open(f'{work}/worker-0.json'))['rounds']} rounds)")
     print(f"  test accuracy      {accuracy:.4f} on {finals[0]['test_images']:,} test images")
     print(f"  bytes up (pushes)  {up / 1e6:8.2f} MB  vs fp32 {up_raw / 1e6:8.2f} MB  "

@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -79,13 +80,16 @@ py::object AsDict(const google::protobuf::Message& message) {
 // what is wrong with it. `writable`: Sync writes the new global model into it.
 py::buffer_info CheckedBuffer(const py::array& array, size_t size, const char* what,
                               bool writable) {
-  if (!array.dtype().is(py::dtype::of<float>())) {
+  if (!array.dtype().equal(py::dtype::of<float>())) {  // equal, not the same object
     throw py::type_error(
         absl::StrCat(what, " must be float32, not ", std::string(py::str(array.dtype()))));
   }
   if (!(array.flags() & py::array::c_style)) {
     throw py::value_error(
         absl::StrCat(what, " must be C-contiguous (use numpy.ascontiguousarray)"));
+  }
+  if (reinterpret_cast<uintptr_t>(array.data()) % alignof(float) != 0) {
+    throw py::value_error(absl::StrCat(what, " is not aligned (use numpy.ascontiguousarray)"));
   }
   if (writable && !array.writeable()) throw py::value_error(absl::StrCat(what, " is read-only"));
   if (static_cast<size_t>(array.size()) != size) {
@@ -169,7 +173,8 @@ class PyCodec {
     Py_ssize_t length = 0;
     PyBytes_AsStringAndSize(payload.ptr(), &data, &length);  // no copy; payload outlives the call
     const absl::string_view bytes(data, static_cast<size_t>(length));
-    py::array_t<float> out(size);
+    if (absl::Status s = ValidatePayload(params_, bytes, size); !s.ok()) Raise(s);  // before
+    py::array_t<float> out(size);                                                   // allocating
     absl::Span<float> span(out.mutable_data(), size);
     absl::Status s;
     {
@@ -211,11 +216,7 @@ class PySession {
   }
 
   py::object ServerStatus() {
-    absl::StatusOr<v1::StatusResponse> status;
-    {
-      py::gil_scoped_release release;
-      status = session_->ServerStatus();
-    }
+    absl::StatusOr<v1::StatusResponse> status = Locked([&] { return session_->ServerStatus(); });
     return AsDict(OrRaise(std::move(status)));
   }
 
@@ -226,11 +227,7 @@ class PySession {
       const float* p = static_cast<const float*>(b.ptr);
       values.values.assign(p, p + layout.size());
     }
-    absl::StatusOr<JoinedRun> joined;
-    {
-      py::gil_scoped_release release;
-      joined = session_->Join(values);
-    }
+    absl::StatusOr<JoinedRun> joined = Locked([&] { return session_->Join(values); });
     JoinedRun run = OrRaise(std::move(joined));
     py::dict d;
     d["worker_id"] = run.worker_id;
@@ -246,9 +243,13 @@ class PySession {
   }
 
   py::array_t<float> Model() const {
-    const absl::Span<const float> m = session_->model();
-    py::array_t<float> out(m.size());
-    std::copy(m.begin(), m.end(), out.mutable_data());
+    py::array_t<float> out(session_->model().size());
+    float* data = out.mutable_data();
+    Locked([&] {
+      const absl::Span<const float> m = session_->model();
+      std::copy(m.begin(), m.end(), data);
+      return 0;
+    });
     return out;
   }
 
@@ -256,11 +257,9 @@ class PySession {
                 uint64_t round, uint64_t total_rounds) {
     const py::buffer_info b = CheckedBuffer(params, session_->model().size(), "params", true);
     absl::Span<float> span(static_cast<float*>(b.ptr), session_->model().size());
-    absl::StatusOr<RoundResult> r;
-    {
-      py::gil_scoped_release release;
-      r = session_->Sync(span, Info(sample_count, train_loss, lr, round, total_rounds));
-    }
+    absl::StatusOr<RoundResult> r = Locked([&] {
+      return session_->Sync(span, Info(sample_count, train_loss, lr, round, total_rounds));
+    });
     return RoundDict(OrRaise(std::move(r)));
   }
 
@@ -268,20 +267,14 @@ class PySession {
                 uint64_t round, uint64_t total_rounds) {
     const py::buffer_info b = CheckedBuffer(update, session_->model().size(), "update", false);
     absl::Span<const float> span(static_cast<const float*>(b.ptr), session_->model().size());
-    absl::StatusOr<RoundResult> r;
-    {
-      py::gil_scoped_release release;
-      r = session_->Push(span, Info(sample_count, train_loss, lr, round, total_rounds));
-    }
+    absl::StatusOr<RoundResult> r = Locked([&] {
+      return session_->Push(span, Info(sample_count, train_loss, lr, round, total_rounds));
+    });
     return RoundDict(OrRaise(std::move(r)));
   }
 
   uint64_t Refresh(double wait_s) {
-    absl::StatusOr<uint64_t> v;
-    {
-      py::gil_scoped_release release;
-      v = session_->Refresh(absl::Seconds(wait_s));
-    }
+    absl::StatusOr<uint64_t> v = Locked([&] { return session_->Refresh(absl::Seconds(wait_s)); });
     return OrRaise(std::move(v));
   }
 
@@ -290,20 +283,12 @@ class PySession {
     eval.set_version(version);
     eval.set_test_loss(test_loss);
     eval.set_test_accuracy(test_accuracy);
-    absl::Status s;
-    {
-      py::gil_scoped_release release;
-      s = session_->Report(eval);
-    }
+    absl::Status s = Locked([&] { return session_->Report(eval); });
     if (!s.ok()) Raise(s);
   }
 
   void Leave() {
-    absl::Status s;
-    {
-      py::gil_scoped_release release;
-      s = session_->Leave();
-    }
+    absl::Status s = Locked([&] { return session_->Leave(); });
     if (!s.ok()) Raise(s);
   }
 
@@ -322,11 +307,24 @@ class PySession {
     return d;
   }
 
-  uint64_t version() const { return session_->version(); }
+  uint64_t version() const {
+    return Locked([&] { return session_->version(); });
+  }
   size_t size() const { return session_->model().size(); }
 
  private:
+  // Runs `call` with the GIL released, one call at a time: a call from a second thread (a sync
+  // on a background thread, a report from the training loop) waits for the first to end. The
+  // GIL is released before the lock is taken, so a waiting thread never blocks the holder.
+  template <typename Call>
+  auto Locked(Call call) const -> decltype(call()) {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mu_);
+    return call();
+  }
+
   std::unique_ptr<Session> session_;
+  mutable std::mutex mu_;  // one session call at a time (counters() excepted)
 };
 
 }  // namespace
@@ -393,9 +391,9 @@ PYBIND11_MODULE(_native, m) {
       .def("__repr__", &PyCodec::Name);
 
   py::class_<PySession>(m, "Session",
-                        "One training process's part in a run (docs/client.md). Driven by one "
-                        "thread at a time; counters() may be read from any thread. Network calls "
-                        "release the GIL.")
+                        "One training process's part in a run (docs/client.md). Calls from "
+                        "several threads are taken one at a time (a second waits for the first); "
+                        "counters() may be read at any time. Network calls release the GIL.")
       .def(py::init<std::vector<std::string>, std::string, int, double, double, std::string,
                     std::string, std::string, std::string, std::string, std::string, uint32_t,
                     std::string>(),

@@ -8,6 +8,8 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -23,14 +25,18 @@ class CMakeBuild(build_ext):
         build_dir = os.environ.get("SLOWLINK_BUILD_DIR") or os.path.join(self.build_temp, "cmake")
         build_dir = os.path.abspath(build_dir)
         if not os.path.exists(os.path.join(build_dir, "CMakeCache.txt")):
+            # For the interpreter pip runs under (its headers and module suffix).
             subprocess.check_call(["cmake", "-S", ROOT, "-B", build_dir,
-                                   "-DCMAKE_BUILD_TYPE=Release"])
+                                   "-DCMAKE_BUILD_TYPE=Release",
+                                   "-DPython3_EXECUTABLE=" + sys.executable])
         jobs = os.environ.get("JOBS", "2")
         subprocess.check_call(["cmake", "--build", build_dir, "--target", "slowlink_native",
                                "-j" + jobs])
-        built = glob.glob(os.path.join(build_dir, "python", "slowlink", "_native*.so"))
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        built = glob.glob(os.path.join(build_dir, "python", "slowlink", "_native" + suffix))
         if not built:
-            raise RuntimeError(f"no slowlink/_native*.so under {build_dir}/python")
+            raise RuntimeError(f"no slowlink/_native{suffix} under {build_dir}/python (built for "
+                               "another Python? set SLOWLINK_BUILD_DIR to a tree built for this one)")
         target = self.get_ext_fullpath(ext.name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(built[0], target)

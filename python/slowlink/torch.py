@@ -62,7 +62,14 @@ class _Wrapper:
     """What DiLoCo and GradientSync share: the join, the statistics of the steps since the last
     message, and leaving."""
 
-    def __init__(self, module, session, optimizer, sync_buffers, total_rounds):
+    def __init__(self, module, session, optimizer, sync_buffers, total_rounds, gradient):
+        # Checked before joining: a process that joined the wrong kind of run would hold a
+        # member's place (and a sync round open) until its lease ran out.
+        kind = session.server_status()["config"]["update_kind"]
+        if (kind == "UPDATE_KIND_GRADIENT") != gradient:
+            raise ValueError("the server expects gradients (--update=gradient): use GradientSync"
+                             if not gradient else
+                             "the server expects model changes (--update=delta): use DiLoCo")
         self.module = module
         self.session = session
         self.optimizer = optimizer
@@ -123,6 +130,7 @@ class DiLoCo(_Wrapper):
         applied one round late, with the steps taken meanwhile added on top (x <- global +
         (x - x_sent)), so each pushed change was computed from a model one round behind the
         global one. This hides the network time at the price of that one round of staleness.
+        An error of a background sync is raised by the step() that next syncs (or by close()).
     optimizer: the inner optimizer, read for its learning rate (sent with each update, which
         SlowMo needs); its state (momentum) stays local and is kept across syncs.
     total_rounds: the run's number of syncs, if known (DQ-SGD's bit schedule uses it).
@@ -130,9 +138,7 @@ class DiLoCo(_Wrapper):
 
     def __init__(self, module, session, optimizer=None, local_steps=None, sync_buffers=False,
                  overlap=False, total_rounds=0):
-        super().__init__(module, session, optimizer, sync_buffers, total_rounds)
-        if self.run["gradient"]:
-            raise ValueError("the server expects gradients (--update=gradient): use GradientSync")
+        super().__init__(module, session, optimizer, sync_buffers, total_rounds, gradient=False)
         self.local_steps = int(local_steps or self.run["local_steps"] or 1)
         self.overlap = overlap
         self._steps = 0
@@ -194,9 +200,13 @@ class DiLoCo(_Wrapper):
         return self.last_round
 
     def close(self):
-        """Waits for a sync in flight, applies it, and leaves the run."""
-        self._wait_inflight()
-        super().close()
+        """Waits for a sync in flight, applies it, and leaves the run (also when that sync
+        failed: its error is raised after leaving). Steps taken since the last sync are not
+        pushed: call sync() first to include them."""
+        try:
+            self._wait_inflight()
+        finally:
+            super().close()
 
 
 class GradientSync(_Wrapper):
@@ -207,10 +217,9 @@ class GradientSync(_Wrapper):
     global parameters are written into the module. Parameters without a gradient push zeros.
     """
 
-    def __init__(self, module, session, sync_buffers=False, total_rounds=0):
-        super().__init__(module, session, None, sync_buffers, total_rounds)
-        if not self.run["gradient"]:
-            raise ValueError("the server expects model changes (--update=delta): use DiLoCo")
+    def __init__(self, module, session, total_rounds=0):
+        # Buffers have no gradients: they stay local (syncing them would reset them each step).
+        super().__init__(module, session, None, False, total_rounds, gradient=True)
         self._grad = numpy.zeros(self._flat.size, dtype=numpy.float32)
 
     def step(self, loss=None, samples=1):

@@ -41,6 +41,8 @@ def test_bad_arrays_raise_and_send_nothing(server):
         s.push(numpy.full(10, numpy.nan, dtype=numpy.float32))
     with pytest.raises(TypeError, match="float32"):
         s.push(numpy.zeros(10, dtype=numpy.int32))
+    with pytest.raises(ValueError, match="not aligned"):
+        s.push(numpy.frombuffer(bytes(41), dtype=numpy.float32, offset=1))
     with pytest.raises(ValueError, match="read-only"):
         frozen = numpy.zeros(10, dtype=numpy.float32)
         frozen.setflags(write=False)
@@ -177,3 +179,16 @@ def test_help_says_what_things_do():
     assert "retry budget" in slowlink.UnavailableError.__doc__
     assert issubclass(slowlink.NotMemberError, slowlink.Error)
     assert "wire codec" in slowlink.Codec.__doc__
+
+
+def test_float32_arrays_from_anywhere_are_float32(server):
+    """dtype equality, not identity: an array that went through pickle (DataLoader workers,
+    multiprocessing) has a float32 dtype object of its own."""
+    import pickle
+    address = server("--mode=sync", "--num_workers=1", "--update_encoding=fp32")
+    s = slowlink.Session([address])
+    s.join(slowlink.Layout(LAYOUT), numpy.zeros(10, dtype=numpy.float32))
+    params = pickle.loads(pickle.dumps(numpy.ones(10, dtype=numpy.float32)))
+    assert s.sync(params)["version"] == 2
+    numpy.testing.assert_array_equal(s.model(), numpy.ones(10, dtype=numpy.float32))
+    s.leave()

@@ -71,13 +71,69 @@ def test_overlap_with_one_worker_is_still_plain_sgd(server):
     assert_same(params(model), params(plain))
 
 
+def reference_outer_sgd(overlap, steps, h, eta):
+    """DiLoCo as docs/python.md states it, in plain torch, for one worker and an outer SGD
+    step g <- g + eta (sent - g): without overlap x <- g at every sync; with overlap the result
+    of the sync in flight arrives H steps later, and x <- g + (x - sent)."""
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    vec = lambda: nn.utils.parameters_to_vector(model.parameters()).detach().clone()  # noqa
+    put = lambda v: nn.utils.vector_to_parameters(v, model.parameters())  # noqa: E731
+    state = {"g": vec(), "sent": None, "steps": 0}
+
+    def arrive():
+        state["g"] = state["g"] + eta * (state["sent"] - state["g"])
+        put(state["g"] + (vec() - state["sent"]))
+
+    def after_step(_):
+        state["steps"] += 1
+        if state["steps"] % h:
+            return
+        if not overlap:
+            state["sent"] = vec()
+            arrive()
+            return
+        if state["sent"] is not None:
+            arrive()
+        state["sent"] = vec()
+
+    train(model, optimizer, steps, after_step)
+    if overlap:
+        with torch.no_grad():
+            arrive()
+    return params(model)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_wrapper_applies_the_servers_outer_step_as_documented(server, overlap):
+    address = server("--mode=sync", "--num_workers=1", "--local_steps=4", "--outer_optimizer=sgd",
+                     "--outer_lr=0.5", "--outer_momentum=0", *EXACT)
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    diloco = slowlink.torch.DiLoCo(model, slowlink.Session([address]), optimizer, overlap=overlap)
+    train(model, optimizer, 24, lambda loss: diloco.step(loss=loss, samples=8))
+    diloco.close()
+    expected = reference_outer_sgd(overlap, 24, 4, 0.5)
+    for x, y in zip(params(model), expected):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    plain = mlp()
+    train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 24)
+    assert (params(model)[0] - params(plain)[0]).abs().max() > 1e-3  # the outer step mattered
+
+
 def test_after_a_sync_every_worker_holds_the_same_parameters(server):
     address = server("--mode=sync", "--num_workers=2", "--local_steps=3",
                      "--outer_optimizer=nesterov")
     models = [mlp(seed) for seed in (1, 2)]  # different inits: the first joiner's wins
-    after = [None, None]
+    after, errors = [None, None], []
 
     def worker(k):
+        try:
+            run_worker(k)
+        except BaseException as e:  # reported by the test thread
+            errors.append(e)
+
+    def run_worker(k):
         model = models[k]
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         with slowlink.torch.DiLoCo(model, slowlink.Session([address], name=f"w{k}"),
@@ -90,6 +146,7 @@ def test_after_a_sync_every_worker_holds_the_same_parameters(server):
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert not errors and not any(t.is_alive() for t in threads), errors
     assert after[0][0] == after[1][0] == 3
     assert after[0][2] == after[1][2] == 4  # version 1 + 3 rounds
     for a, b in zip(after[0][1], after[1][1]):
@@ -153,3 +210,5 @@ def test_the_wrong_wrapper_for_the_run_is_refused(server):
                      "--lr_schedule=constant")
     with pytest.raises(ValueError, match="GradientSync"):
         slowlink.torch.DiLoCo(mlp(), slowlink.Session([address]))
+    status = slowlink.Session([address]).server_status()
+    assert status["members"] == [] and not status["has_model"]  # refused before joining
