@@ -54,7 +54,10 @@ Errors* errors = nullptr;
     default:
       break;
   }
-  PyErr_SetString(type.ptr(), std::string(status.message()).c_str());
+  // e.code: the status code's name, for codes without a class of their own.
+  py::object error = type(std::string(status.message()));
+  error.attr("code") = absl::StatusCodeToString(status.code());
+  PyErr_SetObject(type.ptr(), error.ptr());
   throw py::error_already_set();
 }
 
@@ -340,7 +343,9 @@ PYBIND11_MODULE(_native, m) {
   // interpreter has finalized would touch freed Python objects.
   auto* errors = new ps::Errors;
   errors->base = py::exception<std::exception>(m, "Error");
-  errors->base.attr("__doc__") = "Any error of the client library; the server's message is kept.";
+  errors->base.attr("__doc__") =
+      "Any error of the client library; the server's message is kept, and e.code is the "
+      "status code's name (e.g. 'RESOURCE_EXHAUSTED').";
   auto sub = [&](const char* name, const char* doc) {
     py::object type = py::exception<std::exception>(m, name, errors->base.ptr());
     type.attr("__doc__") = doc;

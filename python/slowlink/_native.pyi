@@ -8,6 +8,7 @@ FloatArray = numpy.typing.NDArray[numpy.float32]
 
 class Error(Exception):
     """Any error of the client library; the server's message is kept."""
+    code: str  # the status code's name, e.g. "RESOURCE_EXHAUSTED"
 
 class InvalidArgumentError(Error):
     """INVALID_ARGUMENT: the caller's input (a bad layout, NaN or Inf in an update, an

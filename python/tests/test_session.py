@@ -60,9 +60,10 @@ def test_another_layout_is_refused_naming_the_tensor(server):
     first = slowlink.Session([address], name="first")
     first.join(slowlink.Layout(LAYOUT), numpy.zeros(10, dtype=numpy.float32))
     other = slowlink.Session([address], name="other")
-    with pytest.raises(slowlink.FailedPreconditionError, match=r"w \[4, 2\]"):
+    with pytest.raises(slowlink.FailedPreconditionError, match=r"w \[4, 2\]") as e:
         other.join(slowlink.Layout([("w", (4, 2)), ("b", (2,))]),
                    numpy.zeros(10, dtype=numpy.float32))
+    assert e.value.code == "FAILED_PRECONDITION"
     first.leave()
 
 
