@@ -79,8 +79,9 @@ def train(args):
     test_x, test_y = load(args.data_dir, "test", args.test_limit)
     diloco = slowlink.torch.DiLoCo(model, session, optimizer, overlap=args.overlap)
     rank = diloco.run["rank"]
+    # The same number of steps on every worker (sync rounds need it), even if shards differ by one.
+    steps_per_epoch = len(x) // workers // args.batch
     x, y = shard(x, y, rank, workers, args.seed)
-    steps_per_epoch = len(x) // args.batch
     rounds = int(args.epochs * steps_per_epoch) // diloco.local_steps
     diloco.total_rounds = rounds
     progress = Progress(rank == 0 and not args.quiet, rounds, session)
