@@ -74,11 +74,10 @@ def train(args):
     session = slowlink.Session(args.servers.split(","), name=args.name, rank=args.rank)
     model = cnn()
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    workers = session.server_status()["config"]["num_workers"] or 1
     x, y = load(args.data_dir, "train", args.train_limit)
     test_x, test_y = load(args.data_dir, "test", args.test_limit)
     diloco = slowlink.torch.DiLoCo(model, session, optimizer, overlap=args.overlap)
-    rank = diloco.run["rank"]
+    rank, workers = diloco.run["rank"], diloco.run["num_workers"] or 1
     # The same number of steps on every worker (sync rounds need it), even if shards differ by one.
     steps_per_epoch = len(x) // workers // args.batch
     x, y = shard(x, y, rank, workers, args.seed)
@@ -120,7 +119,7 @@ class Progress:
         if not self.show or (r % every and r != self.rounds):
             return
         _, accuracy = evaluate(model, test_x, test_y)
-        self.session.report(diloco.session.version, 0.0, accuracy)
+        self.session.report(self.session.version, 0.0, accuracy)
         c = self.session.counters()
         print(f"round {r:4d}/{self.rounds}  loss {loss:.3f}  test accuracy {accuracy:.4f}  "
               f"sent {c['bytes_sent'] / 1e6:.2f} MB ({c['raw_bytes_sent'] / max(1, c['bytes_sent']):.1f}x "

@@ -118,17 +118,6 @@ py::dict RoundDict(const RoundResult& r) {
   return d;
 }
 
-UpdateInfo Info(uint64_t sample_count, double train_loss, double learning_rate, uint64_t round,
-                uint64_t total_rounds) {
-  UpdateInfo info;
-  info.sample_count = sample_count;
-  info.train_loss = train_loss;
-  info.learning_rate = learning_rate;
-  info.round = round;
-  info.total_rounds = total_rounds;
-  return info;
-}
-
 // A float32, C-contiguous array of any size.
 py::buffer_info AnyFloatBuffer(const py::array& array, const char* what) {
   return CheckedBuffer(array, static_cast<size_t>(array.size()), what, false);
@@ -261,7 +250,7 @@ class PySession {
     const py::buffer_info b = CheckedBuffer(params, session_->model().size(), "params", true);
     absl::Span<float> span(static_cast<float*>(b.ptr), session_->model().size());
     absl::StatusOr<RoundResult> r = Locked([&] {
-      return session_->Sync(span, Info(sample_count, train_loss, lr, round, total_rounds));
+      return session_->Sync(span, {sample_count, train_loss, lr, round, total_rounds});
     });
     return RoundDict(OrRaise(std::move(r)));
   }
@@ -271,7 +260,7 @@ class PySession {
     const py::buffer_info b = CheckedBuffer(update, session_->model().size(), "update", false);
     absl::Span<const float> span(static_cast<const float*>(b.ptr), session_->model().size());
     absl::StatusOr<RoundResult> r = Locked([&] {
-      return session_->Push(span, Info(sample_count, train_loss, lr, round, total_rounds));
+      return session_->Push(span, {sample_count, train_loss, lr, round, total_rounds});
     });
     return RoundDict(OrRaise(std::move(r)));
   }

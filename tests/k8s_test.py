@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import manifests  # noqa: E402
+from harness import certs, manifests  # noqa: E402
 from harness.cluster import Cluster, server_settings  # noqa: E402
 from harness.procs import Proc, binaries, fail, free_port  # noqa: E402
 
@@ -150,17 +150,7 @@ def make_secrets(folder, workers):
     certificate (for the shards' names, and 127.0.0.1 where this test runs them) with openssl,
     the servers' token list and one token file per worker."""
     os.makedirs(folder)
-    script = """set -e
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-key ca.key
-openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=ps-ca 2>/dev/null
-key server.key
-openssl req -new -key server.key -out server.csr -subj /CN=ps-server 2>/dev/null
-printf 'subjectAltName=DNS:*.ps-server,DNS:localhost,IP:127.0.0.1\n' > server.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
-  -days 2 -extfile server.ext 2>/dev/null
-"""
-    subprocess.run(["bash", "-c", script], cwd=folder, check=True)
+    certs.make_server_certificate(folder, "DNS:*.ps-server,DNS:localhost,IP:127.0.0.1")
     read = lambda name: open(os.path.join(folder, name), "rb").read()  # noqa: E731
     tokens = {"worker-%d" % i: os.urandom(16).hex().encode() for i in range(workers)}
     return {

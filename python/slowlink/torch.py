@@ -30,7 +30,11 @@ def _tensors(module, sync_buffers):
 
 def layout_of(module, sync_buffers=False):
     """The Layout of a module: its named parameters (and floating buffers), in module order."""
-    return Layout([(name, tuple(t.shape)) for name, t in _tensors(module, sync_buffers)])
+    return _layout(_tensors(module, sync_buffers))
+
+
+def _layout(named):
+    return Layout([(name, tuple(t.shape)) for name, t in named])
 
 
 class _FlatModel:
@@ -74,8 +78,9 @@ class _Wrapper:
         self.session = session
         self.optimizer = optimizer
         self.total_rounds = total_rounds
-        self._flat = _FlatModel(_tensors(module, sync_buffers))
-        self.layout = layout_of(module, sync_buffers)
+        named = _tensors(module, sync_buffers)
+        self._flat = _FlatModel(named)
+        self.layout = _layout(named)
         self._params = self._flat.gather(numpy.empty(self._flat.size, dtype=numpy.float32))
         # A server without a model takes ours; every process then starts from the global one.
         self.run = session.join(self.layout, self._params)
@@ -142,8 +147,11 @@ class DiLoCo(_Wrapper):
         self.local_steps = int(local_steps or self.run["local_steps"] or 1)
         self.overlap = overlap
         self._steps = 0
-        self._sent = None      # overlap: the parameters as sent in the sync now in flight
-        self._inflight = None  # overlap: (thread, buffer, result holder)
+        # overlap: the parameters as sent (kept), the array the session syncs in the background
+        # (its result), both reused every round; and (thread, result holder) while in flight.
+        self._sent = numpy.empty_like(self._params) if overlap else None
+        self._in_flight_buffer = numpy.empty_like(self._params) if overlap else None
+        self._inflight = None
 
     def step(self, loss=None, samples=1):
         """Call once after each optimizer.step(). Syncs every local_steps calls; returns the
@@ -165,8 +173,12 @@ class DiLoCo(_Wrapper):
 
     def _overlapped_sync(self):
         done = self._wait_inflight()
-        self._flat.gather(self._params)
-        buffer = self._params.copy()
+        if done is None:  # else _wait_inflight left the module's parameters in _params
+            self._flat.gather(self._params)
+        buffer = self._in_flight_buffer
+        numpy.copyto(buffer, self._params)
+        numpy.copyto(self._sent, self._params)
+        info = self._info()
         holder = {}
 
         def run():
@@ -175,11 +187,9 @@ class DiLoCo(_Wrapper):
             except BaseException as e:  # re-raised on the training thread
                 holder["error"] = e
 
-        info = self._info()
-        self._sent = buffer.copy()
         thread = threading.Thread(target=run, name="slowlink-sync", daemon=True)
         thread.start()
-        self._inflight = (thread, buffer, holder)
+        self._inflight = (thread, holder)
         return done
 
     def _wait_inflight(self):
@@ -187,13 +197,14 @@ class DiLoCo(_Wrapper):
         since it was sent. Returns its result, or None if none was in flight."""
         if self._inflight is None:
             return None
-        thread, buffer, holder = self._inflight
+        thread, holder = self._inflight
         thread.join()
         self._inflight = None
         if "error" in holder:
             raise holder["error"]
         self._flat.gather(self._params)
-        self._params += buffer - self._sent  # global + (x - x_sent)
+        step = numpy.subtract(self._in_flight_buffer, self._sent, out=self._sent)
+        self._params += step  # global + (x - x_sent)
         self._flat.scatter(self._params)
         self.rounds += 1
         self.last_round = holder["result"]

@@ -1,10 +1,14 @@
 """pytest fixtures: a real ps-server on a free loopback port."""
 import os
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
+
+# tests/harness (certificates, free ports), shared with the project's other end-to-end tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 
 
 def pytest_addoption(parser):

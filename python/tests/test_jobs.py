@@ -1,26 +1,25 @@
 """Whole jobs: the CNN example through its launcher, a worker killed mid-run, and a torch worker
 beside a C++ ps-worker in one run. Real processes, a real ps-server, Debian's Fashion-MNIST."""
-import gzip
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 
-import numpy
 import pytest
 import torch
 from torch import nn
 
 import slowlink
 import slowlink.torch
+from harness.procs import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "torch_cnn.py")
-DATA = "/usr/share/datasets/fashion-mnist"
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+import torch_quickstart  # noqa: E402  (its Fashion-MNIST loader)
 
 
 # Overlap with plain averaging: with outer Nesterov (momentum 0.9) the one round of staleness
@@ -86,12 +85,9 @@ class Softmax(nn.Module):
 
 
 def pixels(split, limit):
-    prefix = "train" if split == "train" else "t10k"
-    with gzip.open(f"{DATA}/{prefix}-images-idx3-ubyte.gz") as f:
-        x = numpy.frombuffer(f.read(), numpy.uint8, offset=16).reshape(-1, 784)[:limit]
-    with gzip.open(f"{DATA}/{prefix}-labels-idx1-ubyte.gz") as f:
-        y = numpy.frombuffer(f.read(), numpy.uint8, offset=8)[:limit]
-    return torch.from_numpy(x / numpy.float32(255)), torch.from_numpy(y.astype(numpy.int64))
+    """The first `limit` images as the built-in model sees them (pixels / 255), and labels."""
+    x, y = torch_quickstart.fashion_mnist(split)
+    return x[:limit], y[:limit]
 
 
 def torch_softmax_worker(address, result):
@@ -164,9 +160,7 @@ def test_the_readme_pytorch_commands_as_written(request, tmp_path):
     block = re.search(r"```\n(make python.*?)```", section, re.S).group(1)
     # `make python` is done already: ctest runs after the build
     block = block.split("\n", 1)[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(free_port())
     for old, new in [("build/", build + "/"), ("examples/", ROOT + "/examples/"),
                      ("50051", port)]:
         block = block.replace(old, new)

@@ -1,11 +1,11 @@
 """The binding against a real ps-server on loopback."""
 import os
-import subprocess
 
 import numpy
 import pytest
 
 import slowlink
+from harness import certs
 
 LAYOUT = [("w", (2, 4)), ("b", (2,))]
 
@@ -99,7 +99,7 @@ def test_push_and_pull_in_every_encoding(server, encoding):
     s.leave()
 
 
-def test_the_codecs_are_the_servers(server):
+def test_the_codecs_are_the_servers():
     values = numpy.random.default_rng(1).normal(size=1000).astype(numpy.float32)
     fp32 = slowlink.Codec("fp32")
     assert fp32.encode(values) == values.tobytes()  # little-endian floats, nothing else
@@ -138,21 +138,12 @@ def test_two_shards_hold_their_parts_of_the_model(server):
 
 
 def make_tls(folder):
-    """A CA and a certificate for 127.0.0.1, made with openssl."""
-    script = """set -e
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-key ca.key
-openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj /CN=ps-ca 2>/dev/null
-key server.key
-openssl req -new -key server.key -out server.csr -subj /CN=ps-server 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\n' > server.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
-  -days 2 -extfile server.ext 2>/dev/null
-printf 'py-worker s3cret-token-0123456789\n' > tokens
-"""
-    subprocess.run(["bash", "-c", script], cwd=folder, check=True)
-    return {name: os.path.join(folder, name) for name in ("ca.pem", "server.pem", "server.key",
-                                                          "tokens")}
+    """A CA, a certificate for 127.0.0.1 and a token file."""
+    files = certs.make_server_certificate(folder, "IP:127.0.0.1")
+    files["tokens"] = os.path.join(folder, "tokens")
+    with open(files["tokens"], "w") as f:
+        f.write("py-worker s3cret-token-0123456789\n")
+    return files
 
 
 def test_tls_with_tokens(server, tmp_path):

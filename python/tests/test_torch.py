@@ -34,6 +34,13 @@ def train(model, optimizer, steps, after_step=None, seed=0):
             after_step(loss.item())
 
 
+def plain_sgd(steps):
+    """The reference: mlp() trained by torch SGD (lr 0.1) alone."""
+    model = mlp()
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1), steps)
+    return model
+
+
 def params(model):
     return [p.detach().clone() for p in model.parameters()]
 
@@ -45,8 +52,7 @@ def assert_same(a, b):
 
 
 def test_one_worker_and_h_1_reproduce_plain_torch_sgd(server):
-    plain = mlp()
-    train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 24)
+    plain = plain_sgd(24)
     address = server("--mode=sync", "--num_workers=1", "--local_steps=1", *EXACT)
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -58,8 +64,7 @@ def test_one_worker_and_h_1_reproduce_plain_torch_sgd(server):
 
 def test_overlap_with_one_worker_is_still_plain_sgd(server):
     """With K = 1 the global model is the one sent, so x <- global + (x - sent) is x."""
-    plain = mlp()
-    train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 24)
+    plain = plain_sgd(24)
     address = server("--mode=sync", "--num_workers=1", "--local_steps=4", *EXACT)
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -116,8 +121,7 @@ def test_the_wrapper_applies_the_servers_outer_step_as_documented(server, overla
     expected = reference_outer_sgd(overlap, 24, 4, 0.5)
     for x, y in zip(params(model), expected):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
-    plain = mlp()
-    train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 24)
+    plain = plain_sgd(24)
     assert (params(model)[0] - params(plain)[0]).abs().max() > 1e-3  # the outer step mattered
 
 
@@ -189,8 +193,7 @@ def test_buffers_are_local_unless_asked(server):
 
 
 def test_gradient_mode_is_server_side_sgd(server):
-    plain = mlp()
-    train(plain, torch.optim.SGD(plain.parameters(), lr=0.1), 16)
+    plain = plain_sgd(16)
     address = server("--mode=sync", "--num_workers=1", "--update=gradient",
                      "--server_learning_rate=0.1", "--lr_schedule=constant", *EXACT)
     model = mlp()
