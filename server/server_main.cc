@@ -2,6 +2,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -16,6 +17,7 @@
 #include "app/enum_flags.h"
 #include "app/env_flags.h"
 #include "app/malloc_tuning.h"
+#include "app/shard_index.h"
 #include "app/stop_signals.h"
 #include "common/codec.h"
 #include "common/json_writer.h"
@@ -143,7 +145,9 @@ ABSL_FLAG(ps::v1::BitsPolicy, pull_bits_policy, ps::v1::BITS_POLICY_FIXED,
           "first deltas', within --min_bits..--max_bits with --dq_beta).");
 ABSL_FLAG(uint64_t, seed, 1,
           "Built-in model: seed of its initial values (the first ps-worker uploads them).");
-ABSL_FLAG(int, shard_index, 0, "This server's shard of the model's key range.");
+ABSL_FLAG(std::string, shard_index, "",
+          "This server's shard of the model's key range (0..shard_count-1); \"\" = the ordinal at "
+          "the end of $POD_NAME (a Kubernetes StatefulSet pod, ps-server-<i>), or 0 without it.");
 ABSL_FLAG(int, shard_count, 1, "Number of server shards the model is split over.");
 ABSL_FLAG(double, staleness_exponent, 0.5, "async: weight s(tau) = tau^-a for tau > 1 round.");
 ABSL_FLAG(double, max_staleness, 4.0, "async: updates more than this many rounds old are refused.");
@@ -278,7 +282,6 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
            {"batch_size", absl::GetFlag(FLAGS_batch_size)},
            {"rounds", absl::GetFlag(FLAGS_rounds)},
            {"eval_every", absl::GetFlag(FLAGS_eval_every)},
-           {"shard_index", absl::GetFlag(FLAGS_shard_index)},
            {"shard_count", absl::GetFlag(FLAGS_shard_count)},
            {"chunk_bytes", absl::GetFlag(FLAGS_chunk_bytes)},
            {"threads", absl::GetFlag(FLAGS_threads)}}) {
@@ -303,7 +306,8 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   PS_ASSIGN_OR_RETURN(o.layout, LayoutFromFlags());
   o.initial_model_file = absl::GetFlag(FLAGS_init_model);
   o.max_model_bytes = absl::GetFlag(FLAGS_max_model_mb) << 20;
-  o.shard_index = absl::GetFlag(FLAGS_shard_index);
+  PS_ASSIGN_OR_RETURN(o.shard_index, ShardIndexFromFlag(absl::GetFlag(FLAGS_shard_index),
+                                                        std::getenv("POD_NAME")));
   o.shard_count = absl::GetFlag(FLAGS_shard_count);
   o.staleness_exponent = absl::GetFlag(FLAGS_staleness_exponent);
   o.max_staleness = absl::GetFlag(FLAGS_max_staleness);
