@@ -74,6 +74,10 @@ ABSL_FLAG(std::string, tls_server_name, "",
 ABSL_FLAG(std::string, token_file, "",
           "File holding this worker's token (sent as `authorization: Bearer` on every call).");
 ABSL_FLAG(std::string, bits_policy, "", "Override the server's bits policy (fixed, dqsgd).");
+ABSL_FLAG(int, stopped_exit_code, 0,
+          "Exit code (0..255) when SIGTERM or SIGINT ends training before its last round; 0 = a "
+          "clean stop. A Kubernetes Job counts an index whose pod exits 0 as done, so deploy/k8s "
+          "sets 143: an evicted worker is started again instead.");
 
 namespace ps {
 namespace {
@@ -153,7 +157,8 @@ void WriteEvalLine(std::FILE* log, const EvalRecord& record) {
   std::fflush(log);
 }
 
-absl::Status Train(const SessionOptions& session_options, TrainerOptions options) {
+// Whether a stop signal ended training before its last round.
+absl::StatusOr<bool> Train(const SessionOptions& session_options, TrainerOptions options) {
   PS_ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Connect(session_options));
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> eval_log(nullptr, &std::fclose);
   if (const std::string path = absl::GetFlag(FLAGS_eval_log); !path.empty()) {
@@ -199,7 +204,8 @@ absl::Status Train(const SessionOptions& session_options, TrainerOptions options
                : 0.0)
       .Add("mean_update_bits", r.mean_update_bits)
       .Add("wall_time_s", r.wall_time_s);
-  return WriteSummary(summary);
+  PS_RETURN_IF_ERROR(WriteSummary(summary));
+  return r.stopped_early;
 }
 
 int Main() {
@@ -211,6 +217,12 @@ int Main() {
     stop = true;
   });
 
+  const int stopped_exit_code = absl::GetFlag(FLAGS_stopped_exit_code);
+  if (stopped_exit_code < 0 || stopped_exit_code > 255) {
+    std::fprintf(stderr, "ps-worker: --stopped_exit_code must be in 0..255, got %d\n",
+                 stopped_exit_code);
+    return 2;
+  }
   PsClientOptions client_options;
   client_options.servers = absl::StrSplit(absl::GetFlag(FLAGS_servers), ',', absl::SkipEmpty());
   client_options.worker_name = absl::GetFlag(FLAGS_name);
@@ -249,13 +261,24 @@ int Main() {
   options.progress_every = absl::GetFlag(FLAGS_progress_every);
   options.quiet = absl::GetFlag(FLAGS_quiet);
   options.stop = &stop;
-  const absl::Status status = absl::GetFlag(FLAGS_health_check) ? HealthCheck(client_options)
-                              : absl::GetFlag(FLAGS_evaluate_only)
-                                  ? EvaluateOnly(client_options)
-                                  : Train(session_options, options);
+  absl::Status status;
+  bool stopped_early = false;
+  if (absl::GetFlag(FLAGS_health_check)) {
+    status = HealthCheck(client_options);
+  } else if (absl::GetFlag(FLAGS_evaluate_only)) {
+    status = EvaluateOnly(client_options);
+  } else {
+    absl::StatusOr<bool> trained = Train(session_options, options);
+    status = trained.status();
+    stopped_early = trained.ok() && *trained;
+  }
   if (!status.ok()) {
     std::fprintf(stderr, "ps-worker: %s\n", status.ToString().c_str());
     return 1;
+  }
+  if (stopped_early && stopped_exit_code != 0) {
+    LogInfo(absl::StrCat("event=stopped_early exit_code=", stopped_exit_code));
+    return stopped_exit_code;
   }
   return 0;
 }
