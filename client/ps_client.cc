@@ -59,6 +59,11 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   // Once a link is back, reconnect within seconds, not after gRPC's default backoff of minutes.
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  // A shard that comes back at another address under the same name (a rescheduled Kubernetes
+  // pod) is found within about a second: gRPC looks the name up again when a connection fails,
+  // but by default at most every 30 s, and the first look-up after a failure often still sees
+  // the old address.
+  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_file.empty()) {
     grpc::SslCredentialsOptions ssl;
