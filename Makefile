@@ -11,7 +11,7 @@ CMAKE_FLAGS ?=
 
 .PHONY: all deps bench-deps build demo demo-torch python test sanitize-build sanitize-test tsan-build tsan-test bench compression-table \
 	outer-optimizer-table \
-	time-to-accuracy chaos clean
+	time-to-accuracy chaos compose-demo container-test container-clean clean
 
 all: build
 
@@ -53,10 +53,11 @@ sanitize-build: deps $(SAN_DIR)/CMakeCache.txt
 	cmake --build $(SAN_DIR) -j$(JOBS)
 
 # halt_on_error: the first report fails the test. Leak checking stays on. The process-kill tests
-# (label `fault`) run in the release build only, for time: sanitized they take minutes each.
+# (label `fault`) run in the release build only, for time: sanitized they take minutes each; so
+# does the container test (label `container`), which runs no binary of this build.
 sanitize-test: sanitize-build
 	cd $(SAN_DIR) && ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 \
-	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j$(JOBS) -LE fault
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j$(JOBS) -LE 'fault|container'
 
 $(TSAN_DIR)/CMakeCache.txt:
 	CC=clang-14 CXX=clang++-14 cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=Release -DPS_TSAN=ON \
@@ -102,6 +103,19 @@ time-to-accuracy: build bench-deps
 CHAOS_CYCLES ?= 20
 chaos: build
 	/usr/bin/python3 bench/chaos.py $(BUILD_DIR) --cycles $(CHAOS_CYCLES)
+
+# The containers: builds the images and runs docker-compose.yml (README, Containers). With a Docker
+# engine it uses Docker; else a private podman store of deploy/install-deps.sh's packages.
+compose-demo: deps
+	./deploy/compose-demo.sh
+
+# The container test alone (also part of `make test`).
+container-test: deps
+	/usr/bin/python3 tests/container_test.py $(CURDIR)
+
+# The container test's image store, base image and compiler cache (~/.cache/ps-containers).
+container-clean:
+	rm -rf $${PS_CONTAINER_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/ps-containers}
 
 clean:
 	rm -rf $(BUILD_DIR) $(SAN_DIR) $(TSAN_DIR)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the project needs to build, test and run the demo
 # (libzip for numpy .npz model files; clang-14 and its runtime for the sanitized build and the fuzzer, openssl for the TLS tests,
-# prometheus for promtool, which checks the metrics endpoint, docker-compose to check
-# docker-compose.yml, node and npm to validate the Kubernetes manifests, iproute2 for the tests
+# prometheus for promtool, which checks the metrics endpoint, docker-compose, podman (runc,
+# netavark, aardvark-dns, iptables, uidmap) and mmdebstrap to build the images and run
+# docker-compose.yml for real (tests/container_test.py), node and npm to validate the Kubernetes manifests, iproute2 for the tests
 # with several hosts in network namespaces, python3-dev, pybind11-dev, python3-torch and python3-venv
 # for the Python package slowlink, its torch wrapper and `pip install ./python`).
 # With --bench also what the benchmarks' plots need (python3-matplotlib).
@@ -17,6 +18,7 @@ packages=(
   zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf python3-numpy python3-dev pybind11-dev
   python3-pytest python3-torch python3-venv
   clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2
+  podman runc netavark aardvark-dns iptables mmdebstrap uidmap
 )
 if [ "${1:-}" = "--bench" ]; then packages+=(python3-matplotlib); fi
 # Node.js may come from elsewhere (NodeSource ships npm inside its nodejs, which Debian's npm

@@ -32,8 +32,8 @@ def main():
     if resolved.returncode != 0:
         fail("docker-compose config refused the file:\n" + resolved.stderr)
     services = yaml.safe_load(resolved.stdout)["services"]
-    servers = sorted(name for name in services if services[name]["command"][0] == "ps-server")
-    workers = sorted(name for name in services if services[name]["command"][0] == "ps-worker")
+    servers = sorted(name for name in services if services[name].get("command", [""])[0] == "ps-server")
+    workers = sorted(name for name in services if services[name].get("command", [""])[0] == "ps-worker")
     if len(servers) < 1 or len(workers) < 1:
         fail("expected servers and workers, got %s" % list(services))
     if "checkpoints" not in yaml.safe_load(resolved.stdout).get("volumes", {}):
