@@ -1,4 +1,5 @@
-// Validates Kubernetes objects against the Kubernetes API schemas, twice:
+// Validates Kubernetes objects against the Kubernetes API schemas (and the Prometheus Operator's,
+// for a PodMonitor), twice:
 //  1. kubernetes-models' JSON-schema validators: every field has the right type and format;
 //  2. TypeScript's excess-property check against the same package's types: no unknown field (a
 //     typo such as `readinessprobe` passes the schemas but the API server refuses it).
@@ -13,10 +14,12 @@ const here = dirname(fileURLToPath(import.meta.url));
 const objects = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const label = (o) => `${o.apiVersion}/${o.kind} ${o.metadata?.name ?? "(no name)"}`;
 
-// kubernetes-models lays out its classes as <group>/<version>/<Kind> (the core group is "v1").
+// kubernetes-models lays out its classes as <group>/<version>/<Kind> (the core group is "v1"),
+// and so does its package for the Prometheus Operator's custom resources (PodMonitor).
+const packages = ["kubernetes-models", "@kubernetes-models/prometheus-operator"];
 function modulePath(o) {
-  const path = `kubernetes-models/${o.apiVersion}/${o.kind}`;
-  return existsSync(join(here, "node_modules", `${path}.js`)) ? path : null;
+  const paths = packages.map((p) => `${p}/${o.apiVersion}/${o.kind}`);
+  return paths.find((path) => existsSync(join(here, "node_modules", `${path}.js`))) ?? null;
 }
 
 let failed = false;
