@@ -2,7 +2,8 @@
 (StatefulSet pods), then, once every shard passes the workers' own health check, the workers
 (Indexed Job pods). Where a process runs (loopback, or a network namespace per pod) and how names
 and volumes map are the caller's choice: `launch(pod, argv, env, log_path)` starts a process and
-`replacements(pod)` gives the (old, new) strings applied to its arguments and environment."""
+`replacements(pod)` gives the (old, new) strings applied to its arguments and environment.
+pod_index_label=False makes the pods as Kubernetes 1.27 would, without the pod-index label."""
 import json
 import os
 
@@ -21,13 +22,13 @@ def server_settings(objects):
 
 
 class Cluster:
-    def __init__(self, objects, binaries, work_dir, launch, replacements):
+    def __init__(self, objects, binaries, work_dir, launch, replacements, pod_index_label=True):
         self.binaries = binaries
         self.work = work_dir
         self.launch = launch
         self.replacements = replacements
         self.sts, self.service = server_settings(objects)
-        all_pods = manifest_pods(objects)
+        all_pods = manifest_pods(objects, pod_index_label)
         self.servers = [p for p in all_pods if p.workload == self.sts["metadata"]["name"]]
         self.workers = [p for p in all_pods if p.workload != self.sts["metadata"]["name"]]
         self.procs = {}  # pod name -> Proc
@@ -45,9 +46,10 @@ class Cluster:
         for pod in self.servers:
             self._start(pod, ["--summary_json=" + self.summary_path(pod)] + list(extra_args))
 
-    def wait_healthy(self, timeout=60):
-        """Until the first worker's own command with --health_check passes (every shard answers:
-        it has loaded its model), as a container health check would run it."""
+    def wait_healthy(self, timeout=60, extra_args=()):
+        """Until the first worker's own command with --health_check (and `extra_args`) passes
+        (every shard answers: it has loaded its model), as a container health check would run
+        it. Returns what the last check printed: one line per shard."""
         pod = self.workers[0]
         probe = os.path.join(self.work, "health")
 
@@ -57,13 +59,21 @@ class Cluster:
                     fail("%s exited with %s:\n%s" % (name, proc.popen.returncode,
                                                       proc.text()[-3000:]))
             argv, env = pod.local(self.binaries, self.replacements(pod),
-                                  ["--health_check", "--retry_budget=0s", "--rpc_timeout=2s"])
+                                  ["--health_check", "--retry_budget=0s", "--rpc_timeout=2s"] +
+                                  list(extra_args))
             return self.launch(pod, argv, env, probe).popen.wait(timeout=30) == 0
         wait_until(healthy, timeout, "every server shard to pass the health check", poll=0.2)
+        with open(probe) as f:
+            return f.read()
 
     def start_workers(self, extra_args=()):
         for pod in self.workers:
-            self._start(pod, ["--summary_json=" + self.summary_path(pod)] + list(extra_args))
+            self.start_worker(pod, extra_args)
+
+    def start_worker(self, pod, extra_args=()):
+        """One worker pod: also a replacement for one that ended (its log and summary are
+        written anew)."""
+        self._start(pod, ["--summary_json=" + self.summary_path(pod)] + list(extra_args))
 
     def wait(self, pods, timeout, expect_code=0):
         for pod in pods:

@@ -123,6 +123,8 @@ def expand(value, env):
 
 
 def _container_env(container, config_maps, metadata):
+    """The container's environment as the kubelet sets it. A fieldRef to a label the pod does not
+    have gives "", as the kubelet does (the pod-index label before Kubernetes 1.28)."""
     env = {}
     for source in container.get("envFrom", []):
         ref = source.get("configMapRef")
@@ -139,11 +141,11 @@ def _container_env(container, config_maps, metadata):
             label = re.fullmatch(r"metadata\.labels\['([^']+)'\]", path)
             if path == "metadata.name":
                 env[var["name"]] = metadata["name"]
-            elif label and label.group(1) in metadata["labels"]:
-                env[var["name"]] = metadata["labels"][label.group(1)]
+            elif label:
+                env[var["name"]] = metadata["labels"].get(label.group(1), "")
             else:
-                fail("env %s: fieldRef %s is not set on pod %s" % (var["name"], path,
-                                                                     metadata["name"]))
+                fail("env %s: fieldRef %s is not supported here (pod %s)" %
+                     (var["name"], path, metadata["name"]))
         elif "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
             env[var["name"]] = config_maps[ref["name"]][ref["key"]]
@@ -152,8 +154,10 @@ def _container_env(container, config_maps, metadata):
     return env
 
 
-def pods(objects):
-    """The pods of every StatefulSet and Indexed Job, in order, as Pod objects."""
+def pods(objects, pod_index_label=True):
+    """The pods of every StatefulSet and Indexed Job, in order, as Pod objects. Without
+    pod_index_label, StatefulSet pods lack apps.kubernetes.io/pod-index, as before Kubernetes
+    1.28."""
     config_maps = {o["metadata"]["name"]: o.get("data", {}) for o in by_kind(objects, "ConfigMap")}
     out = []
     for o in objects:
@@ -175,7 +179,7 @@ def pods(objects):
             pod_name = "%s-%d" % (name, i)
             labels = dict(template.get("metadata", {}).get("labels", {}))
             env = {}
-            if o["kind"] == "StatefulSet":
+            if o["kind"] == "StatefulSet" and pod_index_label:
                 labels[POD_INDEX_LABEL] = str(i)
             else:
                 env["JOB_COMPLETION_INDEX"] = str(i)
