@@ -19,7 +19,8 @@
    it on addresses of their own and the workers reach them by those names over TLS.
 
 Usage: k8s_test.py BUILD_DIR SOURCE_DIR
-       netns_run.sh k8s_test.py --by-name BUILD_DIR SOURCE_DIR SECRETS_DIR   (step 4, by step 1..3)
+       netns_run.sh k8s_test.py --by-name BUILD_DIR SOURCE_DIR SECRETS_DIR WORK_DIR
+           (step 4 alone, in network namespaces; the first form runs it so)
 """
 import base64
 import copy
