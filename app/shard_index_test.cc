@@ -39,8 +39,7 @@ TEST(ShardIndexFromFlag, BadValuesNameTheirSource) {
   const absl::StatusOr<int> negative = ShardIndexFromFlag("-1", "ps-server-1");
   EXPECT_EQ(negative.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(negative.status().message().find("--shard_index"), absl::string_view::npos);
-  EXPECT_EQ(ShardIndexFromFlag("one", nullptr).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ShardIndexFromFlag("one", nullptr).status().code(), absl::StatusCode::kInvalidArgument);
   const absl::StatusOr<int> no_ordinal = ShardIndexFromFlag("", "my-laptop");
   EXPECT_EQ(no_ordinal.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(no_ordinal.status().message().find("POD_NAME"), absl::string_view::npos);

@@ -306,8 +306,8 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   PS_ASSIGN_OR_RETURN(o.layout, LayoutFromFlags());
   o.initial_model_file = absl::GetFlag(FLAGS_init_model);
   o.max_model_bytes = absl::GetFlag(FLAGS_max_model_mb) << 20;
-  PS_ASSIGN_OR_RETURN(o.shard_index, ShardIndexFromFlag(absl::GetFlag(FLAGS_shard_index),
-                                                        std::getenv("POD_NAME")));
+  PS_ASSIGN_OR_RETURN(
+      o.shard_index, ShardIndexFromFlag(absl::GetFlag(FLAGS_shard_index), std::getenv("POD_NAME")));
   o.shard_count = absl::GetFlag(FLAGS_shard_count);
   o.staleness_exponent = absl::GetFlag(FLAGS_staleness_exponent);
   o.max_staleness = absl::GetFlag(FLAGS_max_staleness);

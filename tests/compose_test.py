@@ -17,6 +17,7 @@ import time
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness.containers import services_running  # noqa: E402
 from harness.procs import binaries, fail, free_port  # noqa: E402
 
 BUILD = os.path.abspath(sys.argv[1])
@@ -32,8 +33,8 @@ def main():
     if resolved.returncode != 0:
         fail("docker-compose config refused the file:\n" + resolved.stderr)
     services = yaml.safe_load(resolved.stdout)["services"]
-    servers = sorted(name for name in services if services[name].get("command", [""])[0] == "ps-server")
-    workers = sorted(name for name in services if services[name].get("command", [""])[0] == "ps-worker")
+    servers = services_running(services, "ps-server")
+    workers = services_running(services, "ps-worker")
     if len(servers) < 1 or len(workers) < 1:
         fail("expected servers and workers, got %s" % list(services))
     if "checkpoints" not in yaml.safe_load(resolved.stdout).get("volumes", {}):

@@ -30,7 +30,7 @@ import time
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness.containers import Engine, missing_tools  # noqa: E402
+from harness.containers import Engine, missing_tools, services_running  # noqa: E402
 from harness.procs import fail  # noqa: E402
 
 SOURCE = os.path.abspath(sys.argv[1])
@@ -56,10 +56,11 @@ def images_of(compose):
 def runnable_copy(compose, epochs=None):
     """The file as the test runs it: no published ports, no route out, images already built; with
     `epochs`, the servers' --epochs replaced."""
+    servers = services_running(compose["services"], "ps-server")
     services = {}
     for name, service in compose["services"].items():
         service = {k: v for k, v in service.items() if k not in ("ports", "build")}
-        if epochs is not None and "command" in service and service["command"][0] == "ps-server":
+        if epochs is not None and name in servers:
             service["command"] = [re.sub(r"^--epochs=\d+$", "--epochs=%d" % epochs, a)
                                   for a in service["command"]]
         services[name] = service
@@ -75,10 +76,8 @@ class Job:
         self.path = path
         with open(path, "w") as f:
             yaml.safe_dump(compose, f, sort_keys=False)
-        self.workers = sorted(n for n, s in compose["services"].items()
-                              if s.get("command", [""])[0] == "ps-worker")
-        self.servers = sorted(n for n, s in compose["services"].items()
-                              if s.get("command", [""])[0] == "ps-server")
+        self.workers = services_running(compose["services"], "ps-worker")
+        self.servers = services_running(compose["services"], "ps-server")
 
     def compose_cmd(self, *args, timeout=300):
         result = subprocess.run(["docker-compose", "-p", PROJECT, "-f", self.path,
@@ -157,11 +156,9 @@ class Job:
 
     def down(self):
         self.compose_cmd("down", "-v", "--timeout", "20")
-        ours = [c for c in self.engine.podman("ps", "-aq", "--filter", "label=com.docker.compose."
-                                              "project=" + PROJECT).stdout.split()]
         left = self.engine.leftovers()
-        if ours or left:
-            fail("docker-compose down -v left behind: %s" % (left or ours))
+        if left:
+            fail("docker-compose down -v left behind: %s" % left)
 
 
 def check_accuracy(summaries):
@@ -262,13 +259,12 @@ def fault_run(engine, compose):
 
 def remove_earlier_runs(engine):
     """Containers of this test's or the demo's earlier runs that were cut off (same store only)."""
-    for prefix in ("pstest", "psdemo"):
-        out = engine.podman("ps", "-a", "--format",
-                            "{{.ID}} {{index .Labels \"com.docker.compose.project\"}}").stdout
-        stale = [line.split()[0] for line in out.splitlines()
-                 if len(line.split()) == 2 and line.split()[1].startswith(prefix)]
-        if stale:
-            engine.podman("rm", "-f", "-v", *stale)
+    out = engine.podman("ps", "-a", "--format",
+                        "{{.ID}} {{index .Labels \"com.docker.compose.project\"}}").stdout
+    stale = [fields[0] for fields in map(str.split, out.splitlines())
+             if len(fields) == 2 and fields[1].startswith(("pstest", "psdemo"))]
+    if stale:
+        engine.podman("rm", "-f", "-v", *stale)
     engine.podman("volume", "prune", "-f")
     engine.podman("network", "prune", "-f")
 

@@ -360,9 +360,15 @@ def readme_secrets(folder):
     if tls_type != "kubernetes.io/tls" or not {"tls.crt", "tls.key", "ca.crt"} <= set(tls):
         fail("README: Secret ps-tls is %s with keys %s, not kubernetes.io/tls with tls.crt, "
              "tls.key, ca.crt" % (tls_type, sorted(tls)))
+    data = {name: data for name, (_, data) in secrets.items()}
+    save_secrets(folder, data)
+    return data
+
+
+def save_secrets(folder, secrets):
+    """secrets.json in `folder`, read back by load_secrets (for the namespaced runs)."""
     with open(os.path.join(folder, "secrets.json"), "w") as f:
-        json.dump({n: {k: v.decode() for k, v in d.items()} for n, (_, d) in secrets.items()}, f)
-    return {name: data for name, (_, data) in secrets.items()}
+        json.dump({n: {k: v.decode() for k, v in d.items()} for n, d in secrets.items()}, f)
 
 
 def load_secrets(folder):
@@ -378,8 +384,7 @@ def old_recipe_secrets(folder, secrets):
     out = copy.deepcopy(secrets)
     out["ps-tls"] = {"tls.crt": read("server.pem"), "tls.key": read("server.key"),
                      "ca.crt": read("ca.pem")}
-    with open(os.path.join(folder, "secrets.json"), "w") as f:
-        json.dump({n: {k: v.decode() for k, v in d.items()} for n, d in out.items()}, f)
+    save_secrets(folder, out)
     return out
 
 

@@ -27,6 +27,11 @@ PACKAGES = ["podman", "runc", "netavark", "aardvark-dns", "iptables", "mmdebstra
             "docker-compose", "uidmap"]
 
 
+def services_running(services, binary):
+    """The names of a compose file's services whose command runs `binary`, sorted."""
+    return sorted(n for n, s in services.items() if s.get("command", [""])[0] == binary)
+
+
 def missing_tools():
     """What of deploy/install-deps.sh's container packages is not installed."""
     tools = {"podman": "podman", "runc": "runc", "mmdebstrap": "mmdebstrap",
