@@ -11,7 +11,7 @@ CMAKE_FLAGS ?=
 
 .PHONY: all deps bench-deps build demo demo-torch python test sanitize-build sanitize-test tsan-build tsan-test bench compression-table \
 	outer-optimizer-table \
-	time-to-accuracy chaos compose-demo container-test container-clean clean
+	time-to-accuracy chaos compose-demo container-test container-clean reproduce reproduce-stich-quick clean
 
 all: build
 
@@ -116,6 +116,19 @@ container-test: deps
 # The container test's image store, base image and compiler cache (~/.cache/ps-containers).
 container-clean:
 	rm -rf $${PS_CONTAINER_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/ps-containers}
+
+# The papers' experiments (docs/reproduction.md): all of them (about an hour here), or one with
+# make reproduce-NAME (stich, dqsgd, slowmo, backup, hetero); results in experiments/results/NAME.
+REPRODUCE = stich dqsgd slowmo backup hetero
+reproduce: $(addprefix reproduce-,$(REPRODUCE))
+
+reproduce-%: build
+	PS_BUILD=$(BUILD_DIR) /usr/bin/python3 experiments/$*.py
+
+# The reduced Stich grid with its checks (also in make test, ctest label `reproduce`).
+reproduce-stich-quick: build
+	PS_BUILD=$(BUILD_DIR) /usr/bin/python3 experiments/stich.py --quick --check \
+	  --out $(BUILD_DIR)/reproduce-stich-quick
 
 clean:
 	rm -rf $(BUILD_DIR) $(SAN_DIR) $(TSAN_DIR)

@@ -268,6 +268,7 @@ grpc::Status PsClient::SendPush(const v1::UpdateHeader& header, absl::string_vie
           chunk.set_data(payload.data() + ranges[i].offset, ranges[i].size);
           bytes_sent_ += chunk.ByteSizeLong();
           payload_sent_ += ranges[i].size;
+          if (header.kind() == v1::UPDATE_KIND_INITIAL_MODEL) upload_sent_ += chunk.ByteSizeLong();
           // A failed write means the server already finished the call; Finish says why.
           if (!writer->Write(chunk)) break;
         }
@@ -413,6 +414,7 @@ ClientWireStats PsClient::wire() const {
   s.payload_bytes_received = payload_received_;
   s.raw_bytes_sent = raw_sent_;
   s.raw_bytes_received = raw_received_;
+  s.upload_bytes_sent = upload_sent_;
   return s;
 }
 

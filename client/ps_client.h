@@ -49,6 +49,10 @@ struct ClientWireStats {
   uint64_t bytes_sent = 0, bytes_received = 0;
   uint64_t payload_bytes_sent = 0, payload_bytes_received = 0;
   uint64_t raw_bytes_sent = 0, raw_bytes_received = 0;
+  // Of bytes_sent, what went to uploading the initial model (whether this process's upload was
+  // the one the server took or lost the race to another's): a comparison of update traffic
+  // subtracts it.
+  uint64_t upload_bytes_sent = 0;
 };
 
 struct PullResult {
@@ -142,6 +146,7 @@ class PsClient {
   std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0};
   std::atomic<uint64_t> payload_sent_{0}, payload_received_{0};
   std::atomic<uint64_t> raw_sent_{0}, raw_received_{0};
+  std::atomic<uint64_t> upload_sent_{0};
 
   // Buffers kept across calls: a fresh model-sized allocation per push or pull costs more in page
   // faults than the copy itself. Push and Pull each hold their mutex for the whole call.

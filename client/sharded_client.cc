@@ -218,6 +218,7 @@ ClientWireStats ShardedClient::wire() const {
     sum.payload_bytes_received += s.payload_bytes_received;
     sum.raw_bytes_sent += s.raw_bytes_sent;
     sum.raw_bytes_received += s.raw_bytes_received;
+    sum.upload_bytes_sent += s.upload_bytes_sent;
   }
   return sum;
 }

@@ -5,8 +5,9 @@
 # netavark, aardvark-dns, iptables, uidmap) and mmdebstrap to build the images and run
 # docker-compose.yml for real (tests/container_test.py), node and npm to validate the Kubernetes manifests, iproute2 for the tests
 # with several hosts in network namespaces, python3-dev, pybind11-dev, python3-torch and python3-venv
-# for the Python package slowlink, its torch wrapper and `pip install ./python`).
-# With --bench also what the benchmarks' plots need (python3-matplotlib).
+# for the Python package slowlink, its torch wrapper and `pip install ./python`, python3-matplotlib
+# for the experiments' plots: make reproduce-stich-quick is part of make test).
+# --bench is kept for the benchmarks' targets; it adds nothing any more.
 # Idempotent: does nothing (and needs no network) when everything is already there.
 set -euo pipefail
 
@@ -16,11 +17,10 @@ packages=(
   libabsl-dev libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev prometheus-cpp-dev libzip-dev
   dataset-fashion-mnist
   zlib1g-dev iperf3 python3 python3-grpcio python3-protobuf python3-numpy python3-dev pybind11-dev
-  python3-pytest python3-torch python3-venv
+  python3-pytest python3-torch python3-venv python3-matplotlib
   clang-14 libclang-rt-14-dev openssl prometheus docker-compose python3-yaml iproute2
   podman runc netavark aardvark-dns iptables mmdebstrap uidmap
 )
-if [ "${1:-}" = "--bench" ]; then packages+=(python3-matplotlib); fi
 # Node.js may come from elsewhere (NodeSource ships npm inside its nodejs, which Debian's npm
 # conflicts with): Debian's only when there is no node at all.
 command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)

@@ -291,6 +291,7 @@ class PySession {
     d["bytes_received"] = c.wire.bytes_received;
     d["raw_bytes_sent"] = c.wire.raw_bytes_sent;
     d["raw_bytes_received"] = c.wire.raw_bytes_received;
+    d["upload_bytes_sent"] = c.wire.upload_bytes_sent;
     d["updates"] = c.updates;
     d["stale_refusals"] = c.stale_refusals;
     d["stale_repushes"] = c.stale_repushes;
@@ -431,6 +432,7 @@ PYBIND11_MODULE(_native, m) {
       .def("leave", &PySession::Leave, "Leaves every shard; the session is done afterwards.")
       .def("counters", &PySession::Counters,
            "Totals since the session was made: bytes_sent, bytes_received, raw_bytes_sent, "
-           "raw_bytes_received (fp32 equivalents), updates, stale_refusals, stale_repushes, "
-           "rejoins, mean_update_bits.");
+           "raw_bytes_received (fp32 equivalents), upload_bytes_sent (of bytes_sent, the "
+           "initial model's upload), updates, stale_refusals, stale_repushes, rejoins, "
+           "mean_update_bits.");
 }

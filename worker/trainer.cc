@@ -239,6 +239,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     if (gradient) {
       sampler.Next(&batch_x, &batch_y);
       round_loss = model.LossAndGradient(global, batch_x, batch_y, absl::MakeSpan(grad));
+      absl::SleepFor(options_.step_delay);
     } else {
       std::fill(delta.begin(), delta.end(), 0.0f);
       local = global;
@@ -250,6 +251,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
           delta[i] -= lr * grad[i];
           local[i] = global[i] + delta[i];
         }
+        absl::SleepFor(options_.step_delay);
       }
       round_loss /= h;
     }

@@ -66,6 +66,9 @@ struct TrainerOptions {
   bool quiet = false;  // no progress lines
   // Set (by a signal) to stop after the current round's push: the worker then leaves cleanly.
   const std::atomic<bool>* stop = nullptr;
+  // Sleep after every local step: makes this worker a slow one (the backup-worker experiment,
+  // docs/reproduction.md), as a slower machine or a shared core would.
+  absl::Duration step_delay = absl::ZeroDuration();
   // Called after every test-set evaluation: every eval_every rounds, and the final one.
   std::function<void(const EvalRecord&)> on_eval;
 };

@@ -169,5 +169,18 @@ TEST(Trainer, StopsAfterTheCurrentRoundWhenAskedAndLeaves) {
   EXPECT_TRUE(session.left());
 }
 
+TEST(Trainer, SleepsStepDelayAfterEveryLocalStep) {
+  if (!FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  FakeSession session(SoftmaxRun(3, 4));  // 3 rounds of 4 local steps
+  TrainerOptions options = SmallData();
+  options.step_delay = absl::Milliseconds(20);
+  Trainer trainer(options, &session);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<TrainingResult> result = trainer.Run();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->steps, 12u);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(12 * 20));  // a lower bound only
+}
+
 }  // namespace
 }  // namespace ps

@@ -50,6 +50,8 @@ ABSL_FLAG(absl::Duration, rpc_timeout, absl::Seconds(30),
 ABSL_FLAG(absl::Duration, pull_wait, absl::Seconds(10), "Longest a pull long-polls per call.");
 ABSL_FLAG(absl::Duration, retry_budget, absl::Seconds(60),
           "How long UNAVAILABLE is retried before giving up.");
+ABSL_FLAG(absl::Duration, step_delay, absl::ZeroDuration(),
+          "Sleep this long after every local step: a slow worker, for experiments.");
 ABSL_FLAG(absl::Duration, progress_every, absl::Seconds(2), "Seconds between progress lines.");
 ABSL_FLAG(bool, quiet, false, "No progress lines (errors and the summary still print).");
 ABSL_FLAG(bool, evaluate_only, false,
@@ -152,6 +154,7 @@ void WriteEvalLine(std::FILE* log, const EvalRecord& record) {
       .Add("test_loss", record.test.loss)
       .Add("test_accuracy", record.test.accuracy)
       .Add("bytes_sent", record.wire.bytes_sent)
+      .Add("upload_bytes_sent", record.wire.upload_bytes_sent)
       .Add("bytes_received", record.wire.bytes_received);
   std::fprintf(log, "%s\n", line.ToString().c_str());
   std::fflush(log);
@@ -194,6 +197,7 @@ absl::StatusOr<bool> Train(const SessionOptions& session_options, TrainerOptions
       .Add("raw_bytes_sent", r.wire.raw_bytes_sent)
       .Add("raw_bytes_received", r.wire.raw_bytes_received)
       .Add("payload_bytes_sent", r.wire.payload_bytes_sent)
+      .Add("upload_bytes_sent", r.wire.upload_bytes_sent)
       .Add("payload_bytes_received", r.wire.payload_bytes_received)
       .Add("uplink_compression",
            r.wire.bytes_sent > 0 ? static_cast<double>(r.wire.raw_bytes_sent) / r.wire.bytes_sent
@@ -259,6 +263,7 @@ int Main() {
   TrainerOptions options;
   options.data = DataFromFlags();
   options.progress_every = absl::GetFlag(FLAGS_progress_every);
+  options.step_delay = absl::GetFlag(FLAGS_step_delay);
   options.quiet = absl::GetFlag(FLAGS_quiet);
   options.stop = &stop;
   absl::Status status;

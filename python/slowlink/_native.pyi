@@ -86,5 +86,6 @@ class Session:
         """Leaves every shard; the session is done afterwards."""
     def counters(self) -> Dict[str, Union[int, float]]:
         """Totals since the session was made: bytes_sent, bytes_received, raw_bytes_sent and
-        raw_bytes_received (fp32 equivalents), updates, stale_refusals, stale_repushes,
-        rejoins (ints) and mean_update_bits (float). Safe from any thread."""
+        raw_bytes_received (fp32 equivalents), upload_bytes_sent (of bytes_sent, what
+        uploading the initial model took, won or lost), updates, stale_refusals,
+        stale_repushes, rejoins (ints) and mean_update_bits (float). Safe from any thread."""

@@ -27,6 +27,19 @@ def test_join_sync_leave_through_a_server_told_only_the_layout(server):
     s.leave()
 
 
+def test_the_initial_models_upload_is_counted_apart_from_updates(server):
+    address = server("--mode=sync", "--num_workers=2")
+    first, second = slowlink.Session([address]), slowlink.Session([address])
+    first.join(slowlink.Layout([("params", (1000,))]), numpy.ones(1000, dtype=numpy.float32))
+    second.join(slowlink.Layout([("params", (1000,))]), numpy.ones(1000, dtype=numpy.float32))
+    uploaded = first.counters()["upload_bytes_sent"]
+    assert 4000 <= uploaded <= 4000 + 1024  # the model and its header, once
+    assert uploaded < first.counters()["bytes_sent"]
+    assert second.counters()["upload_bytes_sent"] == 0  # the server had a model by then
+    first.leave()
+    second.leave()
+
+
 def test_bad_arrays_raise_and_send_nothing(server):
     address = server("--mode=sync", "--num_workers=1")
     s = slowlink.Session([address])
