@@ -135,7 +135,8 @@ def plot(curves, finals, model, path):
         ax.set_ylabel("final test accuracy")
         ax.set_title("trade-off: final accuracy against bits", fontsize=10)
         ax.legend()
-    fig.suptitle("DQ-SGD against fixed-bit QSGD, K=%d, Fashion-MNIST (real ps-server)" % K)
+    fig.suptitle("DQ-SGD against fixed-bit QSGD,%sK=%d, Fashion-MNIST (real ps-server)" % (
+        "\n" if len(kinds) == 1 else " ", K))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

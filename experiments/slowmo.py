@@ -86,11 +86,13 @@ def plot(curves, model, path):
 
 
 def main():
-    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(STEPS), help="comma-separated: mlp, cnn")
+    models = parser.parse_args().models.split(",")
     out = runner.results_dir("slowmo")
-    progress = runner.Progress("slowmo", len(STEPS) * len(HS) * len(OUTER))
+    progress = runner.Progress("slowmo", len(models) * len(HS) * len(OUTER))
     started, curves, finals = time.time(), [], []
-    for model in STEPS:
+    for model in models:
         for h in HS:
             for outer in OUTER:
                 curve, final = run(model, outer, h)
@@ -98,9 +100,9 @@ def main():
                 finals.append(final)
                 progress.step("%s H=%d %s: accuracy %.4f after %d rounds" % (
                     model, h, outer, final["final_accuracy"], final["rounds"]))
-    runner.write_csv(os.path.join(out, "curves.csv"), curves)
-    runner.write_csv(os.path.join(out, "results.csv"), finals)
-    for model in STEPS:
+        # Written after each model, so that a cut-off run keeps what it finished.
+        runner.write_csv(os.path.join(out, "curves.csv"), curves)
+        runner.write_csv(os.path.join(out, "results.csv"), finals)
         plot(curves, model, os.path.join(out, "slowmo_%s.png" % model))
     runner.write_json(os.path.join(out, "summary.json"), {
         "K": K, "mlp": {"batch": BATCH, "inner_lr": LR},
