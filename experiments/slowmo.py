@@ -57,6 +57,7 @@ def run_cnn(outer, h):
 
 def plot(curves, model, path):
     plt = runner.pyplot()
+    from matplotlib.ticker import NullFormatter
     curves = [c for c in curves if c["model"] == model]
     fig, axes = plt.subplots(2, len(HS), figsize=(13, 7.5), sharey=True)
     for col, h in enumerate(HS):
@@ -71,6 +72,7 @@ def plot(curves, model, path):
         axes[0][col].set_xlabel("rounds")
         axes[1][col].set_xlabel("MB pushed per worker (fp32; pulls are the same size)")
         axes[1][col].set_xscale("log")
+        axes[1][col].xaxis.set_minor_formatter(NullFormatter())  # no crowded 3x10^0 labels
     for row in axes:
         row[0].set_ylabel("test accuracy")
         row[0].set_ylim(0.6, 0.92)
