@@ -117,7 +117,7 @@ container-test: deps
 container-clean:
 	rm -rf $${PS_CONTAINER_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/ps-containers}
 
-# The papers' experiments (docs/reproduction.md): all of them (about two hours here), or one with
+# The papers' experiments (docs/reproduction.md): all of them (about 2.5 hours here), or one with
 # make reproduce-NAME (stich, dqsgd, slowmo, backup, hetero); results in experiments/results/NAME.
 REPRODUCE = stich dqsgd slowmo backup hetero
 reproduce: $(addprefix reproduce-,$(REPRODUCE))
