@@ -81,9 +81,7 @@ def plot(curves, rows, path):
     right.set_title("time to target", fontsize=10)
     fig.suptitle("One straggler (%s sleep per step) among K=%d sync SGD workers, softmax on "
                  "Fashion-MNIST (real ps-server)" % (DELAY, K))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    runner.save_figure(fig, path)
 
 
 def main():

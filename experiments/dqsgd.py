@@ -137,9 +137,7 @@ def plot(curves, finals, model, path):
         ax.legend()
     fig.suptitle("DQ-SGD against fixed-bit QSGD,%sK=%d, Fashion-MNIST (real ps-server)" % (
         "\n" if len(kinds) == 1 else " ", K))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    runner.save_figure(fig, path)
 
 
 def main():

@@ -69,9 +69,7 @@ def plot(curves, best, path):
         ax.legend()
     fig.suptitle("Local SGD against minibatch SGD, IID against label-sorted shards "
                  "(real ps-server)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    runner.save_figure(fig, path)
 
 
 def main():

@@ -140,6 +140,14 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path):
+    """Lays out, writes and closes a figure."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def machine():
     """A line that says where the numbers were measured (the benchmarks' own)."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))

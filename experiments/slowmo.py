@@ -82,9 +82,7 @@ def plot(curves, model, path):
     fig.suptitle("Outer optimizers on the server: %s on Fashion-MNIST, K=%d, %d local steps per "
                  "worker, %s (real ps-server)" % (model.upper(), K, STEPS[model], inner),
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    runner.save_figure(fig, path)
 
 
 def main():

@@ -312,9 +312,7 @@ def plot_speedup(rows, eps, rho, path):
     axes[0][0].legend(ncol=2)
     fig.suptitle("Local SGD on w8a, logistic regression, b=4, epsilon=%g (sync, real ps-server)"
                  % eps)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    runner.save_figure(fig, path)
 
 
 def plot_lines(rows, key, title, ylabel, path, label=lambda r: "H=%d" % r["H"]):
@@ -337,9 +335,7 @@ def plot_lines(rows, key, title, ylabel, path, label=lambda r: "H=%d" % r["H"]):
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    runner.save_figure(fig, path)
 
 
 def settings(args):
@@ -381,11 +377,10 @@ def main():
     if base["tune_eta0"]:
         base["eta0"], base["c"], tuning = tune(problem, base, progress)
     rows += grid(problem, base, "tuned", progress, {"eta0": base["eta0"], "c": base["c"]})
-    add_speedups(rows, base["epsilon"], rho)
     best = min(("theory", "tuned"), key=lambda s: next(
         r["T_hat"] for r in rows if r["schedule"] == s and r["K"] == 1 and r["H"] == 1))
     async_rows = run_async(problem, base, best, rows, progress)
-    write(out, base, rows, async_rows, tuning, dict(
+    write(out, rows, async_rows, tuning, dict(
         fstar=fstar, grad_norm=gnorm, smoothness=problem.smoothness, kappa=problem.kappa,
         rho=rho, best_schedule=best, eta0=base["eta0"], c=base["c"], epsilon=base["epsilon"],
         machine=runner.machine(), wall_time_s=time.time() - started))
@@ -439,7 +434,8 @@ def run_async(problem, base, schedule, sync_rows, progress):
     return rows
 
 
-def write(out, base, rows, async_rows, tuning, summary):
+def write(out, rows, async_rows, tuning, summary):
+    add_speedups(rows, summary["epsilon"], summary["rho"])
     runner.write_csv(os.path.join(out, "T.csv"), rows)
     runner.write_csv(os.path.join(out, "async.csv"), async_rows)
     if tuning:
@@ -457,7 +453,6 @@ def read_results(out):
 
 def plot_all(out, rows, async_rows, summary):
     eps, best = summary["epsilon"], summary["best_schedule"]
-    add_speedups(rows, eps, summary["rho"])
     plot_speedup(rows, eps, summary["rho"], os.path.join(out, "speedup.png"))
     plot_lines([r for r in rows if r["schedule"] == best], "speedup_wall",
                "Wall-clock speedup to epsilon=%g, %s schedule\n(K processes on %s)" % (
