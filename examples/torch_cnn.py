@@ -5,6 +5,9 @@ DiLoCo: H local Adam steps per round, outer Nesterov on the server, 4-bit QSGD b
   examples/torch_cnn.py --launch 4 --ps_server build/server/ps-server   # the whole job
   examples/torch_cnn.py --servers 127.0.0.1:50051                      # one worker
 
+With --gradient it is parallel SGD instead: every step's gradient is pushed (GradientSync) and
+the server takes the SGD step (--server_lr), for comparison with DiLoCo.
+
 The data are Debian's dataset-fashion-mnist files (/usr/share/datasets/fashion-mnist); nothing is
 downloaded. `make demo-torch` runs the first line. See docs/python.md.
 """
@@ -73,15 +76,18 @@ def train(args):
     torch.set_num_threads(args.threads)
     session = slowlink.Session(args.servers.split(","), name=args.name, rank=args.rank)
     model = cnn()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     x, y = load(args.data_dir, "train", args.train_limit)
     test_x, test_y = load(args.data_dir, "test", args.test_limit)
-    diloco = slowlink.torch.DiLoCo(model, session, optimizer, overlap=args.overlap)
+    if args.gradient:  # the server steps; a round is one step
+        optimizer, diloco = None, slowlink.torch.GradientSync(model, session)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        diloco = slowlink.torch.DiLoCo(model, session, optimizer, overlap=args.overlap)
     rank, workers = diloco.run["rank"], diloco.run["num_workers"] or 1
     # The same number of steps on every worker (sync rounds need it), even if shards differ by one.
     steps_per_epoch = len(x) // workers // args.batch
     x, y = shard(x, y, rank, workers, args.seed)
-    rounds = int(args.epochs * steps_per_epoch) // diloco.local_steps
+    rounds = int(args.epochs * steps_per_epoch) // getattr(diloco, "local_steps", 1)
     diloco.total_rounds = rounds
     progress = Progress(rank == 0 and not args.quiet, rounds, session)
     generator = torch.Generator().manual_seed(args.seed + rank)
@@ -89,10 +95,11 @@ def train(args):
         order = torch.randperm(len(x), generator=generator)
         for i in range(steps_per_epoch):
             batch = order[i * args.batch:(i + 1) * args.batch]
-            optimizer.zero_grad()
+            model.zero_grad()
             loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
             loss.backward()
-            optimizer.step()
+            if optimizer is not None:
+                optimizer.step()
             if diloco.step(loss=loss.item(), samples=len(batch)) is not None:
                 progress.round(diloco, loss.item(), model, test_x, test_y, args.eval_every)
             if diloco.rounds >= rounds:
@@ -132,12 +139,19 @@ class Progress:
 
 
 def server_flags(args, work):
-    """The ps-server of the job: sync DiLoCo with outer Nesterov, 4-bit QSGD both ways, leases
-    and a round deadline so that a worker that dies does not stop the others."""
+    """The ps-server of the job: sync DiLoCo with outer Nesterov (or, with --gradient, the
+    server's SGD step on the averaged gradient), 4-bit QSGD both ways, leases and a round
+    deadline so that a worker that dies does not stop the others."""
+    if args.gradient:  # the server's step-size schedule runs over the workers' rounds
+        steps_per_epoch = (args.train_limit or 60000) // args.launch // args.batch
+        update = ["--update=gradient", f"--server_learning_rate={args.server_lr}",
+                  f"--rounds={int(args.epochs * steps_per_epoch)}"]
+    else:
+        update = ["--update=delta", f"--local_steps={args.local_steps}",
+                  "--outer_optimizer=nesterov", f"--outer_lr={args.outer_lr}",
+                  "--outer_momentum=0.9"]
     return [args.ps_server, "--listen=127.0.0.1:0", f"--port_file={work}/port",
-            "--mode=sync", "--update=delta", f"--num_workers={args.launch}",
-            f"--local_steps={args.local_steps}", "--outer_optimizer=nesterov",
-            f"--outer_lr={args.outer_lr}", "--outer_momentum=0.9",
+            "--mode=sync", f"--num_workers={args.launch}"] + update + [
             "--update_encoding=qsgd", f"--bits={args.bits}", "--error_feedback",
             "--pull_encoding=qsgd", f"--pull_bits={args.bits}",
             "--lease=10s", "--round_deadline=20s", "--min_quorum=1",
@@ -184,8 +198,7 @@ def start_worker(args, address, k, work):
                "--epochs", str(args.epochs), "--batch", str(args.batch), "--lr", str(args.lr),
                "--data_dir", args.data_dir, "--train_limit", str(args.train_limit),
                "--test_limit", str(args.test_limit), "--eval_every", str(args.eval_every)]
-    if args.overlap:
-        command.append("--overlap")
+    command += ["--overlap"] * args.overlap + ["--gradient"] * args.gradient
     log = open(f"{work}/worker-{k}.log", "w")
     if k == 0:  # worker 0's progress goes to the terminal too
         return subprocess.Popen(command, stdout=None, stderr=log)
@@ -199,7 +212,9 @@ def print_summary(work, workers, seconds):
     up, up_raw = server["bytes_received"], server["raw_bytes_received"]
     down, down_raw = server["bytes_sent"], server["raw_bytes_sent"]
     accuracy = finals[0]["test_accuracy"]
-    print(f"\ndemo-torch summary ({workers} workers, DiLoCo with outer {server['outer_optimizer']}, "
+    algorithm = ("parallel SGD with gradient pushes" if server["update"] == "gradient" else
+                 f"DiLoCo with outer {server['outer_optimizer']}")
+    print(f"\ndemo-torch summary ({workers} workers, {algorithm}, "
           f"{json.load(open(f'{work}/worker-0.json'))['rounds']} rounds)")
     print(f"  test accuracy      {accuracy:.4f} on {finals[0]['test_images']:,} test images")
     print(f"  bytes up (pushes)  {up / 1e6:8.2f} MB  vs fp32 {up_raw / 1e6:8.2f} MB  "
@@ -234,6 +249,9 @@ def main():
     p.add_argument("--bits", type=int, default=4, help="--launch: QSGD bits both ways")
     p.add_argument("--eval_every", type=int, default=20, help="rounds between worker 0's evals")
     p.add_argument("--overlap", action="store_true", help="sync behind the next H steps")
+    p.add_argument("--gradient", action="store_true",
+                   help="push every step's gradient; the server takes the SGD step")
+    p.add_argument("--server_lr", type=float, default=0.1, help="--launch --gradient: its step")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--seed", type=int, default=1, help="model init, data split and order")
     p.add_argument("--quiet", action="store_true")

@@ -1,6 +1,7 @@
 """The PyTorch CNN of examples/torch_cnn.py as an experiment's job: 4 torch worker processes
-(slowlink.torch.DiLoCo, inner Adam) and a real ps-server, started by the example's own launcher
-with the experiment's server flags (later flags win). The learning curve is worker 0's progress
+(slowlink.torch.DiLoCo with inner Adam, or GradientSync with the server's SGD step) and a real
+ps-server, started by the example's own launcher with the experiment's server flags (later flags
+win). The learning curve is worker 0's progress
 lines: test accuracy on the first TEST_LIMIT test images every few rounds."""
 import json
 import os
@@ -15,8 +16,10 @@ STEPS_PER_EPOCH = 60000 // K // BATCH  # of each worker's shard, as the example 
 LINE = re.compile(r"round\s+(\d+)/(\d+)\s+loss \S+\s+test accuracy ([0-9.]+)\s+sent ([0-9.]+) MB")
 
 
-def run(local_steps, steps, server_flags, evals=16):
-    """`steps` local steps per worker, H = `local_steps`; returns (curve rows, summary)."""
+def run(local_steps, steps, server_flags, evals=16, gradient_lr=None):
+    """`steps` local steps per worker, H = `local_steps`; returns (curve rows, summary). With
+    `gradient_lr`, parallel SGD instead: a gradient push every step (H = 1), server step size
+    gradient_lr."""
     work = tempfile.mkdtemp(prefix="ps-exp-cnn-")
     rounds = steps // local_steps
     argv = ["/usr/bin/python3", os.path.join(runner.ROOT, "examples", "torch_cnn.py"),
@@ -25,6 +28,8 @@ def run(local_steps, steps, server_flags, evals=16):
             "--local_steps", str(local_steps), "--epochs", repr((steps + 0.5) / STEPS_PER_EPOCH),
             "--batch", str(BATCH), "--test_limit", str(TEST_LIMIT),
             "--eval_every", str(max(1, rounds // evals))]
+    if gradient_lr is not None:
+        argv += ["--gradient", "--server_lr", repr(gradient_lr)]
     # No round deadline (the example's is 20 s): a round of a loaded machine must not close
     # without a worker's update, or the comparison would not be of the same algorithm.
     argv += ["--server_flag=" + f for f in server_flags + ["--round_deadline=0"]]

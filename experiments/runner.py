@@ -123,6 +123,11 @@ def read_csv(path):
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_json(path, value):
     with open(path, "w") as f:
         json.dump(value, f, indent=1, sort_keys=True)
