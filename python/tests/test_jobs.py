@@ -46,6 +46,22 @@ def test_a_short_cnn_run_through_the_launcher_learns(request, tmp_path, overlap)
     assert [w["rounds"] for w in summary["workers"]] == ([8, 8] if overlap else [7, 7])
 
 
+def test_the_launcher_with_gradient_runs_parallel_sgd(request, tmp_path):
+    """--gradient: GradientSync pushes a gradient every step and the server takes the step."""
+    out = tmp_path / "job"
+    subprocess.run([sys.executable, EXAMPLE, "--launch", "2", "--gradient", "--server_lr", "0.3",
+                    "--ps_server", request.config.getoption("--server"), "--out", str(out),
+                    "--train_limit", "4000", "--test_limit", "1000", "--epochs", "2",
+                    "--eval_every", "20"], check=True, timeout=300)
+    summary = json.load(open(out / "summary.json"))
+    server = json.load(open(out / "server.json"))
+    assert server["update"] == "gradient"
+    # a round per step: 2 x (4000 // 2 // 64), and the server's version moved once per round
+    assert [w["rounds"] for w in summary["workers"]] == [62, 62]
+    assert server["rounds"] == 62
+    assert summary["test_accuracy"] > 0.6  # from 0.1 at the start
+
+
 def worker(address, rank, out, *flags):
     return subprocess.Popen(
         [sys.executable, EXAMPLE, "--servers", address, "--rank", str(rank), "--quiet",
