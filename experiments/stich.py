@@ -343,8 +343,8 @@ def settings(args):
         return dict(Ks=[1, 2, 4], Hs=[1, 8], epsilon=0.02, async_Ks=[2], async_Hs=[8],
                     tune_eta0=[], tune_c=[], eta0=2.0, c=5000.0)
     return dict(Ks=[1, 2, 4, 8, 16], Hs=[1, 2, 4, 8, 16, 32, 64], epsilon=0.005,
-                async_Ks=[1, 2, 4, 8, 16], async_Hs=[8, 32], tune_eta0=[1.0, 2.0, 4.0],
-                tune_c=[2000.0, 5000.0, 20000.0])
+                async_Ks=[1, 2, 4, 8, 16], async_Hs=[8, 32], tune_eta0=[1.0, 2.0, 4.0, 8.0],
+                tune_c=[1000.0, 2000.0, 5000.0, 20000.0])
 
 
 def main():
