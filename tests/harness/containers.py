@@ -122,11 +122,17 @@ short-name-mode = "permissive"
         if all(self.podman("image", "exists", t, check=False).returncode == 0 for t in BASE_TAGS):
             return
         rootfs = os.path.join(self.cache, "bookworm-minbase.tar")
+        if os.path.isdir(rootfs):  # what an unnamed format made of it before: a directory
+            shutil.rmtree(rootfs)
         if not os.path.exists(rootfs):
             self.log("containers: making the base image with mmdebstrap (about a minute, once)")
+            # --format: mmdebstrap guesses it from the name, and "x.tar.partial" it takes for a
+            # directory.
             partial = rootfs + ".partial"
-            subprocess.run(["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", partial],
-                           check=True)
+            if os.path.isdir(partial):
+                shutil.rmtree(partial)
+            subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar", "--quiet",
+                            "bookworm", partial], check=True)
             os.rename(partial, rootfs)
         self.podman("import", rootfs, BASE_TAGS[0])
         for tag in BASE_TAGS[1:]:
