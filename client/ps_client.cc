@@ -64,6 +64,12 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions
   // but by default at most every 30 s, and the first look-up after a failure often still sees
   // the old address.
   args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
+  // A connection of its own, as a worker in its own process has: gRPC would otherwise share one
+  // between every client of a process with the same address and arguments, and the server
+  // limits streams per connection (--max_streams_per_connection), so that 64 sessions in one
+  // process stalled a sync round: the pulls waiting for it held the streams its last pushes
+  // needed (bench/soak.py found it).
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (!options.tls_ca_file.empty()) {
     grpc::SslCredentialsOptions ssl;

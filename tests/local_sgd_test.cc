@@ -110,6 +110,42 @@ TEST(LocalSgd, GradientModeWithACosineScheduleNeedsTheRunLength) {
   EXPECT_TRUE(options.Validate().ok());
 }
 
+// Each client has a connection of its own, as separate processes do: over one shared connection
+// with the server's limit of streams per connection, the pulls waiting for the round held the
+// streams the round's last pushes needed, and the round closed only when those pulls timed out.
+TEST(LocalSgd, ClientsInOneProcessDoNotShareAConnectionsStreams) {
+  constexpr int kWorkers = 8;
+  ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_SYNC, kWorkers, 1);
+  options.max_streams_per_connection = 4;  // the least it may be
+  auto server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  const size_t d = server->Model().values->size();
+  std::vector<std::unique_ptr<PsClient>> clients;
+  for (int k = 0; k < kWorkers; ++k) {
+    clients.push_back(Connect(*server, "w" + std::to_string(k)));
+    ASSERT_TRUE(clients.back()->Join().ok());
+  }
+  const absl::Time start = absl::Now();
+  std::vector<uint64_t> versions(kWorkers);
+  std::vector<std::thread> threads;
+  auto push_and_pull = [&](int k) {
+    const std::vector<float> delta(d, 0.001f);
+    ASSERT_TRUE(clients[k]->Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 32, delta, 0.0).ok());
+    std::vector<float> pulled(d);
+    auto r = clients[k]->Pull(1, absl::Seconds(15), absl::MakeSpan(pulled));
+    ASSERT_TRUE(r.ok()) << r.status();
+    versions[k] = r->version;
+  };
+  // Half push and wait for the round in their pulls, as many as a connection has streams; then
+  // the others push.
+  for (int k = 0; k < kWorkers / 2; ++k) threads.emplace_back(push_and_pull, k);
+  absl::SleepFor(absl::Milliseconds(300));
+  for (int k = kWorkers / 2; k < kWorkers; ++k) threads.emplace_back(push_and_pull, k);
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(versions, std::vector<uint64_t>(kWorkers, 2));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "the round waited for a pull to time out";
+}
+
 TEST(LocalSgd, AfterASyncRoundEveryWorkerHoldsTheAverageOfTheLocalModels) {
   ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 3, 4);
   auto server = StartServer(options);
