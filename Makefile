@@ -11,7 +11,7 @@ CMAKE_FLAGS ?=
 
 .PHONY: all deps bench-deps build demo demo-torch python test sanitize-build sanitize-test tsan-build tsan-test bench compression-table \
 	outer-optimizer-table \
-	time-to-accuracy chaos compose-demo container-test container-clean reproduce reproduce-stich-quick clean
+	time-to-accuracy soak chaos compose-demo container-test container-clean reproduce reproduce-stich-quick clean
 
 all: build
 
@@ -54,10 +54,11 @@ sanitize-build: deps $(SAN_DIR)/CMakeCache.txt
 
 # halt_on_error: the first report fails the test. Leak checking stays on. The process-kill tests
 # (label `fault`) run in the release build only, for time: sanitized they take minutes each; so
-# does the container test (label `container`), which runs no binary of this build.
+# does the container test (label `container`), which runs no binary of this build, and the soak
+# (label `soak`), whose RSS check means nothing under ASan's quarantine.
 sanitize-test: sanitize-build
 	cd $(SAN_DIR) && ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 \
-	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j$(JOBS) -LE 'fault|container'
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j$(JOBS) -LE 'fault|container|soak'
 
 $(TSAN_DIR)/CMakeCache.txt:
 	CC=clang-14 CXX=clang++-14 cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=Release -DPS_TSAN=ON \
@@ -97,6 +98,13 @@ outer-optimizer-table: build bench-deps
 # Workers behind 100 Mbit/s links in network namespaces (needs root): bench/results/time_to_accuracy.*
 time-to-accuracy: build bench-deps
 	tests/netns_run.sh /usr/bin/python3 bench/time_to_accuracy.py $(BUILD_DIR) --repeats 3
+
+# The soak (bench/soak.py): 64 simulated workers for SOAK_SECONDS per mode, async then sync, with
+# workers leaving and joining again all along; checks errors, RSS drift and the per-worker tables,
+# and writes bench/results/soak.json and soak.png. A 30 s per mode version is in make test.
+SOAK_SECONDS ?= 600
+soak: build
+	/usr/bin/python3 bench/soak.py --build $(BUILD_DIR) --seconds $(SOAK_SECONDS) --check
 
 # A kill campaign outside `make test`: kill -9 of workers, of the server and of the server while it
 # writes checkpoints, CHAOS_CYCLES runs each; a table of the runs, also in $(BUILD_DIR)/chaos.json.

@@ -565,7 +565,12 @@ std::vector<prometheus::MetricFamily> ParameterServer::CollectMetrics() const {
                wire > 0 ? static_cast<double>(raw) / static_cast<double>(wire) : 0.0,
                {{"direction", direction}});
   }
-  m.Gauge("ps_members", "Live workers.", s.members_size());
+  m.Gauge("ps_members", "Live workers.", s.members_size())
+      .Gauge("ps_tracked_workers",
+             "Workers whose last sequence number is kept (members that pushed; the soak checks it "
+             "does not grow as workers come and go).",
+             static_cast<double>(
+                 installed_shard != nullptr ? installed_shard->aggregator->tracked_workers() : 0));
   for (const v1::MemberStatus& member : s.members()) {
     m.Gauge("ps_member_last_seen_seconds", "Time since each live worker was last heard from.",
             static_cast<double>(member.last_seen_ms_ago()) / 1000.0,
