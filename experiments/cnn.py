@@ -1,8 +1,8 @@
 """The PyTorch CNN of examples/torch_cnn.py as an experiment's job: 4 torch worker processes
 (slowlink.torch.DiLoCo with inner Adam, or GradientSync with the server's SGD step) and a real
 ps-server, started by the example's own launcher with the experiment's server flags (later flags
-win). The learning curve is worker 0's progress
-lines: test accuracy on the first TEST_LIMIT test images every few rounds."""
+win). The learning curve is worker 0's progress lines: test accuracy on the first TEST_LIMIT
+test images every few rounds."""
 import json
 import os
 import re
