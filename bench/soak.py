@@ -87,6 +87,9 @@ def run_mode(args, mode, work):
     samples, start = [], time.time()
     try:
         while load.poll() is None:
+            if time.time() - start > args.seconds + 120:
+                fail("ps_load still running 120 s after its --duration (a stuck Sync?); logs "
+                     "in " + work)
             sample = dict(t=time.time() - start, **process_sample(server.popen.pid),
                           **scrape(metrics_port))
             rss = sample["rss_bytes"]
@@ -101,7 +104,8 @@ def run_mode(args, mode, work):
             time.sleep(1.0)
         reader.join()
     finally:
-        load.kill() if load.poll() is None else None
+        if load.poll() is None:
+            load.kill()
         server.signal(signal.SIGTERM)
         server.wait(60, "ps-server after SIGTERM")
     final = next((l for l in lines if l.get("final")), None)
