@@ -62,14 +62,8 @@ class Recorder {
   JsonObject Report(double t, double interval_s) {
     absl::MutexLock lock(&mu_);
     JsonObject json;
-    json.Add("t", t)
-        .Add("syncs", static_cast<uint64_t>(all_.size()))
-        .Add("syncs_per_s", static_cast<double>(interval_.size()) / interval_s)
-        .Add("sync_ms_p50", Percentile(&interval_, 0.50))
-        .Add("sync_ms_p99", Percentile(&interval_, 0.99))
-        .Add("errors", errors_)
-        .Add("churns", churns_.load())
-        .Add("stale_refusals", stale_.load());
+    json.Add("t", t);
+    AddSyncs(&json, &interval_, interval_s);
     interval_.clear();
     return json;
   }
@@ -80,14 +74,8 @@ class Recorder {
     json.Add("final", true)
         .Add("clients", absl::GetFlag(FLAGS_clients))
         .Add("floats", absl::GetFlag(FLAGS_floats))
-        .Add("seconds", seconds)
-        .Add("syncs", static_cast<uint64_t>(all.size()))
-        .Add("syncs_per_s", static_cast<double>(all.size()) / seconds)
-        .Add("sync_ms_p50", Percentile(&all, 0.50))
-        .Add("sync_ms_p99", Percentile(&all, 0.99))
-        .Add("errors", errors_)
-        .Add("churns", churns_.load())
-        .Add("stale_refusals", stale_.load());
+        .Add("seconds", seconds);
+    AddSyncs(&json, &all, seconds);
     return json;
   }
   int errors() {
@@ -96,6 +84,17 @@ class Recorder {
   }
 
  private:
+  // The totals, and the rate and percentiles of `window` (sync times over `seconds`).
+  void AddSyncs(JsonObject* json, std::vector<double>* window, double seconds)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    json->Add("syncs", static_cast<uint64_t>(all_.size()))
+        .Add("syncs_per_s", static_cast<double>(window->size()) / seconds)
+        .Add("sync_ms_p50", Percentile(window, 0.50))
+        .Add("sync_ms_p99", Percentile(window, 0.99))
+        .Add("errors", errors_)
+        .Add("churns", churns_.load())
+        .Add("stale_refusals", stale_.load());
+  }
   static double Percentile(std::vector<double>* v, double q) {
     if (v->empty()) return 0.0;
     const size_t i = std::min(v->size() - 1, static_cast<size_t>(q * v->size()));
