@@ -1,5 +1,7 @@
-// Whole-path throughput of a running ps-server: K clients push fp32 updates (phase 1) and pull the
-// full model (phase 2) for a fixed time each, through the real PsClient over gRPC.
+// Whole-path throughput of a running ps-server: K clients push updates (phase 1; fp32, or one
+// QSGD encoding made once, so that the client's encoder is not what is measured) and pull the full
+// model (phase 2) for a fixed time each, through the real PsClient over gRPC. The first client
+// uploads the initial model (a flat layout of --floats zeros) to a server started without one.
 // Prints one JSON line per phase. bench/run_push_pull.sh runs it next to iperf3 on loopback.
 #include <atomic>
 #include <cstdio>
@@ -12,10 +14,15 @@
 #include "absl/time/clock.h"
 #include "app/malloc_tuning.h"
 #include "client/ps_client.h"
+#include "common/codec.h"
 #include "common/json_writer.h"
+#include "common/layout.h"
+#include "common/status_macros.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
-          "ps-server address (async mode, K >= --clients).");
+          "ps-server address (async mode, K >= --clients, --model_size = --floats).");
+ABSL_FLAG(uint64_t, floats, 1000000, "Model size.");
+ABSL_FLAG(int, bits, 32, "32: fp32 pushes; 2 to 8: QSGD pushes of that many bits.");
 ABSL_FLAG(int, clients, 1, "Concurrent clients.");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(5), "Length of each phase.");
 
@@ -59,6 +66,7 @@ void Report(const char* phase, int clients, uint64_t model_size, const PhaseResu
   JsonObject json;
   json.Add("phase", phase)
       .Add("clients", clients)
+      .Add("bits", std::string(phase) == "push" ? absl::GetFlag(FLAGS_bits) : 32)
       .Add("floats", model_size)
       .Add("operations", r.operations)
       .Add("payload_bytes", r.payload_bytes)
@@ -68,27 +76,65 @@ void Report(const char* phase, int clients, uint64_t model_size, const PhaseResu
   std::fflush(stdout);
 }
 
-int Main() {
-  const int num_clients = absl::GetFlag(FLAGS_clients);
-  std::vector<std::unique_ptr<PsClient>> clients;
-  uint64_t model_size = 0;
-  for (int k = 0; k < num_clients; ++k) {
-    PsClientOptions o;
-    o.servers = {absl::GetFlag(FLAGS_server)};
-    o.worker_name = absl::StrFormat("bench-%d", k);
-    o.rpc_timeout = absl::Seconds(120);
-    auto client = PsClient::Create(o);
-    if (!client.ok()) return std::fprintf(stderr, "%s\n", client.status().ToString().c_str()), 1;
-    auto joined = (*client)->Join();
-    if (!joined.ok()) return std::fprintf(stderr, "%s\n", joined.status().ToString().c_str()), 1;
-    model_size = joined->model_size();
-    clients.push_back(std::move(*client));
+// A member of a server holding a model of `layout` (uploading zeros first if it has none).
+absl::StatusOr<std::unique_ptr<PsClient>> JoinedClient(int k, const Layout& layout) {
+  PsClientOptions o;
+  o.servers = {absl::GetFlag(FLAGS_server)};
+  o.worker_name = absl::StrFormat("bench-%d", k);
+  o.rpc_timeout = absl::Seconds(600);
+  PS_ASSIGN_OR_RETURN(std::unique_ptr<PsClient> client, PsClient::Create(o));
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    PS_ASSIGN_OR_RETURN(v1::JoinResponse joined, client->Join(std::nullopt, &layout));
+    if (!joined.initial_model_needed()) return client;
+    absl::Status s = client->UploadInitialModel(layout, std::vector<float>(layout.size(), 0.0f));
+    if (!s.ok() && !absl::IsAlreadyExists(s)) return s;
+  }
+  return absl::InternalError("the server still wants an initial model after uploading one");
+}
+
+// What every push sends: fp32 values, or their QSGD encoding.
+struct PushPayload {
+  v1::EncodingParams encoding;
+  std::string bytes;
+};
+
+absl::StatusOr<PushPayload> MakePayload(uint64_t n, int bits) {
+  PushPayload p;
+  if (bits == 32) {
+    p.encoding.set_encoding(v1::ENCODING_FP32);
+  } else {
+    p.encoding.set_encoding(v1::ENCODING_QSGD);
+    p.encoding.set_bits(bits);
+    p.encoding.set_bucket_size(512);
   }
   // Small finite values: the server applies each push for real.
-  const std::vector<float> update(model_size, 1e-6f);
+  std::vector<float> update(n);
+  for (uint64_t i = 0; i < n; ++i) update[i] = (i % 2 ? 1e-6f : -1e-6f) * (1 + i % 7);
+  PS_RETURN_IF_ERROR(EncodeInto(p.encoding, update, &p.bytes));
+  return p;
+}
+
+int Main() {
+  const int num_clients = absl::GetFlag(FLAGS_clients);
+  const uint64_t model_size = absl::GetFlag(FLAGS_floats);
+  absl::StatusOr<Layout> layout = Layout::Flat(model_size);
+  absl::StatusOr<PushPayload> payload = MakePayload(model_size, absl::GetFlag(FLAGS_bits));
+  if (!layout.ok() || !payload.ok()) {
+    std::fprintf(stderr, "%s\n",
+                 (layout.ok() ? payload.status() : layout.status()).ToString().c_str());
+    return 1;
+  }
+  std::vector<std::unique_ptr<PsClient>> clients;
+  for (int k = 0; k < num_clients; ++k) {
+    auto client = JoinedClient(k, *layout);
+    if (!client.ok()) return std::fprintf(stderr, "%s\n", client.status().ToString().c_str()), 1;
+    clients.push_back(std::move(*client));
+  }
+  // GB/s counts fp32-equivalent bytes (4 per coordinate), so that encodings compare directly.
   const PhaseResult push = RunPhase(
       clients, absl::GetFlag(FLAGS_duration), [&](PsClient& c) -> absl::StatusOr<uint64_t> {
-        auto ack = c.Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 32, update, 0.0);
+        auto ack = c.PushEncoded(v1::UPDATE_KIND_MODEL_DELTA, 1, 32, payload->encoding,
+                                 payload->bytes, model_size, 0.0);
         if (!ack.ok()) return ack.status();
         return model_size * sizeof(float);
       });

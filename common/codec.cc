@@ -215,11 +215,14 @@ absl::Status Encode16(const v1::EncodingParams& params, absl::Span<const float> 
   return absl::OkStatus();
 }
 
+// Decoders write out[i] += weight * decode(payload)[first + i]: `out` covers coordinates
+// [first, first + out.size()) of a payload of `total` coordinates (the whole model, or a range of
+// it decoded on one thread of a parallel apply).
 template <typename T>
 void DecodeAccumulate16(const v1::EncodingParams& params, absl::string_view payload, T weight,
-                        absl::Span<T> out, uint32_t* max_abs_bits = nullptr) {
+                        uint64_t first, absl::Span<T> out, uint32_t* max_abs_bits = nullptr) {
   const bool bf16 = params.encoding() == v1::ENCODING_BF16;
-  const char* p = payload.data();
+  const char* p = payload.data() + 2 * first;
   if (bf16) {
     for (size_t i = 0; i < out.size(); ++i) {
       out[i] += weight * static_cast<T>(BitsFloat(static_cast<uint32_t>(Load16(p + 2 * i)) << 16));
@@ -409,23 +412,25 @@ void EncodeSign(const v1::EncodingParams& params, absl::Span<const float> values
 
 // out[i] += weight * decode(payload)[i], for a payload that passed ValidatePayload. QSGD and SIGN
 // share it: SIGN is one bit per coordinate, code 1 = -scale, 0 = +scale.
+// REQUIRES: `first` is a multiple of the bucket size.
 template <typename T>
 void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_view payload, T weight,
-                              absl::Span<T> out, uint32_t* max_abs_bits = nullptr) {
+                              uint64_t total, uint64_t first, absl::Span<T> out,
+                              uint32_t* max_abs_bits = nullptr) {
   const bool sign_only = params.encoding() == v1::ENCODING_SIGN;
   const uint32_t bits = sign_only ? 1 : params.bits();
   const uint32_t bucket = params.bucket_size();
   const uint32_t mask = (1u << bits) - 1;
   const uint32_t levels = sign_only ? 1 : Levels(bits);
   const uint32_t sign_bit = sign_only ? 1 : 1u << (bits - 1);
-  const uint64_t n = out.size();
-  const uint64_t buckets = Buckets(n, bucket);
-  const auto* codes =
-      reinterpret_cast<const unsigned char*>(payload.data() + buckets * sizeof(float));
+  const uint64_t last = first + out.size();
+  const auto* codes = reinterpret_cast<const unsigned char*>(
+      payload.data() + Buckets(total, bucket) * sizeof(float));
+  T* const shifted = out.data() - first;  // shifted[i] is out[i - first]
   T table[256];
-  for (uint64_t j = 0; j < buckets; ++j) {
+  for (uint64_t j = first / bucket; j * bucket < last; ++j) {
     const uint64_t begin = j * bucket;
-    const uint64_t end = std::min<uint64_t>(begin + bucket, n);
+    const uint64_t end = std::min<uint64_t>(begin + bucket, last);
     const double scale = LoadScale(payload.data(), j);
     // One table per bucket turns each coordinate into a lookup and an add. Built in double:
     // q * m / s is then exact at q = s (the bucket maximum) even for huge or denormal m.
@@ -438,29 +443,29 @@ void DecodeAccumulateBucketed(const v1::EncodingParams& params, absl::string_vie
       if (max_abs_bits != nullptr) {
         uint32_t m = *max_abs_bits;
         for (uint64_t i = begin; i < end; ++i) {
-          out[i] += table[CodeAt(codes, i, bits, mask)];
-          m = std::max(m, AbsBits(out[i]));
+          shifted[i] += table[CodeAt(codes, i, bits, mask)];
+          m = std::max(m, AbsBits(shifted[i]));
         }
         *max_abs_bits = m;
         continue;
       }
     }
-    for (uint64_t i = begin; i < end; ++i) out[i] += table[CodeAt(codes, i, bits, mask)];
+    for (uint64_t i = begin; i < end; ++i) shifted[i] += table[CodeAt(codes, i, bits, mask)];
   }
 }
 
 template <typename T>
 void DecodeAccumulateUnchecked(const v1::EncodingParams& params, absl::string_view payload,
-                               T weight, absl::Span<T> out) {
+                               T weight, uint64_t total, uint64_t first, absl::Span<T> out) {
   if (params.encoding() == v1::ENCODING_FP32) {
-    const char* p = payload.data();
+    const char* p = payload.data() + first * sizeof(float);
     for (size_t i = 0; i < out.size(); ++i) {
       out[i] += weight * static_cast<T>(LoadFloat(p + i * sizeof(float)));
     }
   } else if (Is16Bit(params)) {
-    DecodeAccumulate16(params, payload, weight, out);
+    DecodeAccumulate16(params, payload, weight, first, out);
   } else {
-    DecodeAccumulateBucketed(params, payload, weight, out);
+    DecodeAccumulateBucketed(params, payload, weight, total, first, out);
   }
 }
 
@@ -468,7 +473,7 @@ template <typename T>
 absl::Status DecodeAccumulateImpl(const v1::EncodingParams& params, absl::string_view payload,
                                   T weight, absl::Span<T> out) {
   if (absl::Status s = ValidatePayload(params, payload, out.size()); !s.ok()) return s;
-  DecodeAccumulateUnchecked(params, payload, weight, out);
+  DecodeAccumulateUnchecked(params, payload, weight, out.size(), 0, out);
   return absl::OkStatus();
 }
 
@@ -596,24 +601,39 @@ absl::Status DecodeAccumulate(const v1::EncodingParams& params, absl::string_vie
 
 float DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
                                 float weight, absl::Span<float> out) {
+  return DecodeAccumulateRange(params, payload, weight, out.size(), 0, out);
+}
+
+void DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
+                               double weight, absl::Span<double> out) {
+  DecodeAccumulateUnchecked(params, payload, weight, out.size(), 0, out);
+}
+
+float DecodeAccumulateRange(const v1::EncodingParams& params, absl::string_view payload,
+                            float weight, uint64_t total, uint64_t first, absl::Span<float> out) {
   uint32_t max_abs_bits = 0;
   if (params.encoding() == v1::ENCODING_FP32) {
-    const char* p = payload.data();
+    const char* p = payload.data() + first * sizeof(float);
     for (size_t i = 0; i < out.size(); ++i) {
       out[i] += weight * LoadFloat(p + i * sizeof(float));
       max_abs_bits = std::max(max_abs_bits, AbsBits(out[i]));
     }
   } else if (Is16Bit(params)) {
-    DecodeAccumulate16(params, payload, weight, out, &max_abs_bits);
+    DecodeAccumulate16(params, payload, weight, first, out, &max_abs_bits);
   } else {
-    DecodeAccumulateBucketed(params, payload, weight, out, &max_abs_bits);
+    DecodeAccumulateBucketed(params, payload, weight, total, first, out, &max_abs_bits);
   }
   return FromAbsBits(max_abs_bits);
 }
 
-void DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
-                               double weight, absl::Span<double> out) {
-  DecodeAccumulateUnchecked(params, payload, weight, out);
+void DecodeAccumulateRange(const v1::EncodingParams& params, absl::string_view payload,
+                           double weight, uint64_t total, uint64_t first, absl::Span<double> out) {
+  DecodeAccumulateUnchecked(params, payload, weight, total, first, out);
+}
+
+uint64_t RangeAlignment(const v1::EncodingParams& params) {
+  const v1::Encoding e = params.encoding();
+  return e == v1::ENCODING_QSGD || e == v1::ENCODING_SIGN ? std::max(params.bucket_size(), 1u) : 1;
 }
 
 float MaxAbs(absl::Span<const float> values) {
@@ -626,7 +646,7 @@ absl::Status CheckStaysInRange(const v1::EncodingParams& params, absl::string_vi
                                double step, absl::Span<const float> base) {
   // The rare path (an update near float's range): decode in double, then compare.
   std::vector<double> decoded(base.size(), 0.0);
-  DecodeAccumulateUnchecked(params, payload, step, absl::MakeSpan(decoded));
+  DecodeAccumulateUnchecked(params, payload, step, base.size(), 0, absl::MakeSpan(decoded));
   for (size_t i = 0; i < base.size(); ++i) {
     const double after = base[i] + decoded[i];
     if (!(std::abs(after) <= kMaxModelMagnitude)) {
@@ -649,7 +669,7 @@ absl::Status Decode(const v1::EncodingParams& params, absl::string_view payload,
     for (size_t i = 0; i < out.size(); ++i) out[i] = Decode16(bf16, Load16(payload.data() + 2 * i));
   } else {
     std::fill(out.begin(), out.end(), 0.0f);
-    DecodeAccumulateBucketed(params, payload, 1.0f, out);
+    DecodeAccumulateBucketed(params, payload, 1.0f, out.size(), 0, out);
   }
   return absl::OkStatus();
 }

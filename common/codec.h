@@ -78,6 +78,18 @@ absl::Status CheckStaysInRange(const v1::EncodingParams& params, absl::string_vi
 void DecodeAccumulateValidated(const v1::EncodingParams& params, absl::string_view payload,
                                double weight, absl::Span<double> out);
 
+// DecodeAccumulateValidated of the coordinates [first, first + out.size()) of a payload of `total`
+// coordinates, into `out` (which holds just those): a model can be decoded in disjoint ranges on
+// several threads. Returns the largest |out[i]| afterwards.
+// REQUIRES: ValidatePayload(params, payload, total).ok(), first + out.size() <= total, and
+// first a multiple of RangeAlignment(params).
+float DecodeAccumulateRange(const v1::EncodingParams& params, absl::string_view payload,
+                            float weight, uint64_t total, uint64_t first, absl::Span<float> out);
+void DecodeAccumulateRange(const v1::EncodingParams& params, absl::string_view payload,
+                           double weight, uint64_t total, uint64_t first, absl::Span<double> out);
+// Where a range may start: the bucket size for QSGD and SIGN, 1 for the others.
+uint64_t RangeAlignment(const v1::EncodingParams& params);
+
 // The largest |values[i]| (+Inf or NaN if one is not finite).
 float MaxAbs(absl::Span<const float> values);
 

@@ -76,3 +76,54 @@ TEST(Codec, UnknownEncodingIsInvalidArgument) {
 
 }  // namespace
 }  // namespace ps
+
+namespace ps {
+namespace {
+
+v1::EncodingParams Params(v1::Encoding e, uint32_t bits = 0, uint32_t bucket = 0) {
+  v1::EncodingParams p;
+  p.set_encoding(e);
+  if (bits > 0) p.set_bits(bits);
+  if (bucket > 0) p.set_bucket_size(bucket);
+  p.set_seed(7);
+  return p;
+}
+
+// A parallel apply decodes disjoint ranges; together they must equal one whole decode, bit for
+// bit, for every encoding (a last bucket shorter than the others included).
+TEST(Codec, DecodingInAlignedRangesEqualsOneWholeDecode) {
+  const uint64_t n = 1000;
+  std::vector<float> values(n);
+  for (uint64_t i = 0; i < n; ++i) values[i] = std::sin(0.37 * i) * (1 + i % 5);
+  for (const v1::EncodingParams& p :
+       {Params(v1::ENCODING_FP32), Params(v1::ENCODING_FP16), Params(v1::ENCODING_BF16),
+        Params(v1::ENCODING_QSGD, 4, 96), Params(v1::ENCODING_QSGD, 3, 512),
+        Params(v1::ENCODING_SIGN, 0, 64)}) {
+    SCOPED_TRACE(EncodingName(p));
+    absl::StatusOr<std::string> payload = Encode(p, values);
+    ASSERT_TRUE(payload.ok()) << payload.status();
+    std::vector<float> whole(n, 0.5f), ranged(n, 0.5f);
+    const float whole_max = DecodeAccumulateValidated(p, *payload, 0.25f, absl::MakeSpan(whole));
+    const uint64_t grain = 3 * RangeAlignment(p);
+    float ranged_max = 0.0f;
+    for (uint64_t first = 0; first < n; first += grain) {
+      const uint64_t len = std::min(grain, n - first);
+      ranged_max =
+          std::max(ranged_max, DecodeAccumulateRange(p, *payload, 0.25f, n, first,
+                                                     absl::MakeSpan(ranged).subspan(first, len)));
+    }
+    EXPECT_EQ(ranged, whole);
+    EXPECT_EQ(ranged_max, whole_max);
+    std::vector<double> whole_d(n, 0.0), ranged_d(n, 0.0);
+    DecodeAccumulateValidated(p, *payload, 3.0, absl::MakeSpan(whole_d));
+    for (uint64_t first = 0; first < n; first += grain) {
+      const uint64_t len = std::min(grain, n - first);
+      DecodeAccumulateRange(p, *payload, 3.0, n, first,
+                            absl::MakeSpan(ranged_d).subspan(first, len));
+    }
+    EXPECT_EQ(ranged_d, whole_d);
+  }
+}
+
+}  // namespace
+}  // namespace ps

@@ -2,12 +2,14 @@
 #ifndef PS_COMMON_THREAD_POOL_H_
 #define PS_COMMON_THREAD_POOL_H_
 
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 
 namespace ps {
@@ -21,6 +23,13 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   void Schedule(std::function<void()> fn);
+
+  // Runs fn(begin, end) over [0, n) in consecutive ranges of `grain` (the last one shorter), on
+  // the caller's thread and the pool's, and returns when all have run. The caller takes ranges
+  // too, so this finishes even when every pool thread is busy; a pool whose closures wait for
+  // each other must not be used.
+  void ParallelFor(uint64_t n, uint64_t grain, absl::FunctionRef<void(uint64_t, uint64_t)> fn);
+  int size() const { return static_cast<int>(threads_.size()); }
 
  private:
   void WorkLoop();

@@ -4,7 +4,11 @@
 #define PS_SERVER_AGGREGATOR_H_
 
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
+#include <optional>
 #include <set>
 #include <vector>
 
@@ -15,6 +19,7 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/step_size.h"
+#include "common/thread_pool.h"
 #include "ps/v1/ps.pb.h"
 #include "server/membership.h"
 #include "server/metrics.h"
@@ -43,7 +48,16 @@ struct AggregatorOptions {
   // What a delta-mode round's average (or an async update) does to the model
   // (docs/algorithms.md section 8); plain averaging by default.
   OuterOptimizerOptions outer;
+  // Threads besides the caller's that decode and apply updates over disjoint ranges of the model
+  // (docs/design.md, "The apply path"). 0: the caller alone.
+  int apply_threads = 0;
+  // Async: at most this many updates that queued up while another batch was applied are applied
+  // together, as one copy of the model (group commit). 1 = one at a time.
+  int max_batch = 64;
   Clock* clock = Clock::Real();
+  // For tests: called by a batch's leader with the batch's size, after it took the batch and
+  // before it applies it, with no lock held.
+  std::function<void(size_t)> on_batch_for_test;
 };
 
 // One decoded-on-demand update. `payload` must outlive the Submit call.
@@ -71,6 +85,9 @@ struct AggregatorStats {
   uint64_t refused_invalid = 0;
   uint64_t duplicate = 0;
   uint64_t rounds_completed = 0;  // versions the aggregator published
+  // Async group commit: batches applied, and the largest (a batch of n publishes n versions).
+  uint64_t batches = 0;
+  uint64_t largest_batch = 0;
   double last_train_loss = 0.0;
   // Sync rounds.
   uint64_t rounds_closed_complete = 0;
@@ -128,6 +145,8 @@ class Aggregator {
   AggregatorStats stats() const;
   // Workers whose last sequence number is kept (members that pushed).
   size_t tracked_workers() const;
+  // Async updates queued for a batch or in the one being applied.
+  size_t queued_updates() const;
   // Staleness of every accepted update in rounds (0 for an on-time sync update), and how long sync
   // rounds waited from their first update to their close, in seconds.
   Histogram::Snapshot staleness() const { return staleness_.Get(); }
@@ -140,6 +159,29 @@ class Aggregator {
   const AggregatorOptions& options() const { return options_; }
 
  private:
+  // An async update waiting in the batch queue, and what its batch's leader decided for it.
+  struct Writer {
+    const Update* update = nullptr;
+    double update_max_abs = 0.0;
+    bool done = false;
+    absl::StatusOr<SubmitResult> result = SubmitResult{};
+    uint64_t previous_sequence = 0;  // to put back if the apply refuses it
+    bool had_sequence = false;
+    double tau = 0.0;     // staleness in rounds, at the version it is applied at
+    double weight = 0.0;  // what its decoded values are multiplied by
+  };
+
+  // kind, sample_count and the payload: the checks that need no lock.
+  absl::Status ValidateAlone(const Update& update, double* update_max_abs) const;
+  // The checks against the aggregator's state: the ratio, a retry, the base version. A result
+  // for a retry (duplicate), nullopt to go on.
+  absl::StatusOr<std::optional<SubmitResult>> CheckAgainstState(const Update& update,
+                                                                double update_max_abs,
+                                                                uint64_t version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The counters, the retry table and the member's count, for an update's outcome.
+  void Account(const Update& update, const absl::StatusOr<SubmitResult>& result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<SubmitResult> SubmitSync(const Update& update, uint64_t version,
                                           double update_max_abs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The factor the server applies an update with: 1 for deltas, -lr_t for gradients (sync).
@@ -150,10 +192,31 @@ class Aggregator {
   // INVALID_ARGUMENT if the round's model could leave kMaxModelMagnitude with this update in it.
   absl::Status CheckRoundStaysInRange(const Update& update, double update_max_abs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<SubmitResult> SubmitAsync(const Update& update, uint64_t version)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<SubmitResult> FoldLate(const Update& update, uint64_t version,
                                         double update_max_abs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Async (docs/algorithms.md section 3, group commit in docs/design.md): queues the update;
+  // the update at the queue's front leads a batch of what queued behind it. Returns the version
+  // the caller publishes to waiting pulls once it holds no lock (0: nothing to publish).
+  absl::StatusOr<SubmitResult> SubmitAsync(const Update& update, double update_max_abs,
+                                           uint64_t* publish) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t LeadBatch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Admits `w` to be applied to `version` (its staleness and weight: the current version plus
+  // the updates admitted before it in the batch), or gives it its refusal.
+  void AdmitAsync(Writer* w, uint64_t current_version, uint64_t version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AssignAsyncWeight(Writer* w, uint64_t version) const;
+  // Applies the admitted writers as one version each, in one pass over the model if they all
+  // stay in range, else one at a time (refusing only those that do not). Sets their results and
+  // returns the last version published (0 if none), and the model's new largest |x_i|.
+  uint64_t ApplyBatch(const std::vector<Writer*>& batch, float* model_max_abs)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // next = current + sum of the writers' weighted updates, over ranges on the apply pool.
+  absl::Status ApplyTiles(const std::vector<Writer*>& batch, absl::Span<const float> current,
+                          absl::Span<float> next, float* max_abs);
+  absl::StatusOr<uint64_t> ApplyDelayedNesterov(Writer* w, float* max_abs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_);
+  // fn(begin, end) over [0, n) in ranges that start at multiples of `alignment`, in parallel.
+  void ForRanges(uint64_t n, uint64_t alignment, absl::FunctionRef<void(uint64_t, uint64_t)> fn);
   void CloseRoundIfComplete() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseRound() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -171,9 +234,15 @@ class Aggregator {
   double model_max_abs_ ABSL_GUARDED_BY(mu_) = 0.0;
   std::set<uint64_t> round_pushed_ ABSL_GUARDED_BY(mu_);  // on-time updates; folded ones excluded
   absl::Time round_first_update_ ABSL_GUARDED_BY(mu_);
-  double round_lr_sum_ ABSL_GUARDED_BY(mu_) = 0.0;  // sum of sample_count * inner lr
-  OuterOptimizer outer_ ABSL_GUARDED_BY(mu_);
-  std::vector<float> scratch_ ABSL_GUARDED_BY(mu_);  // an async update, decoded (delayed Nesterov)
+  double round_lr_sum_ ABSL_GUARDED_BY(mu_) = 0.0;    // sum of sample_count * inner lr
+  std::deque<Writer*> writers_ ABSL_GUARDED_BY(mu_);  // async: the batch queue
+  // Held by an async batch's leader while it applies (without mu_), and by whoever else touches
+  // the outer optimizer's state, so that a checkpoint sees it at the store's version.
+  mutable absl::Mutex apply_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  OuterOptimizer outer_ ABSL_GUARDED_BY(apply_mu_);
+  std::vector<float> scratch_
+      ABSL_GUARDED_BY(apply_mu_);           // an async update, decoded (delayed Nesterov)
+  std::unique_ptr<ThreadPool> apply_pool_;  // null without apply_threads
   // Members that joined after this serial (after the round opened) are not waited for.
   uint64_t round_join_serial_ ABSL_GUARDED_BY(mu_) = UINT64_MAX;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;

@@ -58,6 +58,12 @@ std::shared_ptr<std::vector<float>> ParameterStore::CopyOf(
   return out;
 }
 
+std::shared_ptr<std::vector<float>> ParameterStore::Storage(
+    std::shared_ptr<std::vector<float>>* spare) {
+  std::shared_ptr<std::vector<float>> out = std::move(*spare);
+  return out != nullptr ? out : std::make_shared<std::vector<float>>(size_);
+}
+
 void ParameterStore::Retire(std::shared_ptr<const std::vector<float>> old,
                             std::shared_ptr<std::vector<float>>* spare) {
   // Only `old` refers to it now unless a reader (a Pull in progress) still holds it; no new reader
@@ -76,6 +82,16 @@ uint64_t ParameterStore::Apply(absl::FunctionRef<void(absl::Span<float>)> change
 
 absl::StatusOr<uint64_t> ParameterStore::TryApply(
     absl::FunctionRef<absl::Status(absl::Span<float>)> change) {
+  return TryPublish(1, [&](absl::Span<const float> current, absl::Span<float> next) {
+    std::copy(current.begin(), current.end(), next.begin());
+    return change(next);
+  });
+}
+
+absl::StatusOr<uint64_t> ParameterStore::TryPublish(
+    uint64_t versions,
+    absl::FunctionRef<absl::Status(absl::Span<const float>, absl::Span<float>)> change,
+    bool notify) {
   uint64_t version;
   {
     absl::MutexLock writer(&apply_mu_);
@@ -86,9 +102,9 @@ absl::StatusOr<uint64_t> ParameterStore::TryApply(
       base = current_;
       base_true = true_model_;
     }
-    version = base.version + 1;
-    std::shared_ptr<std::vector<float>> next = CopyOf(*base_true, &spare_true_);
-    if (absl::Status s = change(absl::MakeSpan(*next)); !s.ok()) {
+    version = base.version + std::max<uint64_t>(versions, 1);
+    std::shared_ptr<std::vector<float>> next = Storage(&spare_true_);
+    if (absl::Status s = change(absl::MakeConstSpan(*base_true), absl::MakeSpan(*next)); !s.ok()) {
       spare_true_ = std::move(next);  // nothing published; the copy is reused next time
       return s;
     }
@@ -140,7 +156,7 @@ absl::StatusOr<uint64_t> ParameterStore::TryApply(
     Retire(std::move(old_true), &spare_true_);
     Retire(std::move(old_broadcast), &spare_broadcast_);
   }
-  if (on_publish_) on_publish_(version);
+  if (notify) Notify(version);
   return version;
 }
 

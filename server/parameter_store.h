@@ -60,9 +60,9 @@ struct StoreState {
   std::shared_ptr<const std::vector<float>> broadcast;  // null unless the downlink is compressed
 };
 
-// Thread-safe. Versions start at 1 (the initial model) and grow by one per Apply; 0 means "no
-// model" on the wire. Every published state is immutable (copy-on-write), so a Pull in progress
-// never sees a half-applied update.
+// Thread-safe. Versions start at 1 (the initial model) and grow by one per Apply (by n for a
+// TryPublish of a batch of n updates); 0 means "no model" on the wire. Every published state is
+// immutable (copy-on-write), so a Pull in progress never sees a half-applied update.
 class ParameterStore {
  public:
   // `on_publish` is called with each new version after the store's locks are released.
@@ -92,12 +92,26 @@ class ParameterStore {
   // Apply for a change that can fail: when `change` returns an error, nothing is published (the
   // version stays) and the error is returned.
   absl::StatusOr<uint64_t> TryApply(absl::FunctionRef<absl::Status(absl::Span<float>)> change);
+  // The general form: publishes version + `versions` (a batch of updates applied together counts
+  // one version per update). `change` reads the current model and must write every coordinate of
+  // the next one, whose storage it gets holding anything (so the copy and the update can be one
+  // pass). With `notify` false the publish callback is not called: the caller calls Notify
+  // once its own locks are released.
+  absl::StatusOr<uint64_t> TryPublish(
+      uint64_t versions,
+      absl::FunctionRef<absl::Status(absl::Span<const float>, absl::Span<float>)> change,
+      bool notify = true);
+  void Notify(uint64_t version) {
+    if (on_publish_) on_publish_(version);
+  }
 
  private:
   // A vector of size_ holding a copy of `source`, reusing a retired one when there is one: a fresh
   // model-sized allocation per version costs more in page faults than the copy.
   std::shared_ptr<std::vector<float>> CopyOf(const std::vector<float>& source,
                                              std::shared_ptr<std::vector<float>>* spare);
+  // A vector of size_ with any contents: the spare if there is one.
+  std::shared_ptr<std::vector<float>> Storage(std::shared_ptr<std::vector<float>>* spare);
   static void Retire(std::shared_ptr<const std::vector<float>> old,
                      std::shared_ptr<std::vector<float>>* spare);
 

@@ -245,6 +245,8 @@ AggregatorOptions AggregatorOptionsFor(const ServerOptions& options) {
   a.late_policy =
       config.late_policy() == v1::LATE_POLICY_FOLD ? v1::LATE_POLICY_FOLD : v1::LATE_POLICY_DROP;
   a.outer = options.outer;
+  // The handler thread leading a batch is one of --threads; the others help it apply.
+  a.apply_threads = std::max(0, options.threads - 1);
   if (a.outer.period == 0) a.outer.period = std::max(1, a.num_workers);
   return a;
 }

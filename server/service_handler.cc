@@ -444,11 +444,15 @@ bool ServiceHandler::CancelWait(VersionWaitList::Waiter* waiter) {
 
 namespace {
 
-// Deltas reach a client that holds a version the chain starts at or after, and that can decode.
+// Deltas reach a client that holds a version some delta of the chain starts at (a batch's delta
+// spans several versions, so not every version in the chain's span is one), and that can decode.
 bool CanSendDeltas(const ModelSnapshot& snapshot, uint64_t have_version,
                    const std::vector<int>& accept) {
-  if (have_version == 0 || snapshot.deltas.empty()) return false;
-  if (snapshot.deltas.front().base_version > have_version) return false;
+  if (have_version == 0) return false;
+  if (std::none_of(snapshot.deltas.begin(), snapshot.deltas.end(),
+                   [&](const DownlinkDelta& d) { return d.base_version == have_version; })) {
+    return false;
+  }
   const v1::Encoding e = snapshot.deltas.front().encoding.encoding();
   return std::find(accept.begin(), accept.end(), e) != accept.end();
 }
