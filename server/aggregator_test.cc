@@ -1,5 +1,6 @@
 #include "server/aggregator.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -8,8 +9,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "common/codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -53,6 +56,14 @@ class AggregatorTest : public ::testing::Test {
   absl::StatusOr<SubmitResult> Push(uint64_t worker, uint64_t base, uint64_t samples,
                                     const std::vector<float>& values,
                                     v1::UpdateKind kind = v1::UPDATE_KIND_MODEL_DELTA) {
+    return aggregator_->Submit(MakeUpdate(worker, base, samples, values, kind));
+  }
+
+  // The payload lives in payloads_ (a deque: it does not move), so the update may be submitted
+  // from another thread.
+  Update MakeUpdate(uint64_t worker, uint64_t base, uint64_t samples,
+                    const std::vector<float>& values,
+                    v1::UpdateKind kind = v1::UPDATE_KIND_MODEL_DELTA) {
     payloads_.push_back(Fp32Payload(values));
     Update u;
     u.worker_id = worker;
@@ -62,10 +73,35 @@ class AggregatorTest : public ::testing::Test {
     u.sample_count = samples;
     u.encoding = Fp32Params();
     u.payload = payloads_.back();
-    return aggregator_->Submit(u);
+    return u;
   }
 
   std::vector<float> Model() const { return *store_->Snapshot().values; }
+
+  // Async group commit, made deterministic: `blocker` leads a batch of its own and holds it (with
+  // no lock held) until each of `queued` has queued behind it, in order; they then go as one
+  // batch. Returns the results of `queued`.
+  std::vector<absl::StatusOr<SubmitResult>> PushAsOneBatch(const Update& blocker,
+                                                           const std::vector<Update>& queued) {
+    gate_armed_ = true;
+    std::vector<absl::StatusOr<SubmitResult>> results(queued.size(), absl::UnknownError("unset"));
+    std::vector<std::thread> threads;
+    threads.emplace_back([&] { EXPECT_TRUE(aggregator_->Submit(blocker).ok()); });
+    while (gate_armed_) absl::SleepFor(absl::Milliseconds(1));  // the blocker leads
+    for (size_t i = 0; i < queued.size(); ++i) {
+      threads.emplace_back([&, i] { results[i] = aggregator_->Submit(queued[i]); });
+      while (aggregator_->queued_updates() < i + 2) absl::SleepFor(absl::Milliseconds(1));
+    }
+    gate_open_ = true;
+    for (std::thread& t : threads) t.join();
+    return results;
+  }
+
+  // For AggregatorOptions::on_batch_for_test.
+  void Gate(size_t) {
+    if (!gate_armed_.exchange(false)) return;
+    while (!gate_open_) absl::SleepFor(absl::Milliseconds(1));
+  }
 
   FakeClock clock_;
   std::unique_ptr<ParameterStore> store_;
@@ -74,6 +110,8 @@ class AggregatorTest : public ::testing::Test {
   std::vector<uint64_t> ids_;
   std::map<uint64_t, uint64_t> sequence_;
   std::deque<std::string> payloads_;
+  std::atomic<bool> gate_armed_{false};
+  std::atomic<bool> gate_open_{false};
 };
 
 TEST(StalenessWeight, IsOneUpToOneRoundThenDecaysAsAPower) {
@@ -207,6 +245,49 @@ TEST_F(AggregatorTest, AsyncWeightsEachUpdateByStalenessOverK) {
   // Worker 1 built on version 1: tau = (7 - 1) / 2 = 3 rounds, s = 3^-0.5, weight s/2.
   ASSERT_TRUE(Push(ids_[1], 1, 1, {2.0f}).ok());
   EXPECT_NEAR(Model()[0], 2.0 + 2.0 * std::pow(3.0, -0.5) / 2.0, 1e-6);
+}
+
+TEST_F(AggregatorTest, AsyncUpdatesThatQueuedUpAreAppliedAsOneBatchEachWithItsOwnWeight) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {0.0f}, 4, v1::UPDATE_KIND_MODEL_DELTA,
+        [this](AggregatorOptions* o) { o->on_batch_for_test = [this](size_t n) { Gate(n); }; });
+  for (uint64_t v = 1; v < 8; ++v) ASSERT_TRUE(Push(ids_[0], v, 1, {0.0f}).ok());
+  ASSERT_EQ(store_->version(), 8u);
+  const Update blocker = MakeUpdate(ids_[0], 8, 1, {0.0f});
+  const std::vector<Update> queued = {MakeUpdate(ids_[1], 8, 1, {4.0f}),
+                                      MakeUpdate(ids_[2], 1, 1, {4.0f}),
+                                      MakeUpdate(ids_[3], 1, 1, {4.0f})};
+  const auto results = PushAsOneBatch(blocker, queued);
+  // Each one is weighted as if applied alone, at the version it takes: 9, 10, 11 (K = 4).
+  // tau = (9 - 8) / 4 = 0.25: s = 1; tau = (10 - 1) / 4: s = 2.25^-0.5; tau = 10 / 4: 2.5^-0.5.
+  const double expected = 4.0 / 4 + 4.0 * std::pow(2.25, -0.5) / 4 + 4.0 * std::pow(2.5, -0.5) / 4;
+  for (size_t i = 0; i < results.size(); ++i) {
+    ASSERT_TRUE(results[i].ok()) << results[i].status();
+    EXPECT_EQ(results[i]->version, 12u) << "a batch publishes its last version";
+  }
+  EXPECT_NEAR(Model()[0], expected, 1e-6);
+  EXPECT_EQ(store_->version(), 12u) << "a batch of n advances the version by n";
+  const AggregatorStats stats = aggregator_->stats();
+  EXPECT_EQ(stats.batches, 9u);  // 7 alone, the blocker, the three together
+  EXPECT_EQ(stats.largest_batch, 3u);
+  EXPECT_EQ(stats.applied, 11u);
+}
+
+TEST_F(AggregatorTest, AnUpdateThatWouldOverflowIsRefusedAloneAndTheRestOfItsBatchApplied) {
+  Build(v1::AGGREGATION_MODE_ASYNC, {1.5e38f, 0.0f}, 4, v1::UPDATE_KIND_MODEL_DELTA,
+        [this](AggregatorOptions* o) { o->on_batch_for_test = [this](size_t n) { Gate(n); }; });
+  const Update blocker = MakeUpdate(ids_[0], 1, 1, {0.0f, 0.0f});
+  // 1.5e38 + 1e38 / 4 is past the largest magnitude a coordinate may have (half float's range).
+  const std::vector<Update> queued = {MakeUpdate(ids_[1], 1, 1, {0.0f, -4.0f}),
+                                      MakeUpdate(ids_[2], 1, 1, {1e38f, 0.0f}),
+                                      MakeUpdate(ids_[3], 1, 1, {0.0f, 8.0f})};
+  const auto results = PushAsOneBatch(blocker, queued);
+  ASSERT_TRUE(results[0].ok()) << results[0].status();
+  EXPECT_EQ(results[1].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(results[1].status().message(), HasSubstr("coordinate 0"));
+  ASSERT_TRUE(results[2].ok()) << results[2].status();
+  EXPECT_EQ(Model(), (std::vector<float>{1.5e38f, 1.0f}));
+  EXPECT_EQ(store_->version(), 4u) << "the refused update costs no version";
+  EXPECT_EQ(aggregator_->stats().refused_invalid, 1u);
 }
 
 TEST_F(AggregatorTest, AsyncRefusesAnUpdateOlderThanMaxStaleness) {

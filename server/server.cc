@@ -522,7 +522,10 @@ std::vector<prometheus::MetricFamily> ParameterServer::CollectMetrics() const {
       .Counter("ps_updates_duplicate_total", "Retried pushes acknowledged without applying.",
                s.updates_duplicate())
       .Counter("ps_updates_late_folded_total", "Late sync updates folded into the next round.",
-               s.updates_late_folded());
+               s.updates_late_folded())
+      .Counter("ps_update_batches_total",
+               "Async batches applied (group commit; a batch of n publishes n versions).",
+               s.update_batches());
   for (const auto& [reason, value] :
        std::vector<std::pair<std::string, uint64_t>>{{"stale", s.updates_refused_stale()},
                                                      {"invalid", s.updates_refused_invalid()},

@@ -283,6 +283,8 @@ v1::StatusResponse ServiceHandler::BuildStatus() const {
   status.set_rounds_abandoned(stats.rounds_abandoned);
   status.set_updates_late_dropped(stats.late_dropped);
   status.set_updates_late_folded(stats.late_folded);
+  status.set_update_batches(stats.batches);
+  status.set_largest_update_batch(stats.largest_batch);
   status.set_max_round_wait_ms(absl::ToInt64Milliseconds(stats.max_round_wait));
   status.set_last_round_wait_ms(absl::ToInt64Milliseconds(stats.last_round_wait));
   if (options_.add_status) options_.add_status(&status);
