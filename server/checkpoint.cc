@@ -113,7 +113,7 @@ absl::Status WriteAll(int fd, const std::string& path, const char* data, size_t 
 
 // Writes the whole file at `path` (created or truncated) and fsyncs it; the caller cleans up.
 absl::Status WriteFile(const std::string& path, const std::string& header,
-                       const Checkpoint& checkpoint) {
+                       const CheckpointView& checkpoint) {
   Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) {
     return absl::InternalError(absl::StrCat(path, ": cannot create: ", ErrnoText(errno)));
@@ -132,7 +132,7 @@ absl::Status WriteFile(const std::string& path, const std::string& header,
   PS_RETURN_IF_ERROR(WriteAll(fd.get(), path,
                               reinterpret_cast<const char*>(checkpoint.broadcast.data()),
                               checkpoint.broadcast.size() * sizeof(float), &crc));
-  for (const std::vector<float>& buffer : checkpoint.outer) {
+  for (absl::Span<const float> buffer : checkpoint.outer) {
     PS_RETURN_IF_ERROR(WriteAll(fd.get(), path, reinterpret_cast<const char*>(buffer.data()),
                                 buffer.size() * sizeof(float), &crc));
   }
@@ -347,7 +347,7 @@ std::optional<Layout> TentativeLayout(const std::string& header_bytes, uint64_t 
 }
 
 // The index of the first NaN or infinity in `values`, if any.
-std::optional<size_t> FirstNonFinite(const std::vector<float>& values) {
+std::optional<size_t> FirstNonFinite(absl::Span<const float> values) {
   for (size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) return i;
   }
@@ -369,6 +369,12 @@ std::string CheckpointPath(const std::string& dir, uint64_t version) {
 }
 
 absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& checkpoint, int keep) {
+  CheckpointView view{checkpoint.header, checkpoint.model, checkpoint.broadcast, {}};
+  for (const std::vector<float>& buffer : checkpoint.outer) view.outer.push_back(buffer);
+  return WriteCheckpoint(dir, view, keep);
+}
+
+absl::Status WriteCheckpoint(const std::string& dir, const CheckpointView& checkpoint, int keep) {
   const v1::CheckpointHeader& header = checkpoint.header;
   if (dir.empty()) return absl::InvalidArgumentError("checkpoint directory is empty");
   if (keep < 1) {
@@ -397,17 +403,17 @@ absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& checkpoin
                                                    " outer-optimizer buffers, the header says ",
                                                    header.outer_buffers()));
   }
-  for (const std::vector<float>& buffer : checkpoint.outer) {
+  for (absl::Span<const float> buffer : checkpoint.outer) {
     if (buffer.size() != n) {
       return absl::InvalidArgumentError("an outer-optimizer buffer is not of the model's size");
     }
   }
   // The reader rejects non-finite values, so such a file would only shadow an older good one.
   for (const auto& [values, what] :
-       {std::pair{&checkpoint.model, "model"}, std::pair{&checkpoint.broadcast, "broadcast"}}) {
-    if (std::optional<size_t> i = FirstNonFinite(*values)) {
+       {std::pair{checkpoint.model, "model"}, std::pair{checkpoint.broadcast, "broadcast"}}) {
+    if (std::optional<size_t> i = FirstNonFinite(values)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("checkpoint ", what, " value ", *i, " is not finite (", (*values)[*i], ")"));
+          absl::StrCat("checkpoint ", what, " value ", *i, " is not finite (", values[*i], ")"));
     }
   }
   std::string header_bytes;

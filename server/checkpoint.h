@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "ps/v1/checkpoint.pb.h"
 
 namespace ps {
@@ -31,6 +32,15 @@ struct Checkpoint {
   std::vector<std::vector<float>> outer;
 };
 
+// What WriteCheckpoint writes, without copying it: the arrays may be a published model version
+// (immutable) and a snapshot of the optimizer's buffers.
+struct CheckpointView {
+  const v1::CheckpointHeader& header;
+  absl::Span<const float> model;
+  absl::Span<const float> broadcast;  // empty unless header.has_broadcast()
+  std::vector<absl::Span<const float>> outer;
+};
+
 // The file name of version `version` inside `dir`.
 std::string CheckpointPath(const std::string& dir, uint64_t version);
 
@@ -38,6 +48,8 @@ std::string CheckpointPath(const std::string& dir, uint64_t version);
 // then deletes all but the newest `keep` checkpoints and any leftover temporary files.
 // INVALID_ARGUMENT if the sizes disagree with the header; INTERNAL (naming the file and errno) if
 // a write, fsync or rename fails, in which case no earlier checkpoint was touched.
+absl::Status WriteCheckpoint(const std::string& dir, const CheckpointView& checkpoint,
+                             int keep = 2);
 absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& checkpoint, int keep = 2);
 
 // Reads and fully checks one file: magic, format version, lengths against the file size, CRC,

@@ -351,6 +351,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
 
   PS_RETURN_IF_ERROR(server->LoadModel());
   server->housekeeping_ = std::thread([s = server.get()] { s->Housekeeping(); });
+  server->checkpointer_ = std::thread([s = server.get()] { s->CheckpointWhenAsked(); });
   if (!options.metrics_listen.empty()) {
     PS_ASSIGN_OR_RETURN(server->metrics_,
                         MetricsEndpoint::Start(options.metrics_listen,
@@ -431,7 +432,7 @@ absl::StatusOr<uint64_t> ParameterServer::InstallUploaded(const Layout& layout,
   // (and the other shards) go on from where they were.
   Install(layout, std::move(values), {}, std::max<uint64_t>(1, version), nullptr);
   checkpoint_now_ = !options_.checkpoint_dir.empty();
-  WakeHousekeeping();
+  WakeCheckpointer();
   LogInfo(absl::StrFormat("event=model_adopted layout=\"%s\" fingerprint=%s",
                           LogSafe(layout.Summary(), 1024), layout.Fingerprint()));
   return installed()->store->version();
@@ -467,7 +468,7 @@ void ParameterServer::Install(const Layout& layout, std::vector<float> values,
       std::move(values), store_options,
       [wait_list, this](uint64_t version) {
         wait_list->Publish(version);
-        if (options_.checkpoint_every_versions > 0 && CheckpointDue()) WakeHousekeeping();
+        if (options_.checkpoint_every_versions > 0 && CheckpointDue()) WakeCheckpointer();
       },
       std::move(broadcast));
   // Ids start at a random point, so that an id from before a restart is never someone else's now.
@@ -643,11 +644,7 @@ void ParameterServer::Housekeeping() {
       shard->aggregator->Forget(m.id);
     }
     shard->aggregator->MaybeCloseRound();
-    if (checkpoint_now_.exchange(false) || CheckpointDue()) {
-      if (absl::Status s = Checkpoint(); !s.ok()) {
-        LogError(absl::StrFormat("event=checkpoint_failed error=\"%s\"", s.ToString()));
-      }
-    }
+    if (checkpoint_now_ || CheckpointDue()) WakeCheckpointer();  // a write does not hold us up
     if (shard->membership->all_left() && !training_done_) {
       training_done_ = true;
       LogInfo(absl::StrFormat("event=training_done version=%d", shard->store->version()));
@@ -670,9 +667,29 @@ bool ParameterServer::CheckpointDue() const {
            absl::Now() - checkpoint_time_ >= options_.checkpoint_every));
 }
 
-void ParameterServer::WakeHousekeeping() {
-  absl::MutexLock lock(&housekeeping_mu_);
-  housekeeping_woken_ = true;
+void ParameterServer::WakeCheckpointer() {
+  absl::MutexLock lock(&checkpointer_mu_);
+  checkpointer_woken_ = true;
+}
+
+void ParameterServer::CheckpointWhenAsked() {
+  while (true) {
+    {
+      absl::MutexLock lock(&checkpointer_mu_);
+      checkpointer_mu_.Await(absl::Condition(
+          +[](ParameterServer* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return s->checkpointer_woken_ || s->checkpointer_stopped_;
+          },
+          this));
+      if (checkpointer_stopped_) return;
+      checkpointer_woken_ = false;
+    }
+    // Asked while the last write ran, it may no longer be due.
+    if (!checkpoint_now_.exchange(false) && !CheckpointDue()) continue;
+    if (absl::Status s = Checkpoint(); !s.ok()) {
+      LogError(absl::StrFormat("event=checkpoint_failed error=\"%s\"", s.ToString()));
+    }
+  }
 }
 
 absl::Status ParameterServer::Checkpoint() {
@@ -692,8 +709,7 @@ absl::Status ParameterServer::Checkpoint() {
     epoch = epoch_;
   }
   const absl::Time start = absl::Now();
-  ps::Checkpoint checkpoint;
-  v1::CheckpointHeader& h = checkpoint.header;
+  v1::CheckpointHeader h;
   h.set_version(state.version);
   h.set_shard_index(options_.shard_index);
   h.set_shard_count(options_.shard_count);
@@ -711,9 +727,14 @@ absl::Status ParameterServer::Checkpoint() {
   h.set_rounds_completed(stats.rounds_completed);
   h.set_updates_applied(stats.applied);
   h.set_epoch(epoch);
-  checkpoint.model = *state.model;
+  if (options_.before_checkpoint_write_for_test) {
+    options_.before_checkpoint_write_for_test(state.version);
+  }
+  // Written from the published (immutable) version itself: no copy of the model.
+  CheckpointView checkpoint{h, *state.model, {}, {}};
   if (state.broadcast != nullptr) checkpoint.broadcast = *state.broadcast;
-  checkpoint.outer = std::move(snapshot.outer_buffers);
+  for (const std::vector<float>& buffer : snapshot.outer_buffers)
+    checkpoint.outer.push_back(buffer);
   PS_RETURN_IF_ERROR(
       WriteCheckpoint(options_.checkpoint_dir, checkpoint, options_.checkpoint_keep));
   {
@@ -758,7 +779,12 @@ void ParameterServer::Shutdown(absl::Duration grace) {
     housekeeping_woken_ = true;
   }
   if (housekeeping_.joinable()) housekeeping_.join();
-  if (shard == nullptr) return;  // no model: nothing to close or keep
+  {
+    absl::MutexLock lock(&checkpointer_mu_);
+    checkpointer_stopped_ = true;
+  }
+  if (checkpointer_.joinable()) checkpointer_.join();  // a write under way ends first
+  if (shard == nullptr) return;                        // no model: nothing to close or keep
   switch (shard->aggregator->FinishOpenRound()) {
     case RoundEnd::kClosed:
       LogInfo(

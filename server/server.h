@@ -87,6 +87,9 @@ struct ServerOptions {
   // Called with the bound port once the server listens, before it loads the model (health checks
   // answer NOT_SERVING until the model is loaded).
   std::function<void(int port)> on_loading;
+  // For tests: called on the checkpoint thread with the version about to be written, before the
+  // write (a test holds it there to show that nothing else waits for a write).
+  std::function<void(uint64_t version)> before_checkpoint_write_for_test;
 
   // INVALID_ARGUMENT naming the first bad field.
   absl::Status Validate() const;
@@ -177,7 +180,7 @@ class ParameterServer {
   int port_ = 0;
   int health_port_ = 0;
 
-  // Checkpoints: written by the housekeeping thread and at shutdown, one at a time (writer_mu_,
+  // Checkpoints: written by their own thread and at shutdown, one at a time (writer_mu_,
   // held through the write); what the newest one is sits under durability_mu_, held only for a
   // moment, so that Status and /metrics never wait for a write.
   absl::Mutex checkpoint_writer_mu_ ABSL_ACQUIRED_BEFORE(durability_mu_);
@@ -188,9 +191,17 @@ class ParameterServer {
   // Starts on this checkpoint directory, this one included.
   uint64_t epoch_ ABSL_GUARDED_BY(durability_mu_) = 1;
 
-  // Housekeeping runs on a timer, and at once when a publish makes a checkpoint due by versions
-  // (so --checkpoint_every_versions does not wait for the timer).
-  void WakeHousekeeping();
+  // The checkpoint thread writes when housekeeping finds one due, when a publish makes one due by
+  // versions (so --checkpoint_every_versions does not wait for the timer), and for an uploaded
+  // model; leases and round deadlines never wait for a write.
+  void WakeCheckpointer();
+  void CheckpointWhenAsked();
+  absl::Mutex checkpointer_mu_;
+  bool checkpointer_woken_ ABSL_GUARDED_BY(checkpointer_mu_) = false;
+  bool checkpointer_stopped_ ABSL_GUARDED_BY(checkpointer_mu_) = false;
+  std::thread checkpointer_;
+
+  // Housekeeping (leases, round deadlines, idle calls) runs on a timer.
   absl::Mutex housekeeping_mu_;
   bool housekeeping_woken_ ABSL_GUARDED_BY(housekeeping_mu_) = false;
   bool housekeeping_stopped_ ABSL_GUARDED_BY(housekeeping_mu_) = false;

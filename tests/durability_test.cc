@@ -1,5 +1,6 @@
 // Checkpoints through the real server: written at shutdown and on schedule, resumed from at start,
 // corrupt ones skipped for the older one, incompatible ones refused.
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -87,6 +88,43 @@ TEST_F(DurabilityTest, CheckpointsAreWrittenEveryNVersionsAndOnlyTheLastTwoKept)
     }
   }
   EXPECT_EQ(ListCheckpointVersions(dir_), (std::vector<uint64_t>{7, 5}));
+}
+
+TEST_F(DurabilityTest, LeasesStatusAndPushesGoOnWhileACheckpointIsBeingWritten) {
+  ServerOptions options = Options(2);
+  options.training.set_mode(v1::AGGREGATION_MODE_ASYNC);
+  options.lease = absl::Milliseconds(300);
+  options.checkpoint_every_versions = 1;
+  std::atomic<uint64_t> writing{0};
+  std::atomic<bool> release{false};
+  options.before_checkpoint_write_for_test = [&](uint64_t version) {
+    writing = version;
+    while (!release) absl::SleepFor(absl::Milliseconds(5));
+  };
+  auto server = testing::StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto client = testing::Connect(*server);
+  auto silent = testing::Connect(*server);
+  ASSERT_TRUE(silent->Join().ok());
+  Push(server.get(), client.get(), 0.5f);  // version 2: a checkpoint is due, and held
+  for (int wait = 0; wait < 200 && writing == 0; ++wait) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_EQ(writing, 2u);
+  // While it is held: the silent worker's lease expires, Status answers, pushes are applied.
+  bool expired = false;
+  for (int wait = 0; wait < 200 && !expired; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+    expired = server->GetStatus().members_size() == 1;
+    ASSERT_TRUE(client->Heartbeat(nullptr).ok());
+  }
+  EXPECT_TRUE(expired) << "housekeeping waited for the checkpoint write";
+  Push(server.get(), client.get(), 0.5f);
+  EXPECT_EQ(server->Model().version, 3u);
+  EXPECT_EQ(server->GetStatus().checkpoint_version(), 0u);
+  release = true;
+  for (int wait = 0; wait < 200 && server->GetStatus().checkpoint_version() < 3; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(ListCheckpointVersions(dir_).front(), 3u) << "the version due meanwhile follows";
 }
 
 TEST_F(DurabilityTest, ACorruptNewestCheckpointIsSkippedForTheOlderOne) {
