@@ -20,7 +20,7 @@ Aggregator::Aggregator(const AggregatorOptions& options, ParameterStore* store,
       store_(store),
       membership_(membership),
       outer_(options.outer, store->size()) {
-  if (options_.mode == v1::AGGREGATION_MODE_SYNC) round_sum_.assign(store_->size(), 0.0);
+  if (options_.mode == v1::AGGREGATION_MODE_SYNC) round_mean_.assign(store_->size(), 0.0f);
   model_max_abs_ = MaxAbs(*store_->TrueModel());
   if (options_.apply_threads > 0)
     apply_pool_ = std::make_unique<ThreadPool>(options_.apply_threads);
@@ -157,13 +157,8 @@ absl::StatusOr<SubmitResult> Aggregator::SubmitSync(const Update& update, uint64
                         update.worker_id, version));
   }
   if (absl::Status s = CheckRoundStaysInRange(update, update_max_abs); !s.ok()) return s;
-  const absl::Span<double> sum = absl::MakeSpan(round_sum_);
-  ForRanges(sum.size(), RangeAlignment(update.encoding), [&](uint64_t begin, uint64_t end) {
-    DecodeAccumulateRange(update.encoding, update.payload, static_cast<double>(update.sample_count),
-                          sum.size(), begin, sum.subspan(begin, end - begin));
-  });
   if (round_pushed_.empty()) round_first_update_ = options_.clock->Now();
-  round_weight_ += static_cast<double>(update.sample_count);
+  AddToRoundMean(update, static_cast<double>(update.sample_count));
   round_lr_sum_ += static_cast<double>(update.sample_count) * update.inner_learning_rate;
   round_pushed_.insert(update.worker_id);
   staleness_.Observe(0.0);
@@ -185,8 +180,7 @@ absl::StatusOr<SubmitResult> Aggregator::FoldLate(const Update& update, uint64_t
   if (absl::Status s = CheckRoundStaysInRange(update, update_max_abs); !s.ok()) return s;
   const double weight =
       static_cast<double>(update.sample_count) * StalenessWeight(tau, options_.staleness_exponent);
-  DecodeAccumulateValidated(update.encoding, update.payload, weight, absl::MakeSpan(round_sum_));
-  round_weight_ += weight;
+  AddToRoundMean(update, weight);
   staleness_.Observe(tau);
   ++stats_.late_folded;
   return SubmitResult{/*duplicate=*/false, /*folded=*/true, version};
@@ -440,22 +434,41 @@ void Aggregator::CloseRoundIfComplete() {
   }
 }
 
+// The running weighted mean: mean += (w / W) (u - mean), as (1 - c) mean + c u over ranges in
+// parallel. It is a convex combination, so it never leaves the updates' range, and float (not a
+// double sum, twice the model's bytes) is enough: one update is reproduced bit for bit (c = 1),
+// and each later one adds a rounding of a float's relative precision.
+void Aggregator::AddToRoundMean(const Update& update, double weight) {
+  const bool first = round_weight_ == 0.0;  // what the mean holds is from an earlier round
+  round_weight_ += weight;
+  const float c = first ? 1.0f : static_cast<float>(weight / round_weight_);
+  const absl::Span<float> mean = absl::MakeSpan(round_mean_);
+  ForRanges(mean.size(), RangeAlignment(update.encoding), [&](uint64_t begin, uint64_t end) {
+    const absl::Span<float> part = mean.subspan(begin, end - begin);
+    if (first) {
+      std::fill(part.begin(), part.end(), 0.0f);
+    } else {
+      for (float& x : part) x *= 1.0f - c;
+    }
+    DecodeAccumulateRange(update.encoding, update.payload, c, mean.size(), begin, part);
+  });
+}
+
 void Aggregator::CloseRound() {
   absl::MutexLock applying(&apply_mu_);  // the outer optimizer's state
-  const double inv_weight = 1.0 / round_weight_;
   const bool gradient = options_.update_kind == v1::UPDATE_KIND_GRADIENT;
   const float lr =
       gradient ? options_.server_step.At(static_cast<double>(store_->version() - 1)) : 0.0f;
-  const double* sum = round_sum_.data();  // read under mu_, which the lambda runs under
-  float max_abs = 0.0f;                   // of the new model, for the next round's range checks
-  const double inner_lr = round_lr_sum_ * inv_weight;
+  const float* mean = round_mean_.data();  // read under mu_, which the lambda runs under
+  float max_abs = 0.0f;                    // of the new model, for the next round's range checks
+  const double inner_lr = round_lr_sum_ / round_weight_;
   store_->Apply([&](absl::Span<float> model) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     if (!gradient) {
-      max_abs = outer_.ApplyRound(model, round_sum_, inv_weight, inner_lr);
+      max_abs = outer_.ApplyRound(model, round_mean_, inner_lr);
       return;
     }
     for (size_t i = 0; i < model.size(); ++i) {
-      model[i] += -lr * static_cast<float>(sum[i] * inv_weight);
+      model[i] += -lr * mean[i];
       max_abs = std::max(max_abs, std::abs(model[i]));
     }
   });
@@ -463,8 +476,7 @@ void Aggregator::CloseRound() {
   stats_.last_round_wait = options_.clock->Now() - round_first_update_;
   stats_.max_round_wait = std::max(stats_.max_round_wait, stats_.last_round_wait);
   round_wait_.Observe(absl::ToDoubleSeconds(stats_.last_round_wait));
-  std::fill(round_sum_.begin(), round_sum_.end(), 0.0);
-  round_weight_ = 0.0;
+  round_weight_ = 0.0;  // the next update overwrites the mean
   round_lr_sum_ = 0.0;
   round_pushed_.clear();
   round_join_serial_ = membership_->last_join_serial();
@@ -480,7 +492,6 @@ RoundEnd Aggregator::FinishOpenRound() {
       CloseRound();
       end = RoundEnd::kClosed;
     } else {
-      std::fill(round_sum_.begin(), round_sum_.end(), 0.0);
       round_weight_ = 0.0;
       round_lr_sum_ = 0.0;
       round_pushed_.clear();

@@ -217,6 +217,7 @@ class Aggregator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_);
   // fn(begin, end) over [0, n) in ranges that start at multiples of `alignment`, in parallel.
   void ForRanges(uint64_t n, uint64_t alignment, absl::FunctionRef<void(uint64_t, uint64_t)> fn);
+  void AddToRoundMean(const Update& update, double weight) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseRoundIfComplete() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseRound() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -226,9 +227,10 @@ class Aggregator {
 
   mutable absl::Mutex mu_;
   std::map<uint64_t, uint64_t> last_sequence_ ABSL_GUARDED_BY(mu_);  // worker id -> sequence
-  // The open sync round: sum of weight * update, in double so that the average is exact enough to
-  // reproduce a single update bit for bit. The weight is sample_count, times s(tau) when folded.
-  std::vector<double> round_sum_ ABSL_GUARDED_BY(mu_);
+  // The open sync round: the weighted mean of its updates so far (AddToRoundMean), and the sum of
+  // their weights (sample_count, times s(tau) when folded). While the weight is 0, the mean's
+  // contents are left from an earlier round.
+  std::vector<float> round_mean_ ABSL_GUARDED_BY(mu_);
   double round_weight_ ABSL_GUARDED_BY(mu_) = 0.0;
   // The largest |x_i| of the current model, for the range and ratio checks of each update.
   double model_max_abs_ ABSL_GUARDED_BY(mu_) = 0.0;

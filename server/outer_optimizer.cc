@@ -111,20 +111,17 @@ absl::Status ValidateOuterOptions(const OuterOptimizerOptions& o, bool sync) {
 OuterOptimizer::OuterOptimizer(const OuterOptimizerOptions& options, size_t size)
     : options_(options), buffers_(BuffersOf(options.kind), std::vector<float>(size, 0.0f)) {}
 
-float OuterOptimizer::ApplyRound(absl::Span<float> model, absl::Span<const double> average_sum,
-                                 double inv_weight, double inner_lr) {
+float OuterOptimizer::ApplyRound(absl::Span<float> model, absl::Span<const float> average,
+                                 double inner_lr) {
   const OuterOptimizerOptions& o = options_;
   const float lr = static_cast<float>(o.lr), mu = static_cast<float>(o.momentum);
   const bool first = steps_ == 0;
   float max_abs = 0.0f;
-  // The average is rounded to float first, as plain averaging adds it: the default stays bit for
-  // bit what it was before outer optimizers existed.
-  auto average = [&](size_t i) { return static_cast<float>(average_sum[i] * inv_weight); };
   switch (o.kind) {
     case OuterKind::kAverage:
     case OuterKind::kDelayedNesterov:  // not in sync mode (validated)
       for (size_t i = 0; i < model.size(); ++i) {
-        model[i] += average(i);
+        model[i] += average[i];
         max_abs = std::max(max_abs, std::abs(model[i]));
       }
       break;
@@ -132,7 +129,7 @@ float OuterOptimizer::ApplyRound(absl::Span<float> model, absl::Span<const doubl
       // torch.optim.SGD on the pseudo-gradient g = -D_avg, dampening 0: b = g at the first step.
       std::vector<float>& b = buffers_[0];
       for (size_t i = 0; i < model.size(); ++i) {
-        const float g = -average(i);
+        const float g = -average[i];
         b[i] = first ? g : mu * b[i] + g;
         model[i] -= lr * (o.nesterov ? g + mu * b[i] : b[i]);
         max_abs = std::max(max_abs, std::abs(model[i]));
@@ -144,7 +141,7 @@ float OuterOptimizer::ApplyRound(absl::Span<float> model, absl::Span<const doubl
       std::vector<float>& buf = buffers_[0];
       const float gamma = static_cast<float>(inner_lr > 0 ? inner_lr : 1.0);
       for (size_t i = 0; i < model.size(); ++i) {
-        const float g = -average(i);
+        const float g = -average[i];
         buf[i] = mu * buf[i] + g / gamma;
         model[i] -= lr * gamma * buf[i];
         max_abs = std::max(max_abs, std::abs(model[i]));
@@ -160,7 +157,7 @@ float OuterOptimizer::ApplyRound(absl::Span<float> model, absl::Span<const doubl
                                             (1 - std::pow(o.beta1, r)));
       const float tau = static_cast<float>(o.tau);
       for (size_t i = 0; i < model.size(); ++i) {
-        const float d = average(i);
+        const float d = average[i];
         m[i] = b1 * m[i] + (1 - b1) * d;
         v[i] = b2 * v[i] + (1 - b2) * d * d;
         model[i] += step * m[i] / (std::sqrt(v[i]) + tau);

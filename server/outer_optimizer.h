@@ -52,8 +52,7 @@ class OuterOptimizer {
   // A sync round: `average[i]` is the round's average change D_avg (what plain averaging adds),
   // `inner_lr` the workers' step size in the round (SlowMo). Updates `model` in place and
   // returns the largest |model[i]| afterwards.
-  float ApplyRound(absl::Span<float> model, absl::Span<const double> average_sum, double inv_weight,
-                   double inner_lr);
+  float ApplyRound(absl::Span<float> model, absl::Span<const float> average, double inner_lr);
   // An async update: model += weight * D (plain rule), or the delayed-Nesterov rule with
   // g = -weight * D. `update` holds D.
   void ApplyUpdate(absl::Span<float> model, absl::Span<const float> update, float weight);

@@ -9,12 +9,11 @@
 namespace ps {
 namespace {
 
-// One round of a one-coordinate model: the round's average change is `average` (a sum of
-// 2 * average with weight 1/2, as the aggregator gives it).
+// One round of a one-coordinate model: the round's average change is `average`.
 float Round(OuterOptimizer* optimizer, float x, double average, double inner_lr = 0.1) {
   std::vector<float> model = {x};
-  const std::vector<double> sum = {2 * average};
-  optimizer->ApplyRound(absl::MakeSpan(model), sum, 0.5, inner_lr);
+  const std::vector<float> mean = {static_cast<float>(average)};
+  optimizer->ApplyRound(absl::MakeSpan(model), mean, inner_lr);
   return model[0];
 }
 
@@ -22,10 +21,9 @@ TEST(OuterOptimizer, AveragingAddsTheAverageBitForBit) {
   OuterOptimizer average(OuterOptimizerOptions{}, 3);
   std::vector<float> model = {1.0f, -2.0f, 0.1f};
   std::vector<float> expected = model;
-  const std::vector<double> sum = {0.3, 1e-8, -7.0};
-  const double inv = 1.0 / 3.0;
-  for (size_t i = 0; i < 3; ++i) expected[i] += static_cast<float>(sum[i] * inv);
-  const float max_abs = average.ApplyRound(absl::MakeSpan(model), sum, inv, 0.1);
+  const std::vector<float> mean = {0.1f, 1e-8f / 3, -7.0f / 3};
+  for (size_t i = 0; i < 3; ++i) expected[i] += mean[i];
+  const float max_abs = average.ApplyRound(absl::MakeSpan(model), mean, 0.1);
   EXPECT_EQ(model, expected);
   EXPECT_FLOAT_EQ(max_abs, std::abs(expected[2]));
   EXPECT_FALSE(average.has_state());
@@ -98,13 +96,13 @@ TEST(OuterOptimizer, DelayedNesterovStepsItsMomentumEveryPeriod) {
 TEST(OuterOptimizer, StateRestoresAndOnlyItsOwn) {
   OuterOptimizer a(DefaultOuterOptions("nesterov"), 2);
   std::vector<float> x = {1.0f, 2.0f};
-  const std::vector<double> sum = {0.5, -0.5};
-  a.ApplyRound(absl::MakeSpan(x), sum, 1.0, 0.1);
+  const std::vector<float> sum = {0.5f, -0.5f};
+  a.ApplyRound(absl::MakeSpan(x), sum, 0.1);
   OuterOptimizer b(DefaultOuterOptions("nesterov"), 2);
   ASSERT_TRUE(b.Restore(a.steps(), a.buffers()).ok());
   std::vector<float> xa = x, xb = x;
-  a.ApplyRound(absl::MakeSpan(xa), sum, 1.0, 0.1);
-  b.ApplyRound(absl::MakeSpan(xb), sum, 1.0, 0.1);
+  a.ApplyRound(absl::MakeSpan(xa), sum, 0.1);
+  b.ApplyRound(absl::MakeSpan(xb), sum, 0.1);
   EXPECT_EQ(xa, xb);
   OuterOptimizer adam(DefaultOuterOptions("fedadam"), 2);
   EXPECT_FALSE(adam.Restore(a.steps(), a.buffers()).ok()) << "one buffer for a two-buffer rule";
