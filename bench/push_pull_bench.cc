@@ -20,11 +20,13 @@
 #include "common/status_macros.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051",
-          "ps-server address (async mode, K >= --clients, --model_size = --floats).");
+          "ps-server address (async mode with K >= --clients, or sync with one client; "
+          "--model_size = --floats).");
 ABSL_FLAG(uint64_t, floats, 1000000, "Model size.");
 ABSL_FLAG(int, bits, 32, "32: fp32 pushes; 2 to 8: QSGD pushes of that many bits.");
 ABSL_FLAG(int, clients, 1, "Concurrent clients.");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(5), "Length of each phase.");
+ABSL_FLAG(bool, pull, true, "Run the pull phase after the push phase.");
 
 namespace ps {
 namespace {
@@ -76,6 +78,9 @@ void Report(const char* phase, int clients, uint64_t model_size, const PhaseResu
   std::fflush(stdout);
 }
 
+// The version the server had when the clients joined: where the first push builds on.
+std::atomic<uint64_t> joined_version{1};
+
 // A member of a server holding a model of `layout` (uploading zeros first if it has none).
 absl::StatusOr<std::unique_ptr<PsClient>> JoinedClient(int k, const Layout& layout) {
   PsClientOptions o;
@@ -85,7 +90,10 @@ absl::StatusOr<std::unique_ptr<PsClient>> JoinedClient(int k, const Layout& layo
   PS_ASSIGN_OR_RETURN(std::unique_ptr<PsClient> client, PsClient::Create(o));
   for (int attempt = 0; attempt < 3; ++attempt) {
     PS_ASSIGN_OR_RETURN(v1::JoinResponse joined, client->Join(std::nullopt, &layout));
-    if (!joined.initial_model_needed()) return client;
+    if (!joined.initial_model_needed()) {
+      joined_version = std::max<uint64_t>(joined.version(), 1);
+      return client;
+    }
     absl::Status s = client->UploadInitialModel(layout, std::vector<float>(layout.size(), 0.0f));
     if (!s.ok() && !absl::IsAlreadyExists(s)) return s;
   }
@@ -133,12 +141,19 @@ int Main() {
   // GB/s counts fp32-equivalent bytes (4 per coordinate), so that encodings compare directly.
   const PhaseResult push = RunPhase(
       clients, absl::GetFlag(FLAGS_duration), [&](PsClient& c) -> absl::StatusOr<uint64_t> {
-        auto ack = c.PushEncoded(v1::UPDATE_KIND_MODEL_DELTA, 1, 32, payload->encoding,
+        // On the version the last ack named: async takes any, a sync round of one client needs it.
+        thread_local uint64_t base = joined_version;
+        auto ack = c.PushEncoded(v1::UPDATE_KIND_MODEL_DELTA, base, 32, payload->encoding,
                                  payload->bytes, model_size, 0.0);
         if (!ack.ok()) return ack.status();
+        base = ack->version();
         return model_size * sizeof(float);
       });
   Report("push", num_clients, model_size, push);
+  if (!absl::GetFlag(FLAGS_pull)) {
+    for (auto& c : clients) c->Leave().IgnoreError();
+    return 0;
+  }
   std::vector<std::vector<float>> buffers(num_clients, std::vector<float>(model_size));
   std::atomic<int> next_buffer{0};
   thread_local int my_buffer = -1;

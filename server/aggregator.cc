@@ -20,7 +20,7 @@ Aggregator::Aggregator(const AggregatorOptions& options, ParameterStore* store,
       store_(store),
       membership_(membership),
       outer_(options.outer, store->size()) {
-  if (options_.mode == v1::AGGREGATION_MODE_SYNC) round_mean_.assign(store_->size(), 0.0f);
+  if (options_.mode == v1::AGGREGATION_MODE_SYNC) round_mean_ = store_->TakeStorage();
   model_max_abs_ = MaxAbs(*store_->TrueModel());
   if (options_.apply_threads > 0)
     apply_pool_ = std::make_unique<ThreadPool>(options_.apply_threads);
@@ -442,7 +442,7 @@ void Aggregator::AddToRoundMean(const Update& update, double weight) {
   const bool first = round_weight_ == 0.0;  // what the mean holds is from an earlier round
   round_weight_ += weight;
   const float c = first ? 1.0f : static_cast<float>(weight / round_weight_);
-  const absl::Span<float> mean = absl::MakeSpan(round_mean_);
+  const absl::Span<float> mean = absl::MakeSpan(*round_mean_);
   ForRanges(mean.size(), RangeAlignment(update.encoding), [&](uint64_t begin, uint64_t end) {
     const absl::Span<float> part = mean.subspan(begin, end - begin);
     if (first) {
@@ -459,19 +459,23 @@ void Aggregator::CloseRound() {
   const bool gradient = options_.update_kind == v1::UPDATE_KIND_GRADIENT;
   const float lr =
       gradient ? options_.server_step.At(static_cast<double>(store_->version() - 1)) : 0.0f;
-  const float* mean = round_mean_.data();  // read under mu_, which the lambda runs under
-  float max_abs = 0.0f;                    // of the new model, for the next round's range checks
+  float max_abs = 0.0f;  // of the new model, for the next round's range checks
   const double inner_lr = round_lr_sum_ / round_weight_;
-  store_->Apply([&](absl::Span<float> model) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-    if (!gradient) {
-      max_abs = outer_.ApplyRound(model, round_mean_, inner_lr);
-      return;
-    }
-    for (size_t i = 0; i < model.size(); ++i) {
-      model[i] += -lr * mean[i];
-      max_abs = std::max(max_abs, std::abs(model[i]));
-    }
-  });
+  // The mean's storage becomes the new version (no copy of the model), and the retired version
+  // the next round's mean.
+  store_->PublishFrom(std::move(round_mean_),
+                      [&](absl::Span<const float> model, absl::Span<float> mean_then_next)
+                          ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                            if (!gradient) {
+                              max_abs = outer_.ApplyRound(model, mean_then_next, inner_lr);
+                              return;
+                            }
+                            for (size_t i = 0; i < model.size(); ++i) {
+                              mean_then_next[i] = model[i] - lr * mean_then_next[i];
+                              max_abs = std::max(max_abs, std::abs(mean_then_next[i]));
+                            }
+                          });
+  round_mean_ = store_->TakeStorage();
   model_max_abs_ = max_abs;
   stats_.last_round_wait = options_.clock->Now() - round_first_update_;
   stats_.max_round_wait = std::max(stats_.max_round_wait, stats_.last_round_wait);

@@ -230,7 +230,9 @@ class Aggregator {
   // The open sync round: the weighted mean of its updates so far (AddToRoundMean), and the sum of
   // their weights (sample_count, times s(tau) when folded). While the weight is 0, the mean's
   // contents are left from an earlier round.
-  std::vector<float> round_mean_ ABSL_GUARDED_BY(mu_);
+  // It is storage of the store's (TakeStorage), published as the next version when the round
+  // closes.
+  std::shared_ptr<std::vector<float>> round_mean_ ABSL_GUARDED_BY(mu_);
   double round_weight_ ABSL_GUARDED_BY(mu_) = 0.0;
   // The largest |x_i| of the current model, for the range and ratio checks of each update.
   double model_max_abs_ ABSL_GUARDED_BY(mu_) = 0.0;

@@ -111,28 +111,30 @@ absl::Status ValidateOuterOptions(const OuterOptimizerOptions& o, bool sync) {
 OuterOptimizer::OuterOptimizer(const OuterOptimizerOptions& options, size_t size)
     : options_(options), buffers_(BuffersOf(options.kind), std::vector<float>(size, 0.0f)) {}
 
-float OuterOptimizer::ApplyRound(absl::Span<float> model, absl::Span<const float> average,
+float OuterOptimizer::ApplyRound(absl::Span<const float> model, absl::Span<float> average_then_next,
                                  double inner_lr) {
   const OuterOptimizerOptions& o = options_;
   const float lr = static_cast<float>(o.lr), mu = static_cast<float>(o.momentum);
   const bool first = steps_ == 0;
   float max_abs = 0.0f;
+  // Coordinate i of the average is read before the next model's is written in its place.
+  absl::Span<float> next = average_then_next;
+  auto put = [&](size_t i, float x) {
+    next[i] = x;
+    max_abs = std::max(max_abs, std::abs(x));
+  };
   switch (o.kind) {
     case OuterKind::kAverage:
     case OuterKind::kDelayedNesterov:  // not in sync mode (validated)
-      for (size_t i = 0; i < model.size(); ++i) {
-        model[i] += average[i];
-        max_abs = std::max(max_abs, std::abs(model[i]));
-      }
+      for (size_t i = 0; i < model.size(); ++i) put(i, model[i] + average_then_next[i]);
       break;
     case OuterKind::kSgd: {
       // torch.optim.SGD on the pseudo-gradient g = -D_avg, dampening 0: b = g at the first step.
       std::vector<float>& b = buffers_[0];
       for (size_t i = 0; i < model.size(); ++i) {
-        const float g = -average[i];
+        const float g = -average_then_next[i];
         b[i] = first ? g : mu * b[i] + g;
-        model[i] -= lr * (o.nesterov ? g + mu * b[i] : b[i]);
-        max_abs = std::max(max_abs, std::abs(model[i]));
+        put(i, model[i] - lr * (o.nesterov ? g + mu * b[i] : b[i]));
       }
       break;
     }
@@ -141,10 +143,9 @@ float OuterOptimizer::ApplyRound(absl::Span<float> model, absl::Span<const float
       std::vector<float>& buf = buffers_[0];
       const float gamma = static_cast<float>(inner_lr > 0 ? inner_lr : 1.0);
       for (size_t i = 0; i < model.size(); ++i) {
-        const float g = -average[i];
+        const float g = -average_then_next[i];
         buf[i] = mu * buf[i] + g / gamma;
-        model[i] -= lr * gamma * buf[i];
-        max_abs = std::max(max_abs, std::abs(model[i]));
+        put(i, model[i] - lr * gamma * buf[i]);
       }
       break;
     }
@@ -157,11 +158,10 @@ float OuterOptimizer::ApplyRound(absl::Span<float> model, absl::Span<const float
                                             (1 - std::pow(o.beta1, r)));
       const float tau = static_cast<float>(o.tau);
       for (size_t i = 0; i < model.size(); ++i) {
-        const float d = average[i];
+        const float d = average_then_next[i];
         m[i] = b1 * m[i] + (1 - b1) * d;
         v[i] = b2 * v[i] + (1 - b2) * d * d;
-        model[i] += step * m[i] / (std::sqrt(v[i]) + tau);
-        max_abs = std::max(max_abs, std::abs(model[i]));
+        put(i, model[i] + step * m[i] / (std::sqrt(v[i]) + tau));
       }
       break;
     }

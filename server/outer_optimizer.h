@@ -49,10 +49,11 @@ class OuterOptimizer {
  public:
   OuterOptimizer(const OuterOptimizerOptions& options, size_t size);
 
-  // A sync round: `average[i]` is the round's average change D_avg (what plain averaging adds),
-  // `inner_lr` the workers' step size in the round (SlowMo). Updates `model` in place and
-  // returns the largest |model[i]| afterwards.
-  float ApplyRound(absl::Span<float> model, absl::Span<const float> average, double inner_lr);
+  // A sync round: `average_then_next[i]` holds the round's average change D_avg (what plain
+  // averaging adds) and is overwritten with the next model's coordinate, computed from `model`;
+  // `inner_lr` is the workers' step size in the round (SlowMo). Returns the largest |next[i]|.
+  float ApplyRound(absl::Span<const float> model, absl::Span<float> average_then_next,
+                   double inner_lr);
   // An async update: model += weight * D (plain rule), or the delayed-Nesterov rule with
   // g = -weight * D. `update` holds D.
   void ApplyUpdate(absl::Span<float> model, absl::Span<const float> update, float weight);

@@ -11,20 +11,20 @@ namespace {
 
 // One round of a one-coordinate model: the round's average change is `average`.
 float Round(OuterOptimizer* optimizer, float x, double average, double inner_lr = 0.1) {
-  std::vector<float> model = {x};
-  const std::vector<float> mean = {static_cast<float>(average)};
-  optimizer->ApplyRound(absl::MakeSpan(model), mean, inner_lr);
-  return model[0];
+  const std::vector<float> model = {x};
+  std::vector<float> mean_then_next = {static_cast<float>(average)};
+  optimizer->ApplyRound(model, absl::MakeSpan(mean_then_next), inner_lr);
+  return mean_then_next[0];
 }
 
 TEST(OuterOptimizer, AveragingAddsTheAverageBitForBit) {
   OuterOptimizer average(OuterOptimizerOptions{}, 3);
   std::vector<float> model = {1.0f, -2.0f, 0.1f};
   std::vector<float> expected = model;
-  const std::vector<float> mean = {0.1f, 1e-8f / 3, -7.0f / 3};
+  std::vector<float> mean = {0.1f, 1e-8f / 3, -7.0f / 3};
   for (size_t i = 0; i < 3; ++i) expected[i] += mean[i];
-  const float max_abs = average.ApplyRound(absl::MakeSpan(model), mean, 0.1);
-  EXPECT_EQ(model, expected);
+  const float max_abs = average.ApplyRound(model, absl::MakeSpan(mean), 0.1);
+  EXPECT_EQ(mean, expected);
   EXPECT_FLOAT_EQ(max_abs, std::abs(expected[2]));
   EXPECT_FALSE(average.has_state());
 }
@@ -97,13 +97,16 @@ TEST(OuterOptimizer, StateRestoresAndOnlyItsOwn) {
   OuterOptimizer a(DefaultOuterOptions("nesterov"), 2);
   std::vector<float> x = {1.0f, 2.0f};
   const std::vector<float> sum = {0.5f, -0.5f};
-  a.ApplyRound(absl::MakeSpan(x), sum, 0.1);
+  std::vector<float> next = sum;
+  a.ApplyRound(x, absl::MakeSpan(next), 0.1);
+  x = next;
   OuterOptimizer b(DefaultOuterOptions("nesterov"), 2);
   ASSERT_TRUE(b.Restore(a.steps(), a.buffers()).ok());
   std::vector<float> xa = x, xb = x;
-  a.ApplyRound(absl::MakeSpan(xa), sum, 0.1);
-  b.ApplyRound(absl::MakeSpan(xb), sum, 0.1);
-  EXPECT_EQ(xa, xb);
+  std::vector<float> next_a = sum, next_b = sum;
+  a.ApplyRound(xa, absl::MakeSpan(next_a), 0.1);
+  b.ApplyRound(xb, absl::MakeSpan(next_b), 0.1);
+  EXPECT_EQ(next_a, next_b);
   OuterOptimizer adam(DefaultOuterOptions("fedadam"), 2);
   EXPECT_FALSE(adam.Restore(a.steps(), a.buffers()).ok()) << "one buffer for a two-buffer rule";
 }

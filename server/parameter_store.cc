@@ -88,13 +88,45 @@ absl::StatusOr<uint64_t> ParameterStore::TryApply(
   });
 }
 
+std::shared_ptr<std::vector<float>> ParameterStore::TakeStorage() {
+  absl::MutexLock writer(&apply_mu_);
+  return Storage(&spare_true_);
+}
+
+uint64_t ParameterStore::PublishFrom(
+    std::shared_ptr<std::vector<float>> next,
+    absl::FunctionRef<void(absl::Span<const float>, absl::Span<float>)> change) {
+  uint64_t version;
+  {
+    absl::MutexLock writer(&apply_mu_);
+    version = *PublishInto(1, std::move(next),
+                           [&](absl::Span<const float> current, absl::Span<float> into) {
+                             change(current, into);
+                             return absl::OkStatus();
+                           });
+  }
+  Notify(version);
+  return version;
+}
+
 absl::StatusOr<uint64_t> ParameterStore::TryPublish(
     uint64_t versions,
     absl::FunctionRef<absl::Status(absl::Span<const float>, absl::Span<float>)> change,
     bool notify) {
-  uint64_t version;
+  absl::StatusOr<uint64_t> version;
   {
     absl::MutexLock writer(&apply_mu_);
+    version = PublishInto(versions, Storage(&spare_true_), change);
+  }
+  if (notify && version.ok()) Notify(*version);
+  return version;
+}
+
+absl::StatusOr<uint64_t> ParameterStore::PublishInto(
+    uint64_t versions, std::shared_ptr<std::vector<float>> next,
+    absl::FunctionRef<absl::Status(absl::Span<const float>, absl::Span<float>)> change) {
+  uint64_t version;
+  {
     ModelSnapshot base;
     std::shared_ptr<const std::vector<float>> base_true;
     {
@@ -103,7 +135,6 @@ absl::StatusOr<uint64_t> ParameterStore::TryPublish(
       base_true = true_model_;
     }
     version = base.version + std::max<uint64_t>(versions, 1);
-    std::shared_ptr<std::vector<float>> next = Storage(&spare_true_);
     if (absl::Status s = change(absl::MakeConstSpan(*base_true), absl::MakeSpan(*next)); !s.ok()) {
       spare_true_ = std::move(next);  // nothing published; the copy is reused next time
       return s;
@@ -156,7 +187,6 @@ absl::StatusOr<uint64_t> ParameterStore::TryPublish(
     Retire(std::move(old_true), &spare_true_);
     Retire(std::move(old_broadcast), &spare_broadcast_);
   }
-  if (notify) Notify(version);
   return version;
 }
 

@@ -101,6 +101,14 @@ class ParameterStore {
       uint64_t versions,
       absl::FunctionRef<absl::Status(absl::Span<const float>, absl::Span<float>)> change,
       bool notify = true);
+  // A vector of the model's size with any contents, for a caller that builds the next version in
+  // it (a sync round's mean): the retired version when no reader holds it, else a new one.
+  std::shared_ptr<std::vector<float>> TakeStorage();
+  // Publishes version + 1 from `next`, storage from TakeStorage that `change` turns into the next
+  // model reading the current one: what the caller accumulated there becomes the new version
+  // without another model-sized buffer.
+  uint64_t PublishFrom(std::shared_ptr<std::vector<float>> next,
+                       absl::FunctionRef<void(absl::Span<const float>, absl::Span<float>)> change);
   void Notify(uint64_t version) {
     if (on_publish_) on_publish_(version);
   }
@@ -114,6 +122,11 @@ class ParameterStore {
   std::shared_ptr<std::vector<float>> Storage(std::shared_ptr<std::vector<float>>* spare);
   static void Retire(std::shared_ptr<const std::vector<float>> old,
                      std::shared_ptr<std::vector<float>>* spare);
+  // TryPublish's work once `next` (of size_) is the storage: change, broadcast, delta, publish.
+  absl::StatusOr<uint64_t> PublishInto(
+      uint64_t versions, std::shared_ptr<std::vector<float>> next,
+      absl::FunctionRef<absl::Status(absl::Span<const float>, absl::Span<float>)> change)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(apply_mu_);
 
   const size_t size_;
   const StoreOptions options_;
