@@ -11,7 +11,7 @@ CMAKE_FLAGS ?=
 
 .PHONY: all deps bench-deps build demo demo-torch python test sanitize-build sanitize-test tsan-build tsan-test bench compression-table \
 	outer-optimizer-table \
-	time-to-accuracy soak chaos compose-demo container-test container-clean reproduce reproduce-stich-quick clean
+	time-to-accuracy bench-memory bench-many-workers soak chaos compose-demo container-test container-clean reproduce reproduce-stich-quick clean
 
 all: build
 
@@ -82,10 +82,21 @@ tsan-test: tsan-build
 	cd $(TSAN_DIR) && TSAN_OPTIONS=ignore_noninstrumented_modules=1:halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp \
 	  ctest --output-on-failure -j$(JOBS) -L 'unit|integration'
 
-bench: build
-	./bench/run_push_pull.sh $(BUILD_DIR)
+# Push/pull throughput beside iperf3 -P K (about 12 minutes): bench/results/push_pull.*
+bench: build bench-deps
+	/usr/bin/python3 bench/push_pull.py --build $(BUILD_DIR) --out bench/results/push_pull
 	PYTHONPATH=$(BUILD_DIR)/python /usr/bin/python3 bench/python_binding.py --build $(BUILD_DIR)
 	$(BUILD_DIR)/bench/ps_codec_bench --benchmark_min_time=0.3 --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+
+# Server memory against model size, 10^6 to 10^9 floats (about 15 minutes, 24 GiB):
+# bench/results/memory.*
+bench-memory: build
+	TMPDIR=/var/tmp /usr/bin/python3 bench/memory.py --build $(BUILD_DIR) --out bench/results/memory
+
+# Rounds per second with 16, 64 and 256 simulated workers (about 6 minutes):
+# bench/results/many_workers.*
+bench-many-workers: build
+	/usr/bin/python3 bench/many_workers.py --build $(BUILD_DIR) --out bench/results/many_workers
 
 compression-table: build bench-deps
 	./bench/compression_table.sh $(BUILD_DIR)

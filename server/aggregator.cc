@@ -20,7 +20,6 @@ Aggregator::Aggregator(const AggregatorOptions& options, ParameterStore* store,
       store_(store),
       membership_(membership),
       outer_(options.outer, store->size()) {
-  if (options_.mode == v1::AGGREGATION_MODE_SYNC) round_mean_ = store_->TakeStorage();
   model_max_abs_ = MaxAbs(*store_->TrueModel());
   if (options_.apply_threads > 0)
     apply_pool_ = std::make_unique<ThreadPool>(options_.apply_threads);
@@ -442,6 +441,8 @@ void Aggregator::AddToRoundMean(const Update& update, double weight) {
   const bool first = round_weight_ == 0.0;  // what the mean holds is from an earlier round
   round_weight_ += weight;
   const float c = first ? 1.0f : static_cast<float>(weight / round_weight_);
+  // Taken at the first update, not at start: an initial upload's buffers are gone by then.
+  if (round_mean_ == nullptr) round_mean_ = store_->TakeStorage();
   const absl::Span<float> mean = absl::MakeSpan(*round_mean_);
   ForRanges(mean.size(), RangeAlignment(update.encoding), [&](uint64_t begin, uint64_t end) {
     const absl::Span<float> part = mean.subspan(begin, end - begin);

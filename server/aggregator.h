@@ -49,7 +49,7 @@ struct AggregatorOptions {
   // (docs/algorithms.md section 8); plain averaging by default.
   OuterOptimizerOptions outer;
   // Threads besides the caller's that decode and apply updates over disjoint ranges of the model
-  // (docs/design.md, "The apply path"). 0: the caller alone.
+  // (docs/architecture.md, "The apply path"). 0: the caller alone.
   int apply_threads = 0;
   // Async: at most this many updates that queued up while another batch was applied are applied
   // together, as one copy of the model (group commit). 1 = one at a time.
@@ -194,7 +194,7 @@ class Aggregator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<SubmitResult> FoldLate(const Update& update, uint64_t version,
                                         double update_max_abs) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Async (docs/algorithms.md section 3, group commit in docs/design.md): queues the update;
+  // Async (docs/algorithms.md section 2, group commit in docs/architecture.md): queues the update;
   // the update at the queue's front leads a batch of what queued behind it. Returns the version
   // the caller publishes to waiting pulls once it holds no lock (0: nothing to publish).
   absl::StatusOr<SubmitResult> SubmitAsync(const Update& update, double update_max_abs,

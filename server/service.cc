@@ -129,8 +129,11 @@ std::string ParameterServerService::TakeBuffer() {
 }
 
 void ParameterServerService::ReturnBuffer(std::string buffer) {
-  // As many buffers as pushes that can be decoded at once, plus one being received.
+  // As many buffers as pushes that can be decoded at once, plus one being received. One that held
+  // less than half its capacity (a 4-bit push in the buffer of the fp32 initial upload) goes: its
+  // pages would stay resident for pushes that never touch them.
   const size_t keep = static_cast<size_t>(handler_->options().max_pooled_buffers);
+  if (buffer.size() < buffer.capacity() / 2) return;
   absl::MutexLock lock(&mu_);
   if (buffer.capacity() > 0 && free_buffers_.size() < keep)
     free_buffers_.push_back(std::move(buffer));

@@ -1,0 +1,134 @@
+#!/usr/bin/python3
+"""Rounds per second against the number of workers K, sync and async, small and medium models.
+
+For each model size, mode and K, a fresh ps-server (--num_workers=K) and `ps_load` with K
+simulated workers (one thread, Session and connection each, pushing fp32 deltas and pulling the
+model in every Sync) for --seconds. Reports rounds per second (sync: rounds closed; async: K
+applied updates make a round), p50/p99 of a worker's Sync (push, then pull of the next model;
+sync includes the wait for the round), the server's CPU per update, and the largest batch the
+async server applied at once. Writes JSON, a markdown table and a plot.
+
+  /usr/bin/python3 bench/many_workers.py --build build --out bench/results/many_workers
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from harness.procs import fail  # noqa: E402
+from soak import process_sample, scrape, start_server  # noqa: E402
+from time_to_accuracy import machine  # noqa: E402
+
+
+def metric(port, name):
+    import urllib.request
+    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.split("{", 1)[0].split(" ", 1)[0] == name)
+
+
+def run_one(args, work, floats, mode, k):
+    for name in ("port", "metrics_port"):
+        if os.path.exists(os.path.join(work, name)):
+            os.remove(os.path.join(work, name))
+    server_args = argparse.Namespace(build=args.build, clients=k, floats=floats)
+    server, port, metrics_port = start_server(server_args, mode, work)
+    try:
+        cpu_before = process_sample(server.popen.pid)["cpu_s"]
+        out = subprocess.run(
+            [os.path.join(args.build, "bench", "ps_load"), "--server=127.0.0.1:%d" % port,
+             "--clients=%d" % k, "--floats=%d" % floats, "--duration=%ds" % args.seconds,
+             "--report_every=%ds" % args.seconds],
+            capture_output=True, text=True, timeout=args.seconds + 300)
+        if out.returncode != 0:
+            fail("ps_load failed: " + out.stderr[-2000:])
+        final = [json.loads(l) for l in out.stdout.splitlines() if json.loads(l).get("final")][0]
+        cpu = process_sample(server.popen.pid)["cpu_s"] - cpu_before
+        values = scrape(metrics_port)
+        batches = metric(metrics_port, "ps_update_batches_total")
+    finally:
+        server.signal(signal.SIGTERM)
+        server.wait(60, "ps-server after SIGTERM")
+    updates = values["ps_updates_applied_total"]
+    version = values["ps_model_version"]
+    rounds = (version - 1) if mode == "sync" else updates / k
+    return dict(floats=floats, mode=mode, clients=k, seconds=final["seconds"],
+                rounds_per_s=rounds / final["seconds"], updates_per_s=updates / final["seconds"],
+                sync_ms_p50=final["sync_ms_p50"], sync_ms_p99=final["sync_ms_p99"],
+                errors=final["errors"], stale_refusals=final["stale_refusals"],
+                server_cpu_ms_per_update=1000.0 * cpu / max(updates, 1),
+                updates_per_batch=updates / batches if batches else 1.0)
+
+
+def markdown(rows):
+    lines = ["| floats | mode | K | rounds/s | updates/s | Sync p50 / p99 ms | server CPU ms / update "
+             "| updates per batch | errors |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append("| %s | %s | %d | %.2f | %.0f | %.0f / %.0f | %.2f | %.1f | %d |" % (
+            "{:,}".format(r["floats"]), r["mode"], r["clients"], r["rounds_per_s"],
+            r["updates_per_s"], r["sync_ms_p50"], r["sync_ms_p99"],
+            r["server_cpu_ms_per_update"], r["updates_per_batch"], r["errors"]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for floats, color in zip(sorted({r["floats"] for r in rows}), ("C0", "C1", "C2")):
+        for mode, style in (("sync", "s-"), ("async", "o--")):
+            group = sorted((r for r in rows if r["floats"] == floats and r["mode"] == mode),
+                           key=lambda r: r["clients"])
+            if group:
+                ax.plot([r["clients"] for r in group], [r["rounds_per_s"] for r in group], style,
+                        color=color, label="{:,} floats, {}".format(floats, mode))
+    ks = sorted({r["clients"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("workers K (threads of ps_load, one connection each)")
+    ax.set_ylabel("rounds per second (async: K updates)")
+    ax.set_title("One ps-server, K simulated workers, 2 shared cores", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--build", default="build")
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--floats", type=int, nargs="+", default=[10**4, 10**6])
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--modes", nargs="+", default=["sync", "async"])
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ps_many_") as work:
+        for floats in args.floats:
+            for mode in args.modes:
+                for k in args.clients:
+                    row = run_one(args, work, floats, mode, k)
+                    rows.append(row)
+                    print("[many_workers] %d floats %s K=%d: %.2f rounds/s, Sync p50 %.0f ms, "
+                          "p99 %.0f ms, %d errors" % (floats, mode, k, row["rounds_per_s"],
+                                                      row["sync_ms_p50"], row["sync_ms_p99"],
+                                                      row["errors"]), flush=True)
+    print(markdown(rows))
+    if args.out:
+        with open(args.out + ".json", "w") as f:
+            json.dump(dict(machine=machine(), seconds=args.seconds, rows=rows), f, indent=1)
+        plot(rows, args.out + ".png")
+
+
+if __name__ == "__main__":
+    main()
