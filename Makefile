@@ -11,7 +11,7 @@ CMAKE_FLAGS ?=
 
 .PHONY: all deps bench-deps build demo demo-torch python test sanitize-build sanitize-test tsan-build tsan-test bench compression-table \
 	outer-optimizer-table \
-	time-to-accuracy bench-memory bench-many-workers soak chaos compose-demo container-test container-clean reproduce reproduce-stich-quick clean
+	time-to-accuracy overlap-table bench-memory bench-many-workers soak chaos compose-demo container-test container-clean reproduce reproduce-stich-quick clean
 
 all: build
 
@@ -105,6 +105,11 @@ compression-table: build bench-deps
 # bench/results/outer_optimizer.*
 outer-optimizer-table: build bench-deps
 	/usr/bin/python3 bench/outer_optimizer.py $(BUILD_DIR) --epochs 5
+
+# Time to the target behind 10 and 100 Mbit/s links, with and without ps-worker --overlap (needs
+# root; about 10 minutes): bench/results/overlap.*
+overlap-table: build bench-deps
+	tests/netns_run.sh /usr/bin/python3 bench/overlap.py $(BUILD_DIR) --repeats 3
 
 # Workers behind 100 Mbit/s links in network namespaces (needs root): bench/results/time_to_accuracy.*
 time-to-accuracy: build bench-deps

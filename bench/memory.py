@@ -110,27 +110,34 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (gb, ratio) = plt.subplots(1, 2, figsize=(10, 4))
     sizes = sorted({r["floats"] for r in rows})
-    model_gb = [4.0 * n / 1e9 for n in sizes]
-    ax.plot(sizes, model_gb, "k:", label="model bytes")
-    ax.plot(sizes, [3 * m for m in model_gb], "k--", label="3 x model bytes")
-    for mode, style in (("async", "o-"), ("sync", "s-")):
+    gb.plot(sizes, [4.0 * n / 1e9 for n in sizes], "k:", label="model bytes")
+    gb.plot(sizes, [12.0 * n / 1e9 for n in sizes], "k--", label="3 x model bytes")
+    ratio.axhline(3.0, color="k", linestyle="--", label="goal: 3 x model bytes")
+    for mode, color in (("async", "C0"), ("sync", "C3")):
         group = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["floats"])
         if not group:
             continue
-        ax.plot([r["floats"] for r in group],
-                [max(r["peak_rss_training"], r["peak_rss_after_resume"]) / 1e9 for r in group],
-                style, label="%s: peak RSS" % mode)
-        ax.plot([r["floats"] for r in group], [r["rss_after_training"] / 1e9 for r in group],
-                style, alpha=0.45, label="%s: RSS after training" % mode)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("model size (floats)")
-    ax.set_ylabel("server memory (GB)")
-    ax.set_title("ps-server memory: join, push, pull, checkpoint, resume", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+        x = [r["floats"] for r in group]
+        peak = [max(r["peak_rss_training"], r["peak_rss_after_resume"]) for r in group]
+        after = [r["rss_after_training"] for r in group]
+        gb.plot(x, [p / 1e9 for p in peak], "o-", color=color, label="%s: peak RSS" % mode)
+        ratio.plot(x, [p / r["model_bytes"] for p, r in zip(peak, group)], "o-", color=color,
+                   label="%s: peak" % mode)
+        ratio.plot(x, [a / r["model_bytes"] for a, r in zip(after, group)], "s:", color=color,
+                   label="%s: after training" % mode)
+    for ax in (gb, ratio):
+        ax.set_xscale("log")
+        ax.set_xlabel("model size (floats)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    gb.set_yscale("log")
+    gb.set_ylabel("server RSS (GB)")
+    ratio.set_ylabel("server RSS / model bytes")
+    ratio.set_ylim(0, 8)
+    fig.suptitle("ps-server memory through join, push, pull, checkpoint and resume (fixed "
+                 "process overhead dominates below 10^8)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -39,21 +39,24 @@ def peak_rss(pid):
 
 def iperf3(streams, seconds):
     """Raw loopback TCP, GB/s received, with `streams` parallel connections and 1 MiB writes."""
-    port = free_port()
-    server = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port), "-1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
-            out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds),
-                                  "-P", str(streams), "-l", "1M", "-J"],
+    for _ in range(5):
+        port = free_port()
+        server = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port), "-1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # until it listens
+        try:
+            out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t",
+                                  str(seconds), "-P", str(streams), "-l", "1M", "-J"],
                                  capture_output=True, text=True)
-            if out.returncode == 0:
-                return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8e9
-            time.sleep(0.1)  # the server was not listening yet
-        fail("iperf3 client failed: " + out.stdout[-500:] + out.stderr[-500:])
-    finally:
-        server.kill()
-        server.wait()
+            try:
+                result = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
+                return result / 8e9
+            except (ValueError, KeyError):
+                print("[push_pull] iperf3 failed, again: " + out.stdout[-300:], flush=True)
+        finally:
+            server.kill()
+            server.wait()
+    fail("iperf3 failed 5 times")
 
 
 def run_ps(args, work, floats, clients, bits, pull):

@@ -75,7 +75,8 @@ def measure_link(net, client, server_address):
     return out
 
 
-def run_config(net, build, work, label, h, flags, limited):
+def run_config(net, build, work, label, h, flags, limited, worker_flags=(), hosts=None):
+    """One run; the workers run in namespaces w0.. (limited) or u0.. (not), or `hosts`0.."""
     rounds = -(-EPOCHS * TRAIN_EXAMPLES // (WORKERS * h * BATCH))  # ceil
     eval_every = max(1, round(TRAIN_EXAMPLES / 4 / (WORKERS * h * BATCH)))
     os.makedirs(work)
@@ -89,11 +90,12 @@ def run_config(net, build, work, label, h, flags, limited):
     read_port_file(os.path.join(work, "port"), server)
     workers = []
     for k in range(WORKERS):
-        workers.append(net.run(("w%d" if limited else "u%d") % k, [
+        prefix = hosts or ("w" if limited else "u")
+        workers.append(net.run(prefix + str(k), [
             os.path.join(build, "worker", "ps-worker"),
             "--servers=%s:50051" % net.hosts["server"], "--rank=%d" % k, "--quiet",
             "--eval_log=" + os.path.join(work, "eval-%d.jsonl" % k),
-            "--summary_json=" + os.path.join(work, "worker-%d.json" % k)],
+            "--summary_json=" + os.path.join(work, "worker-%d.json" % k)] + list(worker_flags),
             os.path.join(work, "worker-%d.log" % k)))
     start, last = time.time(), 0.0
     while any(w.alive() for w in workers):

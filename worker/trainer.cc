@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -158,6 +160,25 @@ absl::StatusOr<Trainer::Setup> Trainer::Prepare() {
   return setup;
 }
 
+namespace {
+
+// Overlap: the one push (and pull) in flight, on a thread of its own. Joined before the session
+// is used again, and on every way out of Run.
+struct InflightPush {
+  std::thread thread;
+  absl::StatusOr<RoundResult> result;
+  ~InflightPush() {
+    if (thread.joinable()) thread.join();
+  }
+  bool active() const { return thread.joinable(); }
+  absl::StatusOr<RoundResult> Wait() {
+    thread.join();
+    return std::move(result);
+  }
+};
+
+}  // namespace
+
 absl::StatusOr<TrainingResult> Trainer::Run() {
   const absl::Time start = absl::Now();
   PS_ASSIGN_OR_RETURN(Setup setup, Prepare());
@@ -226,6 +247,15 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
                              session_->version(), first_round + 1, rounds));
   }
   uint32_t last_bits = 32;
+  const bool gradient = config.update_kind() == v1::UPDATE_KIND_GRADIENT;
+  if (options_.overlap && gradient) {
+    return absl::InvalidArgumentError(
+        "--overlap needs model-delta updates (--update=delta): a gradient is needed at once");
+  }
+  const bool overlap = options_.overlap;
+  InflightPush inflight;
+  std::vector<float> sending;  // overlap: the update in flight
+  if (overlap) local = global;
   for (uint64_t round = first_round; round < rounds; ++round) {
     if (options_.stop != nullptr && options_.stop->load()) {
       Progress(absl::StrFormat("stopping after %d of %d rounds, as asked", round, rounds));
@@ -235,21 +265,26 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     // H local steps from the global model. The delta is accumulated directly (x = global + delta)
     // so that with K = 1 and H = 1 the server's update reproduces plain SGD bit for bit.
     double round_loss = 0.0;
-    const bool gradient = config.update_kind() == v1::UPDATE_KIND_GRADIENT;
     if (gradient) {
       sampler.Next(&batch_x, &batch_y);
       round_loss = model.LossAndGradient(global, batch_x, batch_y, absl::MakeSpan(grad));
       absl::SleepFor(options_.step_delay);
     } else {
-      std::fill(delta.begin(), delta.end(), 0.0f);
-      local = global;
+      if (!overlap) {  // with overlap the local model goes on from where it was
+        std::fill(delta.begin(), delta.end(), 0.0f);
+        local = global;
+      }
       for (uint32_t step = 0; step < h; ++step) {
         sampler.Next(&batch_x, &batch_y);
         round_loss += model.LossAndGradient(local, batch_x, batch_y, absl::MakeSpan(grad));
         const float lr = schedule.At(round * h + step);
         for (size_t i = 0; i < d; ++i) {
-          delta[i] -= lr * grad[i];
-          local[i] = global[i] + delta[i];
+          if (overlap) {
+            local[i] -= lr * grad[i];
+          } else {
+            delta[i] -= lr * grad[i];
+            local[i] = global[i] + delta[i];
+          }
         }
         absl::SleepFor(options_.step_delay);
       }
@@ -265,16 +300,26 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
     info.learning_rate = schedule.At(round * h);  // SlowMo divides by the inner step size
     info.round = round;
     info.total_rounds = rounds;
-    PS_ASSIGN_OR_RETURN(RoundResult pushed, session_->Push(gradient ? grad : delta, info));
-    last_bits = static_cast<uint32_t>(pushed.bits);
-    const absl::Span<const float> next = session_->model();
-    std::copy(next.begin(), next.end(), global.begin());
-    ++result.rounds;
+    // Overlap: the previous round's push and pull ran behind these steps; its result is the
+    // anchor. Without: this round's push and pull, now.
+    std::optional<RoundResult> pushed;
+    if (!overlap) {
+      PS_ASSIGN_OR_RETURN(pushed, session_->Push(gradient ? grad : delta, info));
+    } else if (inflight.active()) {
+      PS_ASSIGN_OR_RETURN(pushed, inflight.Wait());
+    }
+    if (pushed.has_value()) {
+      last_bits = static_cast<uint32_t>(pushed->bits);
+      const absl::Span<const float> next = session_->model();
+      std::copy(next.begin(), next.end(), global.begin());
+      ++result.rounds;
+    }
     rounds_done = round + 1;
-    if (sync && pushed.rejoined) {
+    if (sync && pushed.has_value() && pushed->rejoined) {
       // Re-joined, possibly a server that resumed from an older checkpoint: follow its schedule,
       // so that rounds lost with the server are run again.
-      round = round_of(pushed.version) - 1;  // the loop's ++ makes it round_of(...)
+      round = round_of(pushed->version) - 1;  // the loop's ++ makes it round_of(...)
+      if (overlap) local = global;            // start over from the server's model
       continue;
     }
 
@@ -301,6 +346,22 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       loss_sum = 0.0;
       loss_count = 0;
     }
+    if (overlap) {
+      // Pull back towards the anchor (the global model just received), then send the change
+      // from it; the next H steps run while it travels.
+      const float a = options_.overlap_pullback;
+      sending.resize(d);
+      for (size_t i = 0; i < d; ++i) {
+        local[i] -= a * (local[i] - global[i]);
+        sending[i] = local[i] - global[i];
+      }
+      inflight.thread = std::thread(
+          [this, &inflight, &sending, info] { inflight.result = session_->Push(sending, info); });
+    }
+  }
+  if (inflight.active()) {  // the last round's push
+    PS_RETURN_IF_ERROR(inflight.Wait().status());
+    ++result.rounds;
   }
   if (loss_count > 0) result.final_train_loss = loss_sum / loss_count;
 

@@ -52,6 +52,12 @@ ABSL_FLAG(absl::Duration, retry_budget, absl::Seconds(60),
           "How long UNAVAILABLE is retried before giving up.");
 ABSL_FLAG(absl::Duration, step_delay, absl::ZeroDuration(),
           "Sleep this long after every local step: a slow worker, for experiments.");
+ABSL_FLAG(
+    bool, overlap, false,
+    "Overlap-Local-SGD: run each round's push and pull behind the next round's local "
+    "steps, pulling the local model towards the global one when it arrives (--update=delta).");
+ABSL_FLAG(double, overlap_pullback, 0.5,
+          "With --overlap: alpha in x <- x - alpha (x - global), in [0, 1].");
 ABSL_FLAG(absl::Duration, progress_every, absl::Seconds(2), "Seconds between progress lines.");
 ABSL_FLAG(bool, quiet, false, "No progress lines (errors and the summary still print).");
 ABSL_FLAG(bool, evaluate_only, false,
@@ -222,6 +228,11 @@ int Main() {
   });
 
   const int stopped_exit_code = absl::GetFlag(FLAGS_stopped_exit_code);
+  const double pullback = absl::GetFlag(FLAGS_overlap_pullback);
+  if (!(pullback >= 0.0 && pullback <= 1.0)) {
+    std::fprintf(stderr, "ps-worker: --overlap_pullback must be in [0, 1], got %g\n", pullback);
+    return 2;
+  }
   if (stopped_exit_code < 0 || stopped_exit_code > 255) {
     std::fprintf(stderr, "ps-worker: --stopped_exit_code must be in 0..255, got %d\n",
                  stopped_exit_code);
@@ -264,6 +275,8 @@ int Main() {
   options.data = DataFromFlags();
   options.progress_every = absl::GetFlag(FLAGS_progress_every);
   options.step_delay = absl::GetFlag(FLAGS_step_delay);
+  options.overlap = absl::GetFlag(FLAGS_overlap);
+  options.overlap_pullback = static_cast<float>(pullback);
   options.quiet = absl::GetFlag(FLAGS_quiet);
   options.stop = &stop;
   absl::Status status;
