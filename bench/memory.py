@@ -63,29 +63,33 @@ def measure_one(args, work, floats, mode):
     subprocess.run(["rm", "-rf", os.path.join(work, "ckpt")], check=True)
     row = dict(floats=floats, mode=mode, push_bits=bits, model_bytes=model_bytes)
     server, port = start_server(args, work, floats, mode, "first")
-    pid = server.popen.pid
-    row["rss_idle"] = process_sample(pid)["rss_bytes"]
-    phases = client(args, port, floats, bits)
-    row["pushes"] = phases["push"]["operations"]
-    row["pulls"] = phases["pull"]["operations"]
-    row["rss_after_training"] = process_sample(pid)["rss_bytes"]
-    row["peak_rss_training"] = peak_rss(pid)
-    row["shutdown_checkpoint_s"] = stop(server)
+    try:
+        pid = server.popen.pid
+        row["rss_idle"] = process_sample(pid)["rss_bytes"]
+        phases = client(args, port, floats, bits)
+        row["pushes"] = phases["push"]["operations"]
+        row["pulls"] = phases["pull"]["operations"]
+        row["rss_after_training"] = process_sample(pid)["rss_bytes"]
+        row["peak_rss_training"] = peak_rss(pid)
+    finally:
+        row["shutdown_checkpoint_s"] = stop(server)
     ckpts = sorted(os.listdir(os.path.join(work, "ckpt")))
     row["checkpoint_bytes"] = os.path.getsize(os.path.join(work, "ckpt", ckpts[-1]))
     start = time.time()
     server, port = start_server(args, work, floats, mode, "resumed")
-    row["resume_s"] = time.time() - start
-    pid = server.popen.pid
-    row["rss_resumed"] = process_sample(pid)["rss_bytes"]
-    row["peak_rss_resume"] = peak_rss(pid)
-    log = open(os.path.join(work, "server-resumed.log")).read()
-    if "event=resumed" not in log:
-        fail("the second server did not resume from the checkpoint:\n" + log[-2000:])
-    phases = client(args, port, floats, bits)  # join, push and pull on the resumed server
-    row["pushes_after_resume"] = phases["push"]["operations"]
-    row["peak_rss_after_resume"] = peak_rss(pid)
-    stop(server)
+    try:
+        row["resume_s"] = time.time() - start
+        pid = server.popen.pid
+        row["rss_resumed"] = process_sample(pid)["rss_bytes"]
+        row["peak_rss_resume"] = peak_rss(pid)
+        log = open(os.path.join(work, "server-resumed.log")).read()
+        if "event=resumed" not in log:
+            fail("the second server did not resume from the checkpoint:\n" + log[-2000:])
+        phases = client(args, port, floats, bits)  # join, push and pull on the resumed server
+        row["pushes_after_resume"] = phases["push"]["operations"]
+        row["peak_rss_after_resume"] = peak_rss(pid)
+    finally:
+        stop(server)
     row["peak_over_model"] = max(row["peak_rss_training"], row["peak_rss_after_resume"]) / model_bytes
     row["steady_over_model"] = row["rss_after_training"] / model_bytes
     return row

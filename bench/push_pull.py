@@ -160,6 +160,7 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
     sizes = sorted({r["floats"] for r in rows})
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), sharey=True)
     axes = axes if len(sizes) > 1 else [axes]
@@ -175,6 +176,9 @@ def plot(rows, path):
         ax.set_yscale("log")
         ax.set_xticks(ks)
         ax.set_xticklabels([str(k) for k in ks])
+        ax.set_yticks([0.2, 0.5, 1, 2, 5])
+        ax.get_yaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("clients K")
         ax.set_title("{:,} floats".format(floats))
         ax.grid(True, which="both", alpha=0.3)

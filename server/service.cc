@@ -198,7 +198,12 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     PS_HAPPENS_AFTER(this);
     service_->Untrack(&tracked_);
     slot_.Release();
-    service_->ReturnBuffer(assembly_.TakeBuffer());
+    std::string buffer = assembly_.TakeBuffer();
+    // An initial upload comes once, and its model-sized buffer would stay resident under
+    // pushes that may be far smaller (4-bit ones): it is not kept.
+    const bool upload =
+        assembly_.has_header() && assembly_.header().kind() == v1::UPDATE_KIND_INITIAL_MODEL;
+    if (!upload) service_->ReturnBuffer(std::move(buffer));
     delete this;
   }
 

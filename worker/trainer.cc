@@ -254,7 +254,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
   }
   const bool overlap = options_.overlap;
   InflightPush inflight;
-  std::vector<float> sending;  // overlap: the update in flight
+  std::vector<float> sending, sent;  // overlap: the update in flight, and the model it came from
   if (overlap) local = global;
   for (uint64_t round = first_round; round < rounds; ++round) {
     if (options_.stop != nullptr && options_.stop->load()) {
@@ -319,7 +319,10 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       // Re-joined, possibly a server that resumed from an older checkpoint: follow its schedule,
       // so that rounds lost with the server are run again.
       round = round_of(pushed->version) - 1;  // the loop's ++ makes it round_of(...)
-      if (overlap) local = global;            // start over from the server's model
+      if (overlap) {  // start over from the server's model
+        local = global;
+        sent.clear();
+      }
       continue;
     }
 
@@ -347,14 +350,16 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       loss_count = 0;
     }
     if (overlap) {
-      // Pull back towards the anchor (the global model just received), then send the change
-      // from it; the next H steps run while it travels.
+      // The model sent last round is pulled towards the global one that came back (the steps
+      // taken since stay); then this round's change from the global model goes out, and the
+      // next H steps run while it travels.
       const float a = options_.overlap_pullback;
       sending.resize(d);
-      for (size_t i = 0; i < d; ++i) {
-        local[i] -= a * (local[i] - global[i]);
-        sending[i] = local[i] - global[i];
+      if (sent.size() == d) {
+        for (size_t i = 0; i < d; ++i) local[i] -= a * (sent[i] - global[i]);
       }
+      sent = local;
+      for (size_t i = 0; i < d; ++i) sending[i] = local[i] - global[i];
       inflight.thread = std::thread(
           [this, &inflight, &sending, info] { inflight.result = session_->Push(sending, info); });
     }

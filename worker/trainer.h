@@ -70,11 +70,11 @@ struct TrainerOptions {
   // docs/reproduction.md), as a slower machine or a shared core would.
   absl::Duration step_delay = absl::ZeroDuration();
   // Overlap-Local-SGD (docs/algorithms.md section 10): each round's push and pull run on a
-  // thread of their own while the next round's H steps run; when the new global model (the
-  // anchor z) arrives, the local model is pulled towards it, x <- x - pullback (x - z), before
-  // it is pushed. Model-delta runs only (a gradient is needed at once).
+  // thread of their own while the next round's H steps run; when the new global model z (the
+  // anchor) arrives, the model s that was sent is pulled towards it, x <- x - pullback (s - z),
+  // and the steps taken since are kept. Model-delta runs only (a gradient is needed at once).
   bool overlap = false;
-  float overlap_pullback = 0.5f;  // alpha, in [0, 1]
+  float overlap_pullback = 1.0f;  // alpha, in [0, 1]
   // Called after every test-set evaluation: every eval_every rounds, and the final one.
   std::function<void(const EvalRecord&)> on_eval;
 };

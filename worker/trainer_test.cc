@@ -115,26 +115,29 @@ TEST(Trainer, TrainsTheBuiltInModelThroughAFakeSession) {
             std::vector<float>(session.model().begin(), session.model().end()));
 }
 
-// Overlap-Local-SGD with K = 1: each push runs behind the next round's steps. Without a
-// pullback the local model never moves towards the anchor, so the run is plain SGD over the same
+// Overlap-Local-SGD with K = 1: each push runs behind the next round's steps. The global model
+// that comes back is what was sent, so whatever the pullback the run is plain SGD over the same
 // batches (up to the rounding of sending x - z and adding it back).
-TEST(Trainer, OverlapWithoutPullbackIsPlainSgdForOneWorker) {
+TEST(Trainer, OverlapIsPlainSgdForOneWorker) {
   if (!FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
   FakeSession blocking_session(SoftmaxRun(20, 4));
   absl::StatusOr<TrainingResult> blocking = Trainer(SmallData(), &blocking_session).Run();
   ASSERT_TRUE(blocking.ok()) << blocking.status();
-  FakeSession session(SoftmaxRun(20, 4));
-  TrainerOptions options = SmallData();
-  options.overlap = true;
-  options.overlap_pullback = 0.0f;
-  absl::StatusOr<TrainingResult> overlapped = Trainer(options, &session).Run();
-  ASSERT_TRUE(overlapped.ok()) << overlapped.status();
-  EXPECT_EQ(overlapped->rounds, 20u);
-  EXPECT_EQ(session.pushes().size(), 20u);
-  EXPECT_EQ(overlapped->final_version, 21u);
-  ASSERT_EQ(overlapped->final_model.size(), blocking->final_model.size());
-  for (size_t i = 0; i < blocking->final_model.size(); ++i) {
-    ASSERT_NEAR(overlapped->final_model[i], blocking->final_model[i], 1e-5) << "coordinate " << i;
+  for (float pullback : {0.0f, 0.5f, 1.0f}) {
+    FakeSession session(SoftmaxRun(20, 4));
+    TrainerOptions options = SmallData();
+    options.overlap = true;
+    options.overlap_pullback = pullback;
+    absl::StatusOr<TrainingResult> overlapped = Trainer(options, &session).Run();
+    ASSERT_TRUE(overlapped.ok()) << overlapped.status();
+    EXPECT_EQ(overlapped->rounds, 20u);
+    EXPECT_EQ(session.pushes().size(), 20u);
+    EXPECT_EQ(overlapped->final_version, 21u);
+    ASSERT_EQ(overlapped->final_model.size(), blocking->final_model.size());
+    for (size_t i = 0; i < blocking->final_model.size(); ++i) {
+      ASSERT_NEAR(overlapped->final_model[i], blocking->final_model[i], 1e-5)
+          << "coordinate " << i << ", pullback " << pullback;
+    }
   }
 }
 
