@@ -22,15 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from harness.procs import fail  # noqa: E402
+from push_pull import save  # noqa: E402
 from soak import process_sample, scrape, start_server  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
-
-
-def metric(port, name):
-    import urllib.request
-    text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-               if l.split("{", 1)[0].split(" ", 1)[0] == name)
 
 
 def run_one(args, work, floats, mode, k):
@@ -50,8 +44,9 @@ def run_one(args, work, floats, mode, k):
             fail("ps_load failed: " + out.stderr[-2000:])
         final = [json.loads(l) for l in out.stdout.splitlines() if json.loads(l).get("final")][0]
         cpu = process_sample(server.popen.pid)["cpu_s"] - cpu_before
-        values = scrape(metrics_port)
-        batches = metric(metrics_port, "ps_update_batches_total")
+        values = scrape(metrics_port, ("ps_updates_applied_total", "ps_model_version",
+                                       "ps_update_batches_total"))
+        batches = values["ps_update_batches_total"]
     finally:
         server.signal(signal.SIGTERM)
         server.wait(60, "ps-server after SIGTERM")
@@ -123,11 +118,8 @@ def main():
                           "p99 %.0f ms, %d errors" % (floats, mode, k, row["rounds_per_s"],
                                                       row["sync_ms_p50"], row["sync_ms_p99"],
                                                       row["errors"]), flush=True)
-    print(markdown(rows))
-    if args.out:
-        with open(args.out + ".json", "w") as f:
-            json.dump(dict(machine=machine(), seconds=args.seconds, rows=rows), f, indent=1)
-        plot(rows, args.out + ".png")
+    save(args.out, markdown(rows), dict(machine=machine(), seconds=args.seconds, rows=rows),
+         rows, plot)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from harness.procs import Proc, fail, read_port_file  # noqa: E402
-from push_pull import peak_rss  # noqa: E402
+from push_pull import peak_rss, save  # noqa: E402
 from soak import process_sample  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
@@ -164,11 +164,8 @@ def main():
                       "checkpoint+shutdown %.1f s, resume %.1f s" % (
                           floats, mode, row["peak_over_model"], row["steady_over_model"],
                           row["shutdown_checkpoint_s"], row["resume_s"]), flush=True)
-    print(markdown(rows))
-    if args.out:
-        with open(args.out + ".json", "w") as f:
-            json.dump(dict(machine=machine(), seconds=args.seconds, rows=rows), f, indent=1)
-        plot(rows, args.out + ".png")
+    save(args.out, markdown(rows), dict(machine=machine(), seconds=args.seconds, rows=rows),
+         rows, plot)
 
 
 if __name__ == "__main__":

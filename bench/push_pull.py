@@ -141,6 +141,15 @@ def summarize(runs):
     return rows
 
 
+def save(out, table, results, plot_rows, plot):
+    """Prints the table; with `out`, writes OUT.json (`results`) and OUT.png."""
+    print(table)
+    if out:
+        with open(out + ".json", "w") as f:
+            json.dump(results, f, indent=1)
+        plot(plot_rows, out + ".png")
+
+
 def markdown(rows):
     def cell(x):
         return "%.2f (%.2f-%.2f)" % (x["median"], x["min"], x["max"])
@@ -202,13 +211,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ps_push_pull_") as work:
         runs = measure(args, work)
     rows = summarize(runs)
-    table = markdown(rows)
-    print(table)
-    if args.out:
-        with open(args.out + ".json", "w") as f:
-            json.dump(dict(machine=machine(), seconds=args.seconds, reps=args.reps, bits=args.bits,
-                           runs=runs, summary=rows), f, indent=1)
-        plot(rows, args.out + ".png")
+    save(args.out, markdown(rows), dict(machine=machine(), seconds=args.seconds, reps=args.reps,
+                                        bits=args.bits, runs=runs, summary=rows), rows, plot)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,10 @@ def process_sample(pid):
                 threads=int(fields[17]))
 
 
-def scrape(port):
-    """The METRICS families' values from the server's /metrics (sums over labels)."""
+def scrape(port, names=METRICS):
+    """The `names` families' values from the server's /metrics (sums over labels)."""
     text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
-    values = dict.fromkeys(METRICS, 0.0)
+    values = dict.fromkeys(names, 0.0)
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in values:

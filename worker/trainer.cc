@@ -319,7 +319,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       // Re-joined, possibly a server that resumed from an older checkpoint: follow its schedule,
       // so that rounds lost with the server are run again.
       round = round_of(pushed->version) - 1;  // the loop's ++ makes it round_of(...)
-      if (overlap) {  // start over from the server's model
+      if (overlap) {                          // start over from the server's model
         local = global;
         sent.clear();
       }
