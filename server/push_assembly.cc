@@ -34,16 +34,24 @@ absl::Status CheckUpdateHeader(const PushRules& rules, const v1::UpdateHeader& h
 PushAssembly::PushAssembly(Admit admit, std::string buffer)
     : admit_(std::move(admit)), buffer_(std::move(buffer)) {}
 
+absl::Status PushAssembly::AdmitHeader(const v1::UpdateChunk& first) {
+  if (!first.has_header()) {
+    return absl::InvalidArgumentError("the first chunk of a push must carry the header");
+  }
+  absl::StatusOr<PushRules> rules = admit_(first.header());
+  if (!rules.ok()) return rules.status();
+  if (absl::Status s = CheckUpdateHeader(*rules, first.header()); !s.ok()) return s;
+  header_ = first.header();
+  rules_ = *std::move(rules);
+  return absl::OkStatus();
+}
+
 absl::Status PushAssembly::Add(const v1::UpdateChunk& chunk) {
   if (!assembler_.has_value()) {
-    if (!chunk.has_header()) {
-      return absl::InvalidArgumentError("the first chunk of a push must carry the header");
+    if (!rules_.has_value()) {
+      if (absl::Status s = AdmitHeader(chunk); !s.ok()) return s;
     }
-    absl::StatusOr<PushRules> rules = admit_(chunk.header());
-    if (!rules.ok()) return rules.status();
-    if (absl::Status s = CheckUpdateHeader(*rules, chunk.header()); !s.ok()) return s;
-    header_ = chunk.header();
-    assembler_.emplace(header_.payload_bytes(), rules->max_chunk_bytes, std::move(buffer_));
+    assembler_.emplace(header_.payload_bytes(), rules_->max_chunk_bytes, std::move(buffer_));
   } else if (chunk.has_header()) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk at offset ", chunk.offset(), " carries a second header"));

@@ -41,13 +41,16 @@ class PushAssembly {
   // `buffer` is reused as the payload's storage.
   explicit PushAssembly(Admit admit, std::string buffer = {});
 
-  // The first chunk must carry the header and no later one may. The header is checked against
-  // the admitted rules (CheckUpdateHeader).
+  // Admits and checks the header of the first chunk (CheckUpdateHeader against the admitted
+  // rules) without buffering anything: the caller may wait for memory before it calls Add.
+  absl::Status AdmitHeader(const v1::UpdateChunk& first);
+  // The first chunk must carry the header (admitted here unless AdmitHeader did) and no later
+  // one may.
   absl::Status Add(const v1::UpdateChunk& chunk);
   // INVALID_ARGUMENT unless the header and every payload byte arrived.
   absl::Status Finish() const;
 
-  bool has_header() const { return assembler_.has_value(); }
+  bool has_header() const { return rules_.has_value(); }
   const v1::UpdateHeader& header() const { return header_; }
   absl::string_view payload() const;
   // The payload buffer, for reuse by a later push.
@@ -57,6 +60,7 @@ class PushAssembly {
   Admit admit_;
   std::string buffer_;
   v1::UpdateHeader header_;
+  std::optional<PushRules> rules_;  // set once the header is admitted
   std::optional<PayloadAssembler> assembler_;
 };
 

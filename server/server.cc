@@ -304,6 +304,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   service_options.max_pending_pulls =
       options.max_pending_pulls > 0 ? options.max_pending_pulls : 4 * k + 16;
   service_options.idle_timeout = options.idle_timeout;
+  service_options.push_buffer_bytes = options.push_buffer_bytes;
   service_options.add_status = [s = server.get()](v1::StatusResponse* status) {
     s->AddDurabilityStatus(status);
   };
@@ -526,7 +527,13 @@ std::vector<prometheus::MetricFamily> ParameterServer::CollectMetrics() const {
                s.updates_late_folded())
       .Counter("ps_update_batches_total",
                "Async batches applied (group commit; a batch of n publishes n versions).",
-               s.update_batches());
+               s.update_batches())
+      .Gauge("ps_push_buffer_bytes",
+             "Payload bytes held by pushes being received (bounded by --push_buffer_mb).",
+             static_cast<double>(s.push_buffer_bytes()))
+      .Counter("ps_pushes_waited_for_buffer_total",
+               "Pushes that waited for room under --push_buffer_mb before being read.",
+               static_cast<double>(s.pushes_waited_for_buffer()));
   for (const auto& [reason, value] :
        std::vector<std::pair<std::string, uint64_t>>{{"stale", s.updates_refused_stale()},
                                                      {"invalid", s.updates_refused_invalid()},

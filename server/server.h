@@ -65,6 +65,9 @@ struct ServerOptions {
   // Limits on what clients control (RESOURCE_EXHAUSTED past them); 0 = derived from num_workers.
   int max_concurrent_pushes = 0;
   int max_pending_pulls = 0;
+  // Payload bytes the pushes being received may buffer at once; past it a push waits for room
+  // (its client's stream stalls) instead of being refused. One push is always let in.
+  uint64_t push_buffer_bytes = uint64_t{256} << 20;
   // A push that receives nothing, or a pull whose client reads nothing, for this long is
   // cancelled (CANCELLED) and frees its place under the limits above.
   absl::Duration idle_timeout = absl::Seconds(60);

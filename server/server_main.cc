@@ -178,6 +178,9 @@ ABSL_FLAG(absl::Duration, checkpoint_every, absl::Seconds(60),
 ABSL_FLAG(int, checkpoint_keep, 2, "Checkpoints kept (the newest ones).");
 ABSL_FLAG(int, max_concurrent_pushes, 0,
           "Pushes received at once (each holds a shard-sized buffer); 0 = 2 * num_workers + 4.");
+ABSL_FLAG(uint64_t, push_buffer_mb, 256,
+          "Payload MB the pushes being received may buffer at once; past it a push waits, its "
+          "client's stream stalled, until earlier ones are applied (one push always goes in).");
 ABSL_FLAG(int, max_pending_pulls, 0,
           "Pulls waiting or streaming at once; 0 = 4 * num_workers + 16.");
 ABSL_FLAG(double, max_update_ratio, 0.0,
@@ -341,6 +344,7 @@ absl::StatusOr<ServerOptions> OptionsFromFlags() {
   o.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
   o.max_concurrent_pushes = absl::GetFlag(FLAGS_max_concurrent_pushes);
   o.max_pending_pulls = absl::GetFlag(FLAGS_max_pending_pulls);
+  o.push_buffer_bytes = absl::GetFlag(FLAGS_push_buffer_mb) << 20;
   o.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
   o.max_update_ratio = absl::GetFlag(FLAGS_max_update_ratio);
   o.transport_memory_bytes = absl::GetFlag(FLAGS_transport_memory_mb) << 20;

@@ -143,8 +143,11 @@ void ParameterServerService::ReturnBuffer(std::string buffer) {
 // pool only when the stream ended with a clean half-close and every payload byte arrived: gRPC
 // reports a cancelled or expired call like a half-close (a failed read), so the reactor then
 // sends its initial metadata, which only a stream the client has not reset can take. Any error
-// finishes the call at once and nothing of the update is applied.
-class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc::ByteBuffer> {
+// finishes the call at once and nothing of the update is applied. Between the header and the
+// payload the push may wait, reading nothing, until the handler's push_buffers budget has room
+// for its payload: the client's writes then stall under HTTP/2 flow control.
+class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc::ByteBuffer>,
+                                            public ByteBudget::Waiter {
  public:
   PushReactor(ParameterServerService* service, grpc::CallbackServerContext* context,
               grpc::ByteBuffer* ack)
@@ -178,7 +181,21 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
           messages_)));
     }
     handler_->wire().payload_bytes_received += chunk.data().size();
+    if (messages_ == 1) return WaitForBufferRoom(std::move(chunk));
     if (absl::Status s = assembly_.Add(chunk); !s.ok()) return Refuse(s);
+    Read();
+  }
+
+  // Granted room for the payload: from WaitForBufferRoom, or from the thread of the push whose
+  // end made the room.
+  void OnGranted() override {
+    PS_HAPPENS_AFTER(this);
+    holds_buffer_room_ = true;
+    tracked_.server_busy = false;
+    tracked_.Progress();
+    absl::Status added = assembly_.Add(first_chunk_);
+    first_chunk_.Clear();
+    if (!added.ok()) return Refuse(added);
     Read();
   }
 
@@ -193,7 +210,10 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     service_->pool_->Schedule([this] { Submit(); });
   }
 
-  void OnCancel() override { cancelled_ = true; }
+  void OnCancel() override {
+    cancelled_ = true;
+    if (handler_->push_buffers().Cancel(this)) FinishCancelledWhileWaiting();
+  }
   void OnDone() override {
     PS_HAPPENS_AFTER(this);
     service_->Untrack(&tracked_);
@@ -204,6 +224,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     const bool upload =
         assembly_.has_header() && assembly_.header().kind() == v1::UPDATE_KIND_INITIAL_MODEL;
     if (!upload) service_->ReturnBuffer(std::move(buffer));
+    if (holds_buffer_room_) handler_->push_buffers().Release(assembly_.header().payload_bytes());
     delete this;
   }
 
@@ -214,6 +235,26 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     if (!admitted.ok()) return admitted.status();
     slot_ = std::move(admitted->slot);
     return std::move(admitted->rules);
+  }
+
+  // The header is admitted before anything is buffered; the first chunk (which carries it and
+  // perhaps some payload) waits with the call if the budget has no room.
+  void WaitForBufferRoom(v1::UpdateChunk first) {
+    if (absl::Status s = assembly_.AdmitHeader(first); !s.ok()) return Refuse(s);
+    first_chunk_ = std::move(first);
+    tracked_.server_busy = true;  // the server holds it up, not the client
+    PS_HAPPENS_BEFORE(this);
+    if (handler_->push_buffers().Acquire(assembly_.header().payload_bytes(), this)) {
+      return OnGranted();
+    }
+    // Queued. A cancellation that came before the queueing found nothing to take out.
+    if (cancelled_ && handler_->push_buffers().Cancel(this)) FinishCancelledWhileWaiting();
+  }
+
+  void FinishCancelledWhileWaiting() {
+    FinishCall(grpc::Status(grpc::StatusCode::CANCELLED,
+                            "push cancelled while waiting for room to buffer it (limit "
+                            "--push_buffer_mb); nothing of the update was applied"));
   }
 
   void OnStreamEnd() {
@@ -274,6 +315,8 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
   grpc::ByteBuffer message_;
   int messages_ = 0;
   PushAssembly assembly_;
+  v1::UpdateChunk first_chunk_;                 // while waiting for room in the budget
+  std::atomic<bool> holds_buffer_room_{false};  // its payload_bytes, given back at OnDone
   CallSlot slot_;  // one of the max_concurrent_pushes places, from the header on
   std::atomic<bool> cancelled_{false};
 };

@@ -22,7 +22,8 @@ void WireCounters::ToProto(v1::WireCounters* out) const {
   out->set_raw_bytes_sent(raw_bytes_sent);
 }
 
-ServiceHandler::ServiceHandler(const ServiceOptions& options) : options_(options) {}
+ServiceHandler::ServiceHandler(const ServiceOptions& options)
+    : options_(options), push_buffers_(options.push_buffer_bytes) {}
 
 PushRules ServiceHandler::RulesFor(const Layout& layout, std::vector<int> allowed) const {
   const KeyRange range = ShardRange(layout.size(), options_.shard_index, options_.shard_count);
@@ -244,6 +245,8 @@ v1::StatusResponse ServiceHandler::BuildStatus() const {
   status.set_calls_cancelled_idle(cancelled_idle_);
   status.set_pushes_in_progress(std::max(0, active_pushes_.load()));
   status.set_pulls_in_progress(std::max(0, active_pulls_.load()));
+  status.set_push_buffer_bytes(push_buffers_.held());
+  status.set_pushes_waited_for_buffer(push_buffers_.waited_total());
   wire_.ToProto(status.mutable_wire());
   absl::StatusOr<const Components*> ready = Ready();
   if (!ready.ok()) {

@@ -26,6 +26,7 @@
 #include "common/layout.h"
 #include "ps/v1/ps.pb.h"
 #include "server/aggregator.h"
+#include "server/byte_budget.h"
 #include "server/membership.h"
 #include "server/metrics.h"
 #include "server/parameter_store.h"
@@ -44,6 +45,10 @@ struct ServiceOptions {
   // Limits on what clients control; past them calls get RESOURCE_EXHAUSTED.
   int max_concurrent_pushes = 16;  // pushes past their header, each holding a shard-sized buffer
   int max_pending_pulls = 64;      // pulls waiting or streaming
+  // Payload bytes the pushes being received may buffer at once; a push past it waits (its
+  // client's stream stalls under HTTP/2 flow control) rather than being refused. One push is
+  // always let in, whatever its size.
+  uint64_t push_buffer_bytes = uint64_t{256} << 20;
   // A push that receives no chunk, or a pull whose client reads nothing, for this long is
   // cancelled and frees its place (a stalled or hostile client cannot hold the limits above).
   absl::Duration idle_timeout = absl::Seconds(60);
@@ -189,6 +194,7 @@ class ServiceHandler {
 
   const ServiceOptions& options() const { return options_; }
   WireCounters& wire() { return wire_; }
+  ByteBudget& push_buffers() { return push_buffers_; }
   // How long pulls waited for a newer version before being answered, in seconds: the time
   // workers spend at the barrier of a sync round.
   Histogram::Snapshot pull_wait() const { return pull_wait_.Get(); }
@@ -231,6 +237,7 @@ class ServiceHandler {
   std::atomic<uint64_t> cancelled_idle_{0};
   std::atomic<int> active_pushes_{0};
   std::atomic<int> active_pulls_{0};
+  ByteBudget push_buffers_;
   Histogram pull_wait_{{0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
   mutable absl::Mutex mu_;
   v1::EvalReport last_eval_ ABSL_GUARDED_BY(mu_);

@@ -22,12 +22,16 @@ constexpr uint64_t kChunk = 4096;
 
 class BadInputTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  virtual ServerOptions Options() const {
     ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_ASYNC, 2, 1);
     options.chunk_bytes = kChunk;
     options.max_concurrent_pushes = 2;
     options.max_pending_pulls = 2;
-    server_ = testing::StartServer(options);
+    return options;
+  }
+
+  void SetUp() override {
+    server_ = testing::StartServer(Options());
     ASSERT_NE(server_, nullptr);
     grpc::ChannelArguments args;
     args.SetMaxSendMessageSize(8 << 20);  // so that the server, not the client, refuses big ones
@@ -90,6 +94,10 @@ class BadInputTest : public ::testing::Test {
   // The model is exactly as before and a good push still goes through.
   void ExpectUnchangedAndStillServing() {
     EXPECT_EQ(*server_->Model().values, before_) << "a refused update changed the model";
+    ExpectStillServing();
+  }
+
+  void ExpectStillServing() {
     v1::PushAck ack;
     grpc::Status ok = Send(Chunks(Header(), GoodPayload()), &ack);
     EXPECT_TRUE(ok.ok()) << ok.error_message();
@@ -403,6 +411,105 @@ TEST_F(BadInputTest, APushPastItsDeadlineWithoutAHalfCloseIsNeverApplied) {
     ASSERT_EQ(*server_->Model().values, before_) << "attempt " << attempt << " was applied";
   }
   ExpectUnchangedAndStillServing();
+}
+
+// --push_buffer_mb: a push that finds no room waits for it, unread, instead of being refused.
+class PushBufferTest : public BadInputTest {
+ protected:
+  ServerOptions Options() const override {
+    ServerOptions options = BadInputTest::Options();
+    options.max_concurrent_pushes = 4;
+    options.push_buffer_bytes = 1;  // one push at a time, whatever its size
+    options.idle_timeout = absl::Seconds(1);
+    options.lease = absl::Seconds(2);  // housekeeping (which cancels idle calls) every 0.5 s
+    return options;
+  }
+
+  // A push that sent its header and first chunk and then stalls: it holds the budget.
+  std::unique_ptr<OpenPush> StartHolder() {
+    auto holder = std::make_unique<OpenPush>();
+    holder->writer = stub_->Push(&holder->context, &holder->ack);
+    holder_chunks_ = Chunks(Header(), GoodPayload());
+    EXPECT_TRUE(holder->writer->Write(holder_chunks_[0]));
+    for (int wait = 0; wait < 500 && server_->GetStatus().push_buffer_bytes() == 0; ++wait) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_EQ(server_->GetStatus().push_buffer_bytes(), size_ * 4);
+    return holder;
+  }
+
+  // A push that sent everything and half-closed, and now waits for room.
+  std::unique_ptr<OpenPush> StartWaiter(bool whole) {
+    const uint64_t waited = server_->GetStatus().pushes_waited_for_buffer();
+    auto waiter = std::make_unique<OpenPush>();
+    waiter->writer = stub_->Push(&waiter->context, &waiter->ack);
+    const auto chunks = Chunks(Header(), GoodPayload());
+    for (size_t i = 0; i < (whole ? chunks.size() : 1); ++i) {
+      EXPECT_TRUE(waiter->writer->Write(chunks[i]));
+    }
+    if (whole) waiter->writer->WritesDone();
+    for (int wait = 0; wait < 500 && server_->GetStatus().pushes_waited_for_buffer() == waited;
+         ++wait) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_EQ(server_->GetStatus().pushes_waited_for_buffer(), waited + 1);
+    return waiter;
+  }
+
+  std::vector<v1::UpdateChunk> holder_chunks_;
+};
+
+TEST_F(PushBufferTest, APushPastTheBudgetWaitsItsTurnAndBothAreApplied) {
+  auto holder = StartHolder();
+  auto waiter = StartWaiter(/*whole=*/true);
+  EXPECT_EQ(server_->GetStatus().updates_applied(), 0u) << "the waiter went past the budget";
+  for (size_t i = 1; i < holder_chunks_.size(); ++i) {
+    ASSERT_TRUE(holder->writer->Write(holder_chunks_[i]));
+  }
+  holder->writer->WritesDone();
+  grpc::Status s = holder->writer->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  s = waiter->writer->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(waiter->ack.result(), v1::PushAck::RESULT_APPLIED);
+  const v1::StatusResponse status = server_->GetStatus();
+  EXPECT_EQ(status.updates_applied(), 2u);
+  EXPECT_EQ(status.updates_refused_limit(), 0u);
+  for (int wait = 0; wait < 500 && server_->GetStatus().push_buffer_bytes() > 0; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(server_->GetStatus().push_buffer_bytes(), 0u) << "room not given back";
+}
+
+TEST_F(PushBufferTest, APushCancelledWhileWaitingForRoomLeavesAndIsNeverApplied) {
+  auto holder = StartHolder();
+  auto waiter = StartWaiter(/*whole=*/false);
+  waiter->context.TryCancel();
+  EXPECT_EQ(waiter->writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  for (int wait = 0; wait < 500 && server_->GetStatus().pushes_in_progress() > 1; ++wait) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(server_->GetStatus().pushes_in_progress(), 1u) << "the cancelled push kept its place";
+  for (size_t i = 1; i < holder_chunks_.size(); ++i) {
+    ASSERT_TRUE(holder->writer->Write(holder_chunks_[i]));
+  }
+  holder->writer->WritesDone();
+  EXPECT_TRUE(holder->writer->Finish().ok());
+  EXPECT_EQ(server_->GetStatus().updates_applied(), 1u);
+  ExpectStillServing();
+}
+
+// A client that stalls while holding the budget is cancelled for idleness, as any stalled push;
+// the push waiting behind it is the server's doing, is not taken for idle, and goes through.
+TEST_F(PushBufferTest, AStalledHolderIsCancelledAndThePushWaitingBehindItIsApplied) {
+  auto holder = StartHolder();
+  auto waiter = StartWaiter(/*whole=*/true);
+  EXPECT_EQ(holder->writer->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  grpc::Status s = waiter->writer->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(waiter->ack.result(), v1::PushAck::RESULT_APPLIED);
+  EXPECT_EQ(server_->GetStatus().calls_cancelled_idle(), 1u);
+  EXPECT_EQ(server_->GetStatus().updates_applied(), 1u);
 }
 
 // Item 8: 12 stalled pushes held every push place, and 8 pulls that never read every pull place.
