@@ -31,8 +31,7 @@ absl::Status CheckUpdateHeader(const PushRules& rules, const v1::UpdateHeader& h
   return absl::OkStatus();
 }
 
-PushAssembly::PushAssembly(Admit admit, std::string buffer)
-    : admit_(std::move(admit)), buffer_(std::move(buffer)) {}
+PushAssembly::PushAssembly(Admit admit) : admit_(std::move(admit)) {}
 
 absl::Status PushAssembly::AdmitHeader(const v1::UpdateChunk& first) {
   if (!first.has_header()) {

@@ -38,8 +38,9 @@ class PushAssembly {
   // Gives the rules a push with this header must follow, or refuses it (membership, identity,
   // concurrency); runs once, on the header, before any payload is buffered.
   using Admit = std::function<absl::StatusOr<PushRules>(const v1::UpdateHeader&)>;
-  // `buffer` is reused as the payload's storage.
-  explicit PushAssembly(Admit admit, std::string buffer = {});
+  explicit PushAssembly(Admit admit);
+  // Storage to reuse for the payload (a pooled buffer); before the first Add.
+  void SetBuffer(std::string buffer) { buffer_ = std::move(buffer); }
 
   // Admits and checks the header of the first chunk (CheckUpdateHeader against the admitted
   // rules) without buffering anything: the caller may wait for memory before it calls Add.

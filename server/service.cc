@@ -154,8 +154,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
       : service_(service),
         handler_(service->handler_),
         ack_(ack),
-        assembly_([this](const v1::UpdateHeader& header) { return AcceptHeader(header); },
-                  service->TakeBuffer()) {
+        assembly_([this](const v1::UpdateHeader& header) { return AcceptHeader(header); }) {
     tracked_.context = context;
     service_->Track(&tracked_);
     absl::StatusOr<Caller> caller = service_->Authenticate(*context);
@@ -193,6 +192,8 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     holds_buffer_room_ = true;
     tracked_.server_busy = false;
     tracked_.Progress();
+    // A pooled buffer is taken only now: a push waiting for room must not sit on one.
+    assembly_.SetBuffer(service_->TakeBuffer());
     absl::Status added = assembly_.Add(first_chunk_);
     first_chunk_.Clear();
     if (!added.ok()) return Refuse(added);
