@@ -119,6 +119,9 @@ absl::Status ServerOptions::Validate() const {
     return bad("max_streams_per_connection", max_streams_per_connection,
                "must be >= 4 (a worker has a push, a pull and a heartbeat in flight)");
   }
+  if (stream_window_bytes < (64 << 10) || stream_window_bytes > (uint64_t{1} << 30)) {
+    return bad("stream_window_kb", stream_window_bytes >> 10, "must be in [64, 1048576]");
+  }
   if (transport_max_threads < 4) {
     return bad("transport_max_threads", transport_max_threads, "must be >= 4");
   }
@@ -263,9 +266,15 @@ void ApplyTransportLimits(const ServerOptions& options, grpc::ServerBuilder* bui
       layout.empty() ? uint64_t{1} << 30
                      : ShardRange(layout.size(), options.shard_index, options.shard_count).size() *
                            sizeof(float);
+  // Plus a full window for every push that may be admitted (each may wait for room with its
+  // window filled).
+  const uint64_t pushes = options.max_concurrent_pushes > 0
+                              ? options.max_concurrent_pushes
+                              : 2 * options.training.num_workers() + 4;
   grpc::ResourceQuota quota("ps-server");
   quota.Resize(options.transport_memory_bytes > 0 ? options.transport_memory_bytes
-                                                  : (uint64_t{256} << 20) + 2 * shard_bytes);
+                                                  : (uint64_t{256} << 20) + 2 * shard_bytes +
+                                                        pushes * options.stream_window_bytes);
   quota.SetMaxThreads(options.transport_max_threads);
   builder->SetResourceQuota(quota);
   builder->AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_streams_per_connection);
@@ -277,6 +286,13 @@ void ApplyTransportLimits(const ServerOptions& options, grpc::ServerBuilder* bui
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
   builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // A fixed receive window per stream instead of one grown by BDP probing: on loopback probing
+  // grew it to about 24 MB, so each push waiting for room under --push_buffer_mb held that much
+  // in the transport, and 16 of them filled the quota (gRPC then resets streams with
+  // ENHANCE_YOUR_CALM). See docs/architecture.md, "The apply path".
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                              static_cast<int>(options.stream_window_bytes));
 }
 
 }  // namespace

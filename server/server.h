@@ -74,6 +74,9 @@ struct ServerOptions {
   // gRPC transport bounds: memory (0 = 256 MiB + twice the shard's bytes) and threads of its
   // resource quota, and concurrent streams per client connection.
   uint64_t transport_memory_bytes = 0;
+  // HTTP/2 receive window of each stream (fixed: no BDP probing). One push moves at most this
+  // per round trip (4 MiB in 50 ms: 670 Mbit/s), and a push waiting for room holds at most this.
+  uint64_t stream_window_bytes = uint64_t{4} << 20;
   int transport_max_threads = 256;
   int max_streams_per_connection = 32;
   // Durability: checkpoints in checkpoint_dir every N versions and/or every T, and at shutdown;

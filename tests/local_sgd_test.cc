@@ -188,5 +188,32 @@ TEST(LocalSgd, AfterASyncRoundEveryWorkerHoldsTheAverageOfTheLocalModels) {
   }
 }
 
+// Overlap-Local-SGD with two workers in sync rounds: every round still closes with both workers'
+// updates, though each was computed while the previous round was in flight, and the run learns
+// about as well as the blocking one on the same data.
+TEST(LocalSgd, OverlapWithTwoWorkersClosesEveryRoundAndLearnsLikeBlocking) {
+  if (!testing::FashionMnistInstalled()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  auto run = [](bool overlap) {
+    ServerOptions options = SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 2, 4);
+    options.training.set_epochs(4.0f);  // 4 * 2000 / (2 * 4 * 32): 32 rounds
+    auto server = StartServer(options);
+    EXPECT_NE(server, nullptr);
+    TrainerOptions base;
+    base.data.train_limit = 2000;
+    base.data.test_limit = 500;
+    base.overlap = overlap;
+    const std::vector<TrainingResult> results = testing::TrainWorkers({server.get()}, 2, base);
+    EXPECT_EQ(results.size(), 2u);
+    for (const TrainingResult& r : results) EXPECT_EQ(r.rounds, 32u) << "overlap " << overlap;
+    const v1::StatusResponse status = server->GetStatus();
+    EXPECT_EQ(status.rounds_closed_complete(), 32u) << "overlap " << overlap;
+    EXPECT_EQ(status.version(), 33u);
+    return testing::EvaluateServerModel(*server, 500).accuracy;
+  };
+  const double blocking = run(false), overlapped = run(true);
+  EXPECT_GT(blocking, 0.6);
+  EXPECT_GT(overlapped, blocking - 0.05) << "blocking " << blocking;
+}
+
 }  // namespace
 }  // namespace ps

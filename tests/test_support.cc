@@ -87,6 +87,16 @@ std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_
 
 std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer*>& shards,
                                          int num_workers, int64_t train_limit, int64_t test_limit) {
+  TrainerOptions o;
+  o.data.train_limit = train_limit;
+  o.data.test_limit = test_limit;
+  return TrainWorkers(shards, num_workers, o);
+}
+
+std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer*>& shards,
+                                         int num_workers, TrainerOptions base) {
+  base.data.fashion_mnist_dir = kFashionMnistDir;
+  base.quiet = true;
   std::vector<std::unique_ptr<Session>> sessions;
   std::vector<absl::StatusOr<TrainingResult>> results(num_workers, absl::UnknownError("not run"));
   for (int k = 0; k < num_workers; ++k) {
@@ -95,12 +105,7 @@ std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer
   std::vector<std::thread> threads;
   for (int k = 0; k < num_workers; ++k) {
     threads.emplace_back([&, k] {
-      TrainerOptions o;
-      o.data.fashion_mnist_dir = kFashionMnistDir;
-      o.data.train_limit = train_limit;
-      o.data.test_limit = test_limit;
-      o.quiet = true;
-      Trainer trainer(o, sessions[k].get());
+      Trainer trainer(base, sessions[k].get());
       results[k] = trainer.Run();
     });
   }

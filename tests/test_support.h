@@ -47,6 +47,9 @@ std::vector<TrainingResult> TrainWorkers(const ParameterServer& server, int num_
 // The same against a model split over `shards`.
 std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer*>& shards,
                                          int num_workers, int64_t train_limit, int64_t test_limit);
+// The same with every Trainer's options taken from `base` (quiet, on the dataset's directory).
+std::vector<TrainingResult> TrainWorkers(const std::vector<const ParameterServer*>& shards,
+                                         int num_workers, TrainerOptions base);
 
 // Test accuracy of the server's broadcast model on the first `test_limit` Fashion-MNIST test
 // images.
