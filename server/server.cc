@@ -312,11 +312,13 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   service_options.shard_count = options.shard_count;
   service_options.max_pull_wait = options.max_pull_wait;
   service_options.chunk_bytes = options.chunk_bytes;
-  service_options.max_pooled_buffers = options.threads + 1;
   // Every worker has at most one push and one pull in flight; the rest is slack for retries.
   const int k = static_cast<int>(config.num_workers());
   service_options.max_concurrent_pushes =
       options.max_concurrent_pushes > 0 ? options.max_concurrent_pushes : 2 * k + 4;
+  // As many as the pushes that may be in at once; their bytes are bounded by the push budget.
+  service_options.max_pooled_buffers =
+      std::max(options.threads + 1, service_options.max_concurrent_pushes);
   service_options.max_pending_pulls =
       options.max_pending_pulls > 0 ? options.max_pending_pulls : 4 * k + 16;
   service_options.idle_timeout = options.idle_timeout;

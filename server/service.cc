@@ -125,18 +125,26 @@ std::string ParameterServerService::TakeBuffer() {
   if (free_buffers_.empty()) return {};
   std::string buffer = std::move(free_buffers_.back());
   free_buffers_.pop_back();
+  pooled_bytes_ -= buffer.capacity();
   return buffer;
 }
 
 void ParameterServerService::ReturnBuffer(std::string buffer) {
-  // As many buffers as pushes that can be decoded at once, plus one being received. One that held
-  // less than half its capacity (a 4-bit push in the buffer of the fp32 initial upload) goes: its
-  // pages would stay resident for pushes that never touch them.
+  // Called while the push still holds its room in the budget. The pooled buffers and those in use
+  // stay within the budget together (or one buffer, when a push alone is larger): the pushes the
+  // budget lets in then find buffers here instead of faulting in fresh pages, which with 256
+  // clients of a 4 MB model was nearly half the server's time. One that held less than half its
+  // capacity (a 4-bit push in the buffer of an fp32 one) goes: its pages would stay resident for
+  // pushes that never touch them.
+  if (buffer.capacity() == 0 || buffer.size() < buffer.capacity() / 2) return;
+  const ByteBudget& budget = handler_->push_buffers();
   const size_t keep = static_cast<size_t>(handler_->options().max_pooled_buffers);
-  if (buffer.size() < buffer.capacity() / 2) return;
   absl::MutexLock lock(&mu_);
-  if (buffer.capacity() > 0 && free_buffers_.size() < keep)
+  const bool fits = pooled_bytes_ + budget.held() <= budget.limit();
+  if (free_buffers_.size() < keep && (free_buffers_.empty() || fits)) {
+    pooled_bytes_ += buffer.capacity();
     free_buffers_.push_back(std::move(buffer));
+  }
 }
 
 // Reads the chunks of one update into a PushAssembly. The update is handed to the handler on the

@@ -87,6 +87,7 @@ class ParameterServerService final : public ParameterServerBase {
   const Authenticator* const auth_;
   absl::Mutex mu_;
   std::vector<std::string> free_buffers_ ABSL_GUARDED_BY(mu_);
+  uint64_t pooled_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // their capacities
   std::set<TrackedCall*> calls_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -41,7 +41,7 @@ struct ServiceOptions {
   uint32_t shard_count = 1;
   absl::Duration max_pull_wait = absl::Seconds(30);
   uint64_t chunk_bytes = 0;
-  int max_pooled_buffers = 3;  // push payload buffers kept for reuse
+  int max_pooled_buffers = 3;  // push payload buffers kept for reuse (also within the budget)
   // Limits on what clients control; past them calls get RESOURCE_EXHAUSTED.
   int max_concurrent_pushes = 16;  // pushes past their header, each holding a shard-sized buffer
   int max_pending_pulls = 64;      // pulls waiting or streaming
