@@ -145,10 +145,10 @@ def write(rows, runs, links, args):
         json.dump(dict(machine=machine(), repeats=args.repeats, links=links, rows=rows,
                        step_delay_ms=args.step_delay_ms,
                        runs=runs), f, indent=1)
-    plot(rows, args.out + ".png")
+    plot(rows, args.out + ".png", args.step_delay_ms)
 
 
-def plot(rows, path):
+def plot(rows, path, step_delay_ms=0):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -165,8 +165,9 @@ def plot(rows, path):
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels)
     ax.set_ylabel("seconds to %.2f test accuracy" % LOWER_TARGET)
-    ax.set_title("4 workers, sync Local SGD H=%d, fp32, each worker behind its link" % H,
-                 fontsize=10)
+    steps = ", %g ms a step" % step_delay_ms if step_delay_ms else ""
+    ax.set_title("4 workers, sync Local SGD H=%d, fp32%s, each worker behind its link" % (H, steps),
+                 fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
