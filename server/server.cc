@@ -254,6 +254,14 @@ AggregatorOptions AggregatorOptionsFor(const ServerOptions& options) {
   return a;
 }
 
+// Pushes received at once: --max_concurrent_pushes, or every worker's one push in flight plus
+// slack for retries.
+int MaxConcurrentPushes(const ServerOptions& options) {
+  return options.max_concurrent_pushes > 0
+             ? options.max_concurrent_pushes
+             : 2 * static_cast<int>(options.training.num_workers()) + 4;
+}
+
 // Bounds on what one client can make the gRPC transport hold: memory and threads (a resource
 // quota), streams per connection, and no compressed requests at all (a small gzip message could
 // otherwise inflate to far more than the message limit before it is refused; our clients never
@@ -268,9 +276,7 @@ void ApplyTransportLimits(const ServerOptions& options, grpc::ServerBuilder* bui
                            sizeof(float);
   // Plus a full window for every push that may be admitted (each may wait for room with its
   // window filled).
-  const uint64_t pushes = options.max_concurrent_pushes > 0
-                              ? options.max_concurrent_pushes
-                              : 2 * options.training.num_workers() + 4;
+  const uint64_t pushes = MaxConcurrentPushes(options);
   grpc::ResourceQuota quota("ps-server");
   quota.Resize(options.transport_memory_bytes > 0 ? options.transport_memory_bytes
                                                   : (uint64_t{256} << 20) + 2 * shard_bytes +
@@ -314,8 +320,7 @@ absl::StatusOr<std::unique_ptr<ParameterServer>> ParameterServer::Create(
   service_options.chunk_bytes = options.chunk_bytes;
   // Every worker has at most one push and one pull in flight; the rest is slack for retries.
   const int k = static_cast<int>(config.num_workers());
-  service_options.max_concurrent_pushes =
-      options.max_concurrent_pushes > 0 ? options.max_concurrent_pushes : 2 * k + 4;
+  service_options.max_concurrent_pushes = MaxConcurrentPushes(options);
   // As many as the pushes that may be in at once; their bytes are bounded by the push budget.
   service_options.max_pooled_buffers =
       std::max(options.threads + 1, service_options.max_concurrent_pushes);
