@@ -78,6 +78,23 @@ absl::Status Membership::Touch(uint64_t id) {
   return absl::OkStatus();
 }
 
+absl::Status Membership::BeginCall(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = members_.find(id);
+  if (it == members_.end()) return NotAMemberError(id);
+  ++it->second.calls_in_flight;
+  it->second.last_seen = clock_->Now();
+  return absl::OkStatus();
+}
+
+void Membership::EndCall(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = members_.find(id);
+  if (it == members_.end()) return;
+  --it->second.calls_in_flight;
+  it->second.last_seen = clock_->Now();
+}
+
 absl::Status Membership::CheckIdentity(uint64_t id, const std::string& identity) const {
   if (identity.empty()) return absl::OkStatus();
   absl::MutexLock lock(&mu_);
@@ -106,7 +123,7 @@ std::vector<Member> Membership::ExpireLeases() {
   std::vector<Member> dropped;
   const absl::Time now = clock_->Now();
   for (auto it = members_.begin(); it != members_.end();) {
-    if (now - it->second.last_seen > lease_) {
+    if (it->second.calls_in_flight == 0 && now - it->second.last_seen > lease_) {
       dropped.push_back(it->second);
       it = members_.erase(it);
     } else {

@@ -24,13 +24,15 @@ struct Member {
   uint64_t updates_accepted = 0;
   // Order of joining (1, 2, ...): a sync round waits only for members that joined before it opened.
   uint64_t join_serial = 0;
+  // Its pushes and pulls the server is receiving, waiting on or sending (see BeginCall).
+  int calls_in_flight = 0;
 };
 
 // NOT_FOUND for a worker id that is not a member: the client should join again.
 absl::Status NotAMemberError(uint64_t id);
 
 // Thread-safe. Each member holds one of the ranks 0..max_workers-1 (its data shard). A member that
-// is not heard from within the lease is dropped by ExpireLeases.
+// is not heard from within the lease, and has no call in flight, is dropped by ExpireLeases.
 class Membership {
  public:
   // Ids are handed out from `first_id` on. The server starts them at a random value so that ids of
@@ -50,6 +52,14 @@ class Membership {
   absl::Status CheckIdentity(uint64_t id, const std::string& identity) const;
   // NOT_FOUND for an id that is not a member.
   absl::Status Touch(uint64_t id);
+  // A push or pull of `id` has begun (NOT_FOUND for an id that is not a member). While it is in
+  // flight the member is alive: its lease does not run out (a push can wait behind others for
+  // room, a sync pull for the round, longer than a lease when the server is busy, and the client's
+  // heartbeats may be late then too), and EndCall renews it. A client that dies has its calls
+  // ended by the transport, or by the idle canceller.
+  absl::Status BeginCall(uint64_t id);
+  // Ends one BeginCall's call and renews the lease; nothing for an id that is no longer a member.
+  void EndCall(uint64_t id);
   absl::Status Leave(uint64_t id);
   // Drops members whose lease ran out; returns them.
   std::vector<Member> ExpireLeases();

@@ -46,6 +46,27 @@ TEST(Membership, ASilentWorkerIsDroppedAfterTheLease) {
   EXPECT_EQ(m.Touch(a).code(), absl::StatusCode::kNotFound);
 }
 
+TEST(Membership, AMemberWithACallInFlightIsNotDroppedAndTheCallsEndRenewsTheLease) {
+  FakeClock clock;
+  Membership m(2, absl::Seconds(10), &clock);
+  const uint64_t a = m.Join("a", -1)->id;
+  ASSERT_TRUE(m.BeginCall(a).ok());
+  ASSERT_TRUE(m.BeginCall(a).ok());  // a push and a pull at once
+  clock.Advance(absl::Seconds(30));
+  EXPECT_TRUE(m.ExpireLeases().empty());
+  m.EndCall(a);
+  clock.Advance(absl::Seconds(30));
+  EXPECT_TRUE(m.ExpireLeases().empty()) << "one call is still in flight";
+  m.EndCall(a);
+  clock.Advance(absl::Seconds(6));
+  EXPECT_TRUE(m.ExpireLeases().empty()) << "the call's end renewed the lease";
+  clock.Advance(absl::Seconds(6));
+  ASSERT_EQ(m.ExpireLeases().size(), 1u);
+  EXPECT_EQ(m.BeginCall(a).code(), absl::StatusCode::kNotFound);
+  m.EndCall(a);  // of a member that is gone: nothing
+  EXPECT_EQ(m.size(), 0u);
+}
+
 TEST(Membership, AllLeftOnlyAfterAssembly) {
   FakeClock clock;
   Membership m(2, absl::Seconds(10), &clock);

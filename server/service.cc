@@ -227,6 +227,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     PS_HAPPENS_AFTER(this);
     service_->Untrack(&tracked_);
     slot_.Release();
+    member_call_.End();
     std::string buffer = assembly_.TakeBuffer();
     // An initial upload comes once, and its model-sized buffer would stay resident under
     // pushes that may be far smaller (4-bit ones): it is not kept.
@@ -243,6 +244,7 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
     absl::StatusOr<PushAdmission> admitted = handler_->AdmitPush(caller_, header);
     if (!admitted.ok()) return admitted.status();
     slot_ = std::move(admitted->slot);
+    member_call_ = std::move(admitted->member_call);
     return std::move(admitted->rules);
   }
 
@@ -309,9 +311,10 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
   }
 
   // Frees the push's place under max_concurrent_pushes before the client hears the outcome, so
-  // that its next push never finds the place still taken.
+  // that its next push never finds the place still taken, and renews the member's lease.
   void FinishCall(const grpc::Status& status) {
     slot_.Release();
+    member_call_.End();
     PS_HAPPENS_BEFORE(this);
     Finish(status);
   }
@@ -326,7 +329,8 @@ class ParameterServerService::PushReactor : public grpc::ServerReadReactor<grpc:
   PushAssembly assembly_;
   v1::UpdateChunk first_chunk_;                 // while waiting for room in the budget
   std::atomic<bool> holds_buffer_room_{false};  // its payload_bytes, given back at OnDone
-  CallSlot slot_;  // one of the max_concurrent_pushes places, from the header on
+  CallSlot slot_;           // one of the max_concurrent_pushes places, from the header on
+  MemberCall member_call_;  // keeps the member's lease, from the header on
   std::atomic<bool> cancelled_{false};
 };
 
@@ -355,6 +359,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
       return;
     }
     slot_ = std::move(admission->slot);
+    member_call_ = std::move(admission->member_call);
     have_version_ = admission->have_version;
     tracked_.server_busy = true;
     if (!handler_->WaitForNewer(have_version_, admission->deadline, this)) Send();
@@ -383,13 +388,16 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
     PS_HAPPENS_AFTER(this);
     service_->Untrack(&tracked_);
     slot_.Release();
+    member_call_.End();
     delete this;
   }
 
  private:
-  // Frees the pull's place under max_pending_pulls before the client hears the outcome.
+  // Frees the pull's place under max_pending_pulls before the client hears the outcome, and
+  // renews the member's lease.
   void FinishCall(const grpc::Status& status) {
     slot_.Release();
+    member_call_.End();
     PS_HAPPENS_BEFORE(this);
     Finish(status);
   }
@@ -438,7 +446,8 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   ServiceHandler* const handler_;
   const absl::Time started_ = absl::Now();
   TrackedCall tracked_;
-  CallSlot slot_;  // one of the max_pending_pulls places
+  CallSlot slot_;           // one of the max_pending_pulls places
+  MemberCall member_call_;  // keeps the member's lease while the pull waits or streams
   uint64_t have_version_ = 0;
   std::vector<int> accept_;  // v1::Encoding values
   PullPlan plan_;

@@ -301,9 +301,10 @@ absl::StatusOr<PushAdmission> ServiceHandler::AdmitPush(const Caller& caller,
   if (header.kind() == v1::UPDATE_KIND_INITIAL_MODEL) return AdmitInitialUpload(header);
   PS_ASSIGN_OR_RETURN(const Components* c, Ready(header.worker_id()));
   PS_RETURN_IF_ERROR(CheckIdentity(*c, header.worker_id(), caller));
-  if (!c->membership->IsMember(header.worker_id())) return NotAMemberError(header.worker_id());
+  PS_RETURN_IF_ERROR(c->membership->BeginCall(header.worker_id()));
+  MemberCall member_call(c->membership, header.worker_id());
   const int limit = options_.max_concurrent_pushes;
-  PushAdmission admission{CallSlot(&active_pushes_), c->rules};
+  PushAdmission admission{CallSlot(&active_pushes_), c->rules, std::move(member_call)};
   if (++active_pushes_ > limit) {
     ++refused_limit_;
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -340,7 +341,7 @@ absl::StatusOr<PushAdmission> ServiceHandler::AdmitInitialUpload(const v1::Updat
         bytes >> 20, options_.max_model_bytes >> 20));
   }
   // The slot is made only now: it gives back what the increment below takes.
-  PushAdmission admission{CallSlot(&active_uploads_), std::move(rules)};
+  PushAdmission admission{CallSlot(&active_uploads_), std::move(rules), MemberCall()};
   if (++active_uploads_ > 1) {
     return absl::UnavailableError(
         "another worker is uploading the initial model; retry shortly (then join again)");
@@ -419,7 +420,8 @@ absl::StatusOr<PullAdmission> ServiceHandler::AdmitPull(const Caller& caller,
   }
   if (request.worker_id() != 0) {
     PS_RETURN_IF_ERROR(CheckIdentity(*c, request.worker_id(), caller));
-    PS_RETURN_IF_ERROR(c->membership->Touch(request.worker_id()));
+    PS_RETURN_IF_ERROR(c->membership->BeginCall(request.worker_id()));
+    admission.member_call = MemberCall(c->membership, request.worker_id());
   }
   const auto& accept = request.accept_encodings();
   if (!accept.empty() &&

@@ -104,6 +104,31 @@ class CallSlot {
   std::atomic<std::atomic<int>*> count_{nullptr};
 };
 
+// One of a member's calls in flight (Membership::BeginCall), ended by End or destruction: the
+// member's lease does not run out while it lasts. Move-only; End is idempotent and may race with
+// the destructor's.
+class MemberCall {
+ public:
+  MemberCall() = default;
+  MemberCall(Membership* membership, uint64_t id) : membership_(membership), id_(id) {}
+  MemberCall(MemberCall&& other) noexcept
+      : membership_(other.membership_.exchange(nullptr)), id_(other.id_) {}
+  MemberCall& operator=(MemberCall&& other) noexcept {
+    End();
+    id_ = other.id_;
+    membership_ = other.membership_.exchange(nullptr);
+    return *this;
+  }
+  ~MemberCall() { End(); }
+  void End() {
+    if (Membership* m = membership_.exchange(nullptr)) m->EndCall(id_);
+  }
+
+ private:
+  std::atomic<Membership*> membership_{nullptr};
+  uint64_t id_ = 0;
+};
+
 // What a pull sends: one full model, the chain of deltas from the client's version
 // (docs/algorithms.md section 9), or "unchanged"; each segment starts with a chunk that carries its
 // header. The segments point into `snapshot`, which the plan keeps alive.
@@ -122,12 +147,14 @@ struct PullPlan {
 struct PushAdmission {
   CallSlot slot;
   PushRules rules;
+  MemberCall member_call;  // none for an initial upload
 };
 
 // An admitted pull: its place under max_pending_pulls, the version to compare against (0 when the
 // client claimed one from the future), and when to stop waiting.
 struct PullAdmission {
   CallSlot slot;
+  MemberCall member_call;  // none for a pull without a worker id
   uint64_t have_version = 0;
   absl::Time deadline;
 };

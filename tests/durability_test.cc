@@ -1,9 +1,11 @@
 // Checkpoints through the real server: written at shutdown and on schedule, resumed from at start,
-// corrupt ones skipped for the older one, incompatible ones refused.
+// corrupt ones skipped for the older one, incompatible ones refused. Leases through it: a worker
+// the server is holding a call of is not dropped.
 #include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -125,6 +127,38 @@ TEST_F(DurabilityTest, LeasesStatusAndPushesGoOnWhileACheckpointIsBeingWritten) 
     absl::SleepFor(absl::Milliseconds(10));
   }
   EXPECT_EQ(ListCheckpointVersions(dir_).front(), 3u) << "the version due meanwhile follows";
+}
+
+// A sync pull waits for the round longer than the lease while its worker sends nothing else (with
+// 256 workers on 2 cores, heartbeats were seconds late): the worker must not be dropped under its
+// own call, and the call's end renews its lease.
+TEST(Leases, AWorkerWaitingOnAPullLongerThanItsLeaseStaysAMember) {
+  ServerOptions options = testing::SmallServerOptions(v1::AGGREGATION_MODE_SYNC, 2, 1);
+  options.lease = absl::Milliseconds(400);  // housekeeping every 100 ms
+  auto server = testing::StartServer(options);
+  ASSERT_NE(server, nullptr);
+  auto waiting = testing::Connect(*server, "waiting");
+  auto other = testing::Connect(*server, "other");
+  ASSERT_TRUE(waiting->Join().ok());
+  ASSERT_TRUE(other->Join().ok());
+  const uint64_t n = server->GetStatus().model_size();
+  const std::vector<float> delta(n, 0.0f);
+  ASSERT_TRUE(waiting->Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 1, delta, 0.0).ok());
+  std::vector<float> model(n);
+  absl::StatusOr<PullResult> pulled;
+  std::thread pull([&] { pulled = waiting->Pull(1, absl::Seconds(20), absl::MakeSpan(model)); });
+  // Five leases: the other worker heartbeats, the waiting one only waits.
+  for (int i = 0; i < 40; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    ASSERT_TRUE(other->Heartbeat(nullptr).ok());
+  }
+  EXPECT_EQ(server->GetStatus().members_size(), 2) << "the waiting worker was dropped";
+  ASSERT_TRUE(other->Push(v1::UPDATE_KIND_MODEL_DELTA, 1, 1, delta, 0.0).ok());
+  pull.join();
+  ASSERT_TRUE(pulled.ok()) << pulled.status();
+  EXPECT_EQ(pulled->version, 2u);
+  absl::SleepFor(absl::Milliseconds(200));  // half a lease after the pull's end
+  EXPECT_TRUE(waiting->Heartbeat(nullptr).ok()) << "the pull's end did not renew the lease";
 }
 
 TEST_F(DurabilityTest, ACorruptNewestCheckpointIsSkippedForTheOlderOne) {
