@@ -1,6 +1,7 @@
 #include "worker/trainer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <optional>
@@ -167,12 +168,14 @@ namespace {
 struct InflightPush {
   std::thread thread;
   absl::StatusOr<RoundResult> result;
+  std::atomic<bool> done{false};  // set by the thread when its push and pull are over
   ~InflightPush() {
     if (thread.joinable()) thread.join();
   }
   bool active() const { return thread.joinable(); }
   absl::StatusOr<RoundResult> Wait() {
     thread.join();
+    done = false;
     return std::move(result);
   }
 };
@@ -287,6 +290,7 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
           }
         }
         absl::SleepFor(options_.step_delay);
+        if (inflight.active() && !inflight.done) ++result.steps_overlapped;
       }
       round_loss /= h;
     }
@@ -360,8 +364,10 @@ absl::StatusOr<TrainingResult> Trainer::Run() {
       }
       sent = local;
       for (size_t i = 0; i < d; ++i) sending[i] = local[i] - global[i];
-      inflight.thread = std::thread(
-          [this, &inflight, &sending, info] { inflight.result = session_->Push(sending, info); });
+      inflight.thread = std::thread([this, &inflight, &sending, info] {
+        inflight.result = session_->Push(sending, info);
+        inflight.done = true;
+      });
     }
   }
   if (inflight.active()) {  // the last round's push

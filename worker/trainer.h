@@ -92,7 +92,9 @@ struct TrainingResult {
   // Sharded sync: refused as one round late by one shard while others took the round's update,
   // and pushed again on that shard's current version (see GrpcSession).
   uint64_t stale_repushes = 0;
-  uint64_t rejoins = 0;            // times the server had forgotten us (restart, expired lease)
+  uint64_t rejoins = 0;  // times the server had forgotten us (restart, expired lease)
+  // Overlap: local steps that ended while the previous round's push and pull were still going on.
+  uint64_t steps_overlapped = 0;
   bool stopped_early = false;      // by `stop`, before all rounds ran
   double mean_update_bits = 32.0;  // bits per coordinate of the pushed updates, averaged
   ClientWireStats wire;

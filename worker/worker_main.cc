@@ -197,6 +197,7 @@ absl::StatusOr<bool> Train(const SessionOptions& session_options, TrainerOptions
       .Add("stale_refusals", r.stale_refusals)
       .Add("stale_repushes", r.stale_repushes)
       .Add("rejoins", r.rejoins)
+      .Add("steps_overlapped", r.steps_overlapped)
       .Add("stopped_early", r.stopped_early)
       .Add("bytes_sent", r.wire.bytes_sent)
       .Add("bytes_received", r.wire.bytes_received)
