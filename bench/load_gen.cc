@@ -9,7 +9,9 @@
 // Prints one JSON line every --report_every (Session::Sync calls completed in the interval, that
 // is updates pushed and models pulled back; errors; percentiles of a Sync's time, which in sync
 // mode includes the wait for the round) and a last one with "final": true. Exit 1 if any call
-// failed.
+// failed. With --warmup_syncs N the --duration and the percentiles start only once every client
+// has done N syncs (256 clients of a 4 MB model take 20 s to join and fetch the first model on
+// 2 cores), announced by a line with "warm": true.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -37,6 +39,9 @@ ABSL_FLAG(absl::Duration, duration, absl::Seconds(60), "How long to run.");
 ABSL_FLAG(absl::Duration, report_every, absl::Seconds(1), "Between progress lines.");
 ABSL_FLAG(int, churn_rounds, 0, "Leave and join again as a new worker every N rounds; 0 = never.");
 ABSL_FLAG(int, max_error_lines, 5, "Errors printed to stderr (all are counted).");
+ABSL_FLAG(int, warmup_syncs, 0,
+          "Syncs every client does before --duration starts; not counted in the results.");
+ABSL_FLAG(absl::Duration, warmup_timeout, absl::Minutes(10), "Longest wait for the warm-up.");
 
 namespace ps {
 namespace {
@@ -44,7 +49,10 @@ namespace {
 // Sync times of all clients since the last report, and the totals.
 class Recorder {
  public:
+  // Sync times are recorded only from here on.
+  void StartMeasuring() { measuring_ = true; }
   void Round(double ms) {
+    if (!measuring_) return;
     absl::MutexLock lock(&mu_);
     interval_.push_back(ms);
     all_.push_back(static_cast<float>(ms));
@@ -108,6 +116,14 @@ class Recorder {
   int errors_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<uint64_t> churns_{0};
   std::atomic<uint64_t> stale_{0};
+  std::atomic<bool> measuring_{false};
+};
+
+// What the clients share with the main thread.
+struct LoadRun {
+  Recorder recorder;
+  std::atomic<int> warm_clients{0};  // clients that did their --warmup_syncs
+  std::atomic<bool> stop{false};
 };
 
 absl::StatusOr<std::unique_ptr<Session>> JoinedSession(int index, const Layout& layout) {
@@ -126,15 +142,18 @@ absl::StatusOr<std::unique_ptr<Session>> JoinedSession(int index, const Layout& 
 }
 
 // One simulated worker until `stop`: sync, and every churn_rounds rounds leave and join anew.
-void Client(int index, const Layout& layout, absl::Time stop, Recorder* recorder) {
+void Client(int index, const Layout& layout, LoadRun* run) {
+  Recorder* const recorder = &run->recorder;
   const int churn = absl::GetFlag(FLAGS_churn_rounds);
+  const uint64_t warmup = static_cast<uint64_t>(std::max(0, absl::GetFlag(FLAGS_warmup_syncs)));
+  uint64_t synced = 0;
   std::vector<float> change(layout.size());
   std::mt19937 random(static_cast<uint32_t>(index) + 1);
   std::normal_distribution<float> normal(0.0f, 1e-3f);
   for (float& c : change) c = normal(random);
   std::vector<float> params;
   uint64_t round = 0;
-  while (absl::Now() < stop) {
+  while (!run->stop) {
     absl::StatusOr<std::unique_ptr<Session>> session = JoinedSession(index, layout);
     if (!session.ok()) {
       recorder->Error(session.status(), "join");
@@ -147,7 +166,7 @@ void Client(int index, const Layout& layout, absl::Time stop, Recorder* recorder
                            : round == 0 ? 1 + static_cast<int64_t>(index) * churn /
                                                   std::max(absl::GetFlag(FLAGS_clients), 1)
                                         : churn;
-    for (int64_t r = 0; r < rounds && absl::Now() < stop; ++r, ++round) {
+    for (int64_t r = 0; r < rounds && !run->stop; ++r, ++round) {
       const absl::Span<const float> model = (*session)->model();
       params.assign(model.begin(), model.end());
       const float sign = round % 2 ? -1.0f : 1.0f;
@@ -162,10 +181,25 @@ void Client(int index, const Layout& layout, absl::Time stop, Recorder* recorder
       }
       recorder->Round(absl::ToDoubleMilliseconds(absl::Now() - start));
       recorder->Stale(result->stale_refusals);
+      if (++synced == warmup) ++run->warm_clients;
     }
     if (absl::Status left = (*session)->Leave(); !left.ok()) recorder->Error(left, "leave");
     if (churn > 0) recorder->Churned();
   }
+}
+
+// Until every client did its --warmup_syncs; false after --warmup_timeout.
+bool WaitForWarmUp(const LoadRun& run, absl::Time launched) {
+  const absl::Time give_up = absl::Now() + absl::GetFlag(FLAGS_warmup_timeout);
+  while (run.warm_clients < absl::GetFlag(FLAGS_clients)) {
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  JsonObject json;
+  json.Add("warm", true).Add("t", absl::ToDoubleSeconds(absl::Now() - launched));
+  std::printf("%s\n", json.ToString().c_str());
+  std::fflush(stdout);
+  return true;
 }
 
 int Run() {
@@ -174,24 +208,36 @@ int Run() {
     std::fprintf(stderr, "ps_load: %s\n", layout.status().ToString().c_str());
     return 2;
   }
-  Recorder recorder;
+  LoadRun run;
+  std::vector<std::thread> clients;
+  const absl::Time launched = absl::Now();
+  for (int i = 0; i < absl::GetFlag(FLAGS_clients); ++i) {
+    clients.emplace_back(Client, i, std::cref(*layout), &run);
+  }
+  auto stop_clients = [&] {
+    run.stop = true;
+    for (std::thread& c : clients) c.join();
+  };
+  if (absl::GetFlag(FLAGS_warmup_syncs) > 0 && !WaitForWarmUp(run, launched)) {
+    stop_clients();
+    std::fprintf(stderr, "ps_load: not every client did --warmup_syncs within --warmup_timeout\n");
+    return 1;
+  }
+  run.recorder.StartMeasuring();
   const absl::Time start = absl::Now();
   const absl::Time stop = start + absl::GetFlag(FLAGS_duration);
-  std::vector<std::thread> clients;
-  for (int i = 0; i < absl::GetFlag(FLAGS_clients); ++i) {
-    clients.emplace_back(Client, i, std::cref(*layout), stop, &recorder);
-  }
   const absl::Duration every = absl::GetFlag(FLAGS_report_every);
   for (absl::Time next = start + every; next < stop; next += every) {
     absl::SleepFor(next - absl::Now());
     const double t = absl::ToDoubleSeconds(absl::Now() - start);
-    std::printf("%s\n", recorder.Report(t, absl::ToDoubleSeconds(every)).ToString().c_str());
+    std::printf("%s\n", run.recorder.Report(t, absl::ToDoubleSeconds(every)).ToString().c_str());
     std::fflush(stdout);
   }
-  for (std::thread& c : clients) c.join();
+  absl::SleepFor(stop - absl::Now());
+  stop_clients();
   std::printf("%s\n",
-              recorder.Final(absl::ToDoubleSeconds(absl::Now() - start)).ToString().c_str());
-  return recorder.errors() == 0 ? 0 : 1;
+              run.recorder.Final(absl::ToDoubleSeconds(absl::Now() - start)).ToString().c_str());
+  return run.recorder.errors() == 0 ? 0 : 1;
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 
 For each model size, mode and K, a fresh ps-server (--num_workers=K) and `ps_load` with K
 simulated workers (one thread, Session and connection each, pushing fp32 deltas and pulling the
-model in every Sync) for --seconds. Reports rounds per second (sync: rounds closed; async: K
+model in every Sync) for --seconds, measured from when every client has synced twice (joining and
+the first model are start-up, not rate). Reports rounds per second (sync: rounds closed; async: K
 applied updates make a round), p50/p99 of a worker's Sync (push, then pull of the next model;
 sync includes the wait for the round), the server's CPU per update, and the largest batch the
 async server applied at once. Writes JSON, a markdown table and a plot.
@@ -33,26 +34,35 @@ def run_one(args, work, floats, mode, k):
             os.remove(os.path.join(work, name))
     server_args = argparse.Namespace(build=args.build, clients=k, floats=floats)
     server, port, metrics_port = start_server(server_args, mode, work)
+    names = ("ps_updates_applied_total", "ps_model_version", "ps_update_batches_total")
     try:
-        cpu_before = process_sample(server.popen.pid)["cpu_s"]
-        out = subprocess.run(
+        # The measurement starts once every client has synced twice: joining 256 clients and
+        # sending each the first model is a start-up cost, not a rate.
+        load = subprocess.Popen(
             [os.path.join(args.build, "bench", "ps_load"), "--server=127.0.0.1:%d" % port,
              "--clients=%d" % k, "--floats=%d" % floats, "--duration=%ds" % args.seconds,
-             "--report_every=%ds" % args.seconds],
-            capture_output=True, text=True, timeout=args.seconds + 300)
-        if out.returncode != 0:
-            fail("ps_load failed: " + out.stderr[-2000:])
-        final = [json.loads(l) for l in out.stdout.splitlines() if json.loads(l).get("final")][0]
-        cpu = process_sample(server.popen.pid)["cpu_s"] - cpu_before
-        values = scrape(metrics_port, ("ps_updates_applied_total", "ps_model_version",
-                                       "ps_update_batches_total"))
+             "--report_every=%ds" % args.seconds, "--warmup_syncs=2"],
+            stdout=subprocess.PIPE, stderr=open(os.path.join(work, "load.log"), "w"), text=True)
+        start = final = None
+        for line in load.stdout:
+            record = json.loads(line)
+            if record.get("warm"):
+                start = (process_sample(server.popen.pid)["cpu_s"], scrape(metrics_port, names))
+                print("[many_workers]   warm after %.1f s" % record["t"], flush=True)
+            if record.get("final"):
+                final = record
+        if load.wait(timeout=args.seconds + 900) != 0 or start is None or final is None:
+            fail("ps_load failed: see " + os.path.join(work, "load.log"))
+        cpu = process_sample(server.popen.pid)["cpu_s"] - start[0]
+        end = scrape(metrics_port, names)
+        values = {name: end[name] - start[1][name] for name in names}
         batches = values["ps_update_batches_total"]
     finally:
         server.signal(signal.SIGTERM)
         server.wait(60, "ps-server after SIGTERM")
     updates = values["ps_updates_applied_total"]
     version = values["ps_model_version"]
-    rounds = (version - 1) if mode == "sync" else updates / k
+    rounds = version if mode == "sync" else updates / k
     return dict(floats=floats, mode=mode, clients=k, seconds=final["seconds"],
                 rounds_per_s=rounds / final["seconds"], updates_per_s=updates / final["seconds"],
                 sync_ms_p50=final["sync_ms_p50"], sync_ms_p99=final["sync_ms_p99"],
