@@ -62,7 +62,8 @@ def start_server(args, mode, work):
              "--port_file=%s/port" % work, "--metrics_listen=127.0.0.1:0",
              "--metrics_port_file=%s/metrics_port" % work, "--mode=" + mode,
              "--num_workers=%d" % args.clients, "--model_size=%d" % args.floats,
-             "--lease=10s", "--summary_json=%s/server.json" % work]
+             "--lease=%s" % getattr(args, "lease", "10s"),
+             "--summary_json=%s/server.json" % work]
     server = Proc(flags, os.path.join(work, "server-%s.log" % mode))
     port = read_port_file(os.path.join(work, "port"), server)
     metrics_port = read_port_file(os.path.join(work, "metrics_port"), server)
