@@ -339,21 +339,56 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* ParameterServerService::Push(
   return new PushReactor(this, context, ack);
 }
 
+namespace {
+
+void AppendVarint(uint64_t value, std::string* out) {
+  for (; value >= 0x80; value >>= 7) out->push_back(static_cast<char>(value | 0x80));
+  out->push_back(static_cast<char>(value));
+}
+
+// One ModelChunk on the wire without a copy of its data: `fields` (header, offset) serialized,
+// then the data field's tag and length, then a slice that points into the plan's snapshot and
+// holds a reference to the plan until the transport has sent it (the kernel's copy into the
+// socket is then the only one; set_data and gRPC's serialization made two more, 1 MiB each).
+grpc::ByteBuffer ChunkOnTheWire(const v1::ModelChunk& fields, const char* data, size_t size,
+                                const std::shared_ptr<const PullPlan>& plan) {
+  std::string prefix = fields.SerializeAsString();
+  if (size == 0) {
+    grpc::Slice only(prefix);
+    return grpc::ByteBuffer(&only, 1);
+  }
+  AppendVarint((uint64_t{v1::ModelChunk::kDataFieldNumber} << 3) | 2, &prefix);  // bytes
+  AppendVarint(size, &prefix);
+  grpc::Slice slices[2] = {
+      grpc::Slice(prefix),
+      grpc::Slice(
+          const_cast<char*>(data), size,
+          [](void* keep) { delete static_cast<std::shared_ptr<const PullPlan>*>(keep); },
+          new std::shared_ptr<const PullPlan>(plan))};
+  return grpc::ByteBuffer(slices, 2);
+}
+
+}  // namespace
+
 // Waits (through the handler) until the model is newer than the client's, then streams the
 // handler's plan in chunks, one write in flight; or answers "unchanged" when the wait runs out.
-class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::ModelChunk>,
+// Served raw: each chunk's data goes out as a slice of the snapshot (ChunkOnTheWire).
+class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                                             public VersionWaitList::Waiter {
  public:
+  // `request` is what `parsed` parsed, if it is OK.
   PullReactor(ParameterServerService* service, grpc::CallbackServerContext* context,
-              const v1::PullRequest* request)
+              const v1::PullRequest& request, const absl::Status& parsed)
       : service_(service),
         handler_(service->handler_),
-        accept_(request->accept_encodings().begin(), request->accept_encodings().end()) {
+        accept_(request.accept_encodings().begin(), request.accept_encodings().end()) {
     tracked_.context = context;
     service_->Track(&tracked_);
     absl::StatusOr<Caller> caller = service_->Authenticate(*context);
     absl::StatusOr<PullAdmission> admission =
-        caller.ok() ? handler_->AdmitPull(*caller, *request) : caller.status();
+        !caller.ok()   ? absl::StatusOr<PullAdmission>(caller.status())
+        : !parsed.ok() ? absl::StatusOr<PullAdmission>(parsed)
+                       : handler_->AdmitPull(*caller, request);
     if (!admission.ok()) {
       FinishCall(ToGrpcStatus(admission.status()));
       return;
@@ -403,7 +438,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   }
 
   void Send() {
-    plan_ = handler_->PlanPull(have_version_, accept_, started_);
+    plan_ = std::make_shared<const PullPlan>(handler_->PlanPull(have_version_, accept_, started_));
     tracked_.Progress();
     tracked_.server_busy = false;
     segment_ = 0;
@@ -411,7 +446,7 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   }
 
   void StartSegment() {
-    const PullSegment& s = plan_.segments[segment_];
+    const PullSegment& s = plan_->segments[segment_];
     ranges_ = ChunkRanges(s.size, handler_->options().chunk_bytes);
     next_range_ = 0;
     chunk_.Clear();
@@ -421,21 +456,21 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
 
   // Writes chunk_ (whose header, if any, is set) with the next range of the current segment.
   void FillAndWrite() {
-    const PullSegment& s = plan_.segments[segment_];
+    const PullSegment& s = plan_->segments[segment_];
     const ByteRange r = ranges_[next_range_++];
     chunk_.set_offset(r.offset);
-    if (r.size > 0) chunk_.set_data(s.data + r.offset, r.size);
-    handler_->wire().bytes_sent += chunk_.ByteSizeLong();
-    handler_->wire().payload_bytes_sent += chunk_.data().size();
+    out_ = ChunkOnTheWire(chunk_, s.data + r.offset, r.size, plan_);
+    handler_->wire().bytes_sent += out_.Length();
+    handler_->wire().payload_bytes_sent += r.size;
     PS_HAPPENS_BEFORE(this);
-    StartWrite(&chunk_);
+    StartWrite(&out_);
   }
 
   void NextChunk() {
     if (next_range_ < ranges_.size()) {
       chunk_.Clear();
       FillAndWrite();
-    } else if (++segment_ < plan_.segments.size()) {
+    } else if (++segment_ < plan_->segments.size()) {
       StartSegment();
     } else {
       FinishCall(grpc::Status::OK);
@@ -449,18 +484,25 @@ class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<v1::
   CallSlot slot_;           // one of the max_pending_pulls places
   MemberCall member_call_;  // keeps the member's lease while the pull waits or streams
   uint64_t have_version_ = 0;
-  std::vector<int> accept_;  // v1::Encoding values
-  PullPlan plan_;
+  std::vector<int> accept_;               // v1::Encoding values
+  std::shared_ptr<const PullPlan> plan_;  // also held by the slices the transport still has
   size_t segment_ = 0;
   std::vector<ByteRange> ranges_;
   size_t next_range_ = 0;
-  v1::ModelChunk chunk_;
+  v1::ModelChunk chunk_;  // the current chunk's fields but its data
+  grpc::ByteBuffer out_;  // the chunk being written
 };
 
-grpc::ServerWriteReactor<v1::ModelChunk>* ParameterServerService::Pull(
-    grpc::CallbackServerContext* context, const v1::PullRequest* request) {
-  handler_->wire().bytes_received += request->ByteSizeLong();
-  return new PullReactor(this, context, request);
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ParameterServerService::Pull(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
+  handler_->wire().bytes_received += raw->Length();
+  grpc::ByteBuffer copy(*raw);  // Deserialize consumes its buffer; this shares the slices
+  v1::PullRequest request;
+  const absl::Status parsed =
+      grpc::SerializationTraits<v1::PullRequest>::Deserialize(&copy, &request).ok()
+          ? absl::OkStatus()
+          : absl::InvalidArgumentError("the request is not a ps.v1.PullRequest");
+  return new PullReactor(this, context, request, parsed);
 }
 
 }  // namespace ps

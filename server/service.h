@@ -24,9 +24,10 @@
 namespace ps {
 
 // Push is served raw (ByteBuffer) so that a message that does not parse is refused with
-// INVALID_ARGUMENT; gRPC itself would report it like a normal end of the stream.
-using ParameterServerBase =
-    v1::ParameterServer::WithRawCallbackMethod_Push<v1::ParameterServer::CallbackService>;
+// INVALID_ARGUMENT; gRPC itself would report it like a normal end of the stream. Pull is served
+// raw so that model chunks go out as slices of the published snapshot, uncopied.
+using ParameterServerBase = v1::ParameterServer::WithRawCallbackMethod_Pull<
+    v1::ParameterServer::WithRawCallbackMethod_Push<v1::ParameterServer::CallbackService>>;
 
 // Thread-safe. Borrows the handler, pool and authenticator; they must outlive the grpc::Server
 // that serves this.
@@ -49,8 +50,8 @@ class ParameterServerService final : public ParameterServerBase {
                                   v1::LeaveResponse* response) override;
   grpc::ServerReadReactor<grpc::ByteBuffer>* Push(grpc::CallbackServerContext* context,
                                                   grpc::ByteBuffer* ack) override;
-  grpc::ServerWriteReactor<v1::ModelChunk>* Pull(grpc::CallbackServerContext* context,
-                                                 const v1::PullRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Pull(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Status(grpc::CallbackServerContext* context,
                                    const v1::StatusRequest* request,
                                    v1::StatusResponse* response) override;

@@ -1,5 +1,6 @@
 // Hostile and broken input against a real server over gRPC: every case gets a clear status code
 // and message, the model stays exactly as it was, and the server keeps serving.
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <cmath>
@@ -239,6 +240,41 @@ TEST_F(BadInputTest, APullByAnUnknownWorkerIsRefused) {
   EXPECT_FALSE(reader->Read(&chunk));
   grpc::Status s = reader->Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  ExpectUnchangedAndStillServing();
+}
+
+// Pull is served raw (its chunks go out as slices of the model): a request that is not a
+// PullRequest is the server's to refuse, and it says so.
+TEST_F(BadInputTest, APullRequestThatDoesNotParseIsRefused) {
+  grpc::GenericStub generic(
+      grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto call = generic.PrepareCall(&context, "/ps.v1.ParameterServer/Pull", &cq);
+  auto step = [&cq](intptr_t expected) {
+    void* tag = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), expected);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(step(1));
+  const std::string garbage("\xff\xff\xff", 3);  // a tag whose varint never ends
+  grpc::Slice slice(garbage);
+  call->Write(grpc::ByteBuffer(&slice, 1), reinterpret_cast<void*>(2));
+  step(2);
+  call->WritesDone(reinterpret_cast<void*>(3));
+  step(3);
+  grpc::ByteBuffer in;
+  call->Read(&in, reinterpret_cast<void*>(4));
+  EXPECT_FALSE(step(4)) << "a model chunk came back";
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  ASSERT_TRUE(step(5));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("not a ps.v1.PullRequest"));
   ExpectUnchangedAndStillServing();
 }
 
