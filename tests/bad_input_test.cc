@@ -167,8 +167,9 @@ TEST_F(BadInputTest, AnUnknownEncodingIsRefused) {
 TEST_F(BadInputTest, NaNIsRefused) {
   std::vector<float> v(size_, 0.001f);
   v[size_ - 3] = std::numeric_limits<float>::quiet_NaN();
+  // Named by its index.
   ExpectRefused(Chunks(Header(), Payload(v)), grpc::StatusCode::INVALID_ARGUMENT,
-                "NaN and Inf are refused");
+                "payload value " + std::to_string(size_ - 3) + " is nan: NaN and Inf are refused");
 }
 
 TEST_F(BadInputTest, InfIsRefused) {
