@@ -4,7 +4,7 @@
 For each repetition, model size and client count K: iperf3 with K streams (the reference, measured
 right before), then a fresh `ps-server --mode=async --model_size=N` and `ps_push_pull_bench`
 (real PsClients over gRPC, one connection each): fp32 pushes then full-model pulls, and on another
-fresh server 4-bit QSGD pushes (GB/s in fp32-equivalent bytes, 4 per coordinate). Also the
+fresh server 4-bit QSGD pushes, each phase timed after one untimed operation per client (GB/s in fp32-equivalent bytes, 4 per coordinate). Also the
 server's CPU seconds and peak RSS per run. Writes JSON (every run), a markdown table (median and
 range over the repetitions) and a plot.
 

@@ -5,12 +5,15 @@
 // Prints one JSON line per phase. bench/run_push_pull.sh runs it next to iperf3 on loopback.
 #include <atomic>
 #include <cstdio>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "app/malloc_tuning.h"
 #include "client/ps_client.h"
@@ -37,28 +40,43 @@ struct PhaseResult {
   double seconds = 0;
 };
 
+// Every client first does one operation untimed (the first touch of both processes' buffers
+// is a start-up cost: with 400 MB messages it took most of a 3 s phase), then all run `op` for
+// `duration` together.
 template <typename Op>
 PhaseResult RunPhase(std::vector<std::unique_ptr<PsClient>>& clients, absl::Duration duration,
                      Op op) {
   std::atomic<uint64_t> bytes{0}, ops{0};
   std::atomic<bool> failed{false};
-  const absl::Time start = absl::Now();
-  const absl::Time stop = start + duration;
+  absl::BlockingCounter warm(static_cast<int>(clients.size()));
+  absl::Notification go;
+  absl::Time stop;  // written before `go` is notified
   std::vector<std::thread> threads;
   for (size_t k = 0; k < clients.size(); ++k) {
     threads.emplace_back([&, k] {
-      while (absl::Now() < stop && !failed) {
+      auto run_op = [&]() -> std::optional<uint64_t> {
         absl::StatusOr<uint64_t> moved = op(*clients[k]);
-        if (!moved.ok()) {
-          std::fprintf(stderr, "client %zu: %s\n", k, moved.status().ToString().c_str());
-          failed = true;
-          return;
-        }
+        if (moved.ok()) return *moved;
+        std::fprintf(stderr, "client %zu: %s\n", k, moved.status().ToString().c_str());
+        failed = true;
+        return std::nullopt;
+      };
+      const bool warmed = run_op().has_value();
+      warm.DecrementCount();
+      go.WaitForNotification();
+      if (!warmed) return;
+      while (absl::Now() < stop && !failed) {
+        const std::optional<uint64_t> moved = run_op();
+        if (!moved.has_value()) return;
         bytes += *moved;
         ++ops;
       }
     });
   }
+  warm.Wait();
+  const absl::Time start = absl::Now();
+  stop = start + duration;
+  go.Notify();
   for (auto& t : threads) t.join();
   if (failed) std::exit(1);
   return {bytes.load(), ops.load(), absl::ToDoubleSeconds(absl::Now() - start)};
