@@ -4,7 +4,7 @@
 The demo's task (softmax regression on Fashion-MNIST, 4 workers, 0.84 test accuracy) as
 bench/time_to_accuracy.py runs it (sync, H = 8, fp32 both ways, the same data, schedule and
 evaluation cadence), with every worker's link limited to 10 Mbit/s, to 100 Mbit/s, or not at all,
-each without and with `ps-worker --overlap` (pullback 1). The goal: with overlap, within 1.25x
+each without and with `ps-worker --overlap` (its default pullback, 0.5). The goal: with overlap, within 1.25x
 of the time with no link limit. Must run inside tests/netns_run.sh:
     make overlap-table
     (= tests/netns_run.sh /usr/bin/python3 bench/overlap.py build [--repeats N])
@@ -27,7 +27,7 @@ from time_to_accuracy import (FP32, TARGET, WORKERS, machine, measure_link,  # n
 
 H = 8
 LINKS = ((None, "u"), (100, "w"), (10, "s"))  # Mbit/s (None: no limit), namespace prefix
-MODES = (("blocking", []), ("overlap", ["--overlap", "--overlap_pullback=1"]))
+MODES = (("blocking", []), ("overlap", ["--overlap"]))  # the default pullback, 0.5
 
 
 def main():
