@@ -376,25 +376,24 @@ grpc::ByteBuffer ChunkOnTheWire(const v1::ModelChunk& fields, const char* data, 
 class ParameterServerService::PullReactor : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
                                             public VersionWaitList::Waiter {
  public:
-  // `request` is what `parsed` parsed, if it is OK.
+  // `request`: the parsed request, or why it did not parse.
   PullReactor(ParameterServerService* service, grpc::CallbackServerContext* context,
-              const v1::PullRequest& request, const absl::Status& parsed)
-      : service_(service),
-        handler_(service->handler_),
-        accept_(request.accept_encodings().begin(), request.accept_encodings().end()) {
+              const absl::StatusOr<v1::PullRequest>& request)
+      : service_(service), handler_(service->handler_) {
     tracked_.context = context;
     service_->Track(&tracked_);
     absl::StatusOr<Caller> caller = service_->Authenticate(*context);
     absl::StatusOr<PullAdmission> admission =
-        !caller.ok()   ? absl::StatusOr<PullAdmission>(caller.status())
-        : !parsed.ok() ? absl::StatusOr<PullAdmission>(parsed)
-                       : handler_->AdmitPull(*caller, request);
+        !caller.ok()    ? absl::StatusOr<PullAdmission>(caller.status())
+        : !request.ok() ? absl::StatusOr<PullAdmission>(request.status())
+                        : handler_->AdmitPull(*caller, *request);
     if (!admission.ok()) {
       FinishCall(ToGrpcStatus(admission.status()));
       return;
     }
     slot_ = std::move(admission->slot);
     member_call_ = std::move(admission->member_call);
+    accept_.assign(request->accept_encodings().begin(), request->accept_encodings().end());
     have_version_ = admission->have_version;
     tracked_.server_busy = true;
     if (!handler_->WaitForNewer(have_version_, admission->deadline, this)) Send();
@@ -497,12 +496,11 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* ParameterServerService::Pull(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw) {
   handler_->wire().bytes_received += raw->Length();
   grpc::ByteBuffer copy(*raw);  // Deserialize consumes its buffer; this shares the slices
-  v1::PullRequest request;
-  const absl::Status parsed =
-      grpc::SerializationTraits<v1::PullRequest>::Deserialize(&copy, &request).ok()
-          ? absl::OkStatus()
-          : absl::InvalidArgumentError("the request is not a ps.v1.PullRequest");
-  return new PullReactor(this, context, request, parsed);
+  absl::StatusOr<v1::PullRequest> request = v1::PullRequest();
+  if (!grpc::SerializationTraits<v1::PullRequest>::Deserialize(&copy, &*request).ok()) {
+    request = absl::InvalidArgumentError("the request is not a ps.v1.PullRequest");
+  }
+  return new PullReactor(this, context, request);
 }
 
 }  // namespace ps
